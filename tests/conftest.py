@@ -1,0 +1,62 @@
+"""Shared fixtures: a real PostgreSQL for every test that needs one.
+
+``DATABASE_URL`` names a server to use (CI: 127.0.0.1:5432, database ``test``); without it the
+embedded server is started in a temporary directory. Each test session (and each caller of
+``make_database``) gets a database of its own, created from scratch and migrated with Alembic,
+so parallel runs and helpers never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from veil import db
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url
+    return db.start_embedded(tmp_path_factory.mktemp("embedded-pg"))
+
+
+@pytest.fixture(scope="session")
+def make_database(server_url: str) -> Iterator[Callable[[], str]]:
+    """Factory: a new, migrated database on the test server; dropped at the end of the session."""
+    created: list[str] = []
+    admin = sa.create_engine(db.normalise_url(server_url), isolation_level="AUTOCOMMIT")
+
+    def make() -> str:
+        name = f"veil_test_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        url = make_url(db.normalise_url(server_url)).set(database=name).render_as_string(hide_password=False)
+        db.upgrade(url)
+        return url
+
+    yield make
+    with admin.connect() as conn:
+        for name in created:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url(make_database: Callable[[], str]) -> str:
+    """One migrated database shared by the whole test session."""
+    return make_database()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    eng = db.create_engine(database_url)
+    yield eng
+    eng.dispose()

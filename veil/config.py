@@ -1,0 +1,212 @@
+"""The gateway's config file: parsed once into typed objects, validated with messages that name
+the file and the field.
+
+Accepted shapes:
+
+* Veil YAML (or JSON): ``upstreams: {NAME: {command, args, env, cwd} | {url, headers}}`` plus
+  ``database_url``, ``policy``, ``data_dir`` and the optional sections below.
+* A Claude-Desktop/Cursor-style ``{"mcpServers": {...}}`` file: the same upstream entries under
+  another key; everything else takes its default.
+
+Relative paths (``policy``, ``data_dir``, an upstream's ``cwd``) are resolved against the config
+file's directory, so a config works the same wherever ``veil`` is started from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from veil.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_POLICY = REPO_ROOT / "policies" / "default.yaml"
+UPSTREAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StdioUpstream(_Strict):
+    """An upstream started as a subprocess speaking MCP over its stdio."""
+
+    command: str
+    args: list[str] = []
+    env: dict[str, str] = {}
+    cwd: Path | None = None
+
+
+class HttpUpstream(_Strict):
+    """An upstream reached over Streamable HTTP."""
+
+    url: str
+    headers: dict[str, str] = {}
+
+    @field_validator("url")
+    @classmethod
+    def _http_only(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url
+
+
+UpstreamConfig = StdioUpstream | HttpUpstream
+
+
+class PrincipalConfig(_Strict):
+    """Who the agent is when it connects over stdio (HTTP requests authenticate instead)."""
+
+    name: str | None = None  # default: the OS user running veil
+    roles: list[str] = []
+    tenant: str | None = None
+
+
+class SandboxConfig(_Strict):
+    """Limits and pool settings for execute_code; the policy's ``sandbox`` section may tighten them."""
+
+    timeout_s: float = 30.0
+    memory_mb: int = 512
+    cpu_s: int = 30
+    max_processes: int = 32
+    max_output_bytes: int = 64 * 1024
+    max_file_mb: int = 64
+    max_open_files: int = 256
+    pool_size: int = 2
+    idle_timeout_s: float = 600.0
+    user: str = "veil-sandbox"
+    shared_skills_dir: Path | None = None
+
+
+class JwtConfig(_Strict):
+    """Bearer JWTs verified locally against a public key or a JWKS file (never fetched at run time)."""
+
+    issuer: str
+    audience: str
+    public_key_file: Path | None = None
+    jwks_file: Path | None = None
+    principal_claim: str = "sub"
+    roles_claim: str = "roles"
+    tenant_claim: str | None = None
+    algorithms: list[str] = ["RS256", "ES256", "EdDSA"]
+
+
+class AuthConfig(_Strict):
+    """How HTTP requests are authenticated. With ``required: false`` (stdio-like local use only)
+    unauthenticated HTTP requests run as the configured principal."""
+
+    required: bool = True
+    api_keys: bool = True
+    jwt: JwtConfig | None = None
+
+
+class LimitsConfig(_Strict):
+    max_message_bytes: int = 4 * 1024 * 1024
+    upstream_timeout_s: float = 60.0
+
+
+class AuditConfig(_Strict):
+    batch_max_events: int = 256
+    batch_max_delay_ms: float = 2.0
+
+
+class VeilConfig(_Strict):
+    """The whole config; ``source`` is the file it came from, for error messages."""
+
+    upstreams: dict[str, Annotated[UpstreamConfig, Field(union_mode="left_to_right")]] = {}
+    database_url: str | None = None
+    policy: Path = DEFAULT_POLICY
+    data_dir: Path = Path(".veil")
+    expose: Literal["direct", "code", "both"] = "both"
+    token_scope: Literal["session", "principal", "tenant"] | None = None  # None: the policy decides
+    principal: PrincipalConfig = PrincipalConfig()
+    sandbox: SandboxConfig = SandboxConfig()
+    auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
+    audit: AuditConfig = AuditConfig()
+    key_file: Path | None = None  # default: DATA_DIR/master.key (created 0600 when missing)
+    source: Path | None = None
+
+    @field_validator("upstreams")
+    @classmethod
+    def _names(cls, upstreams: dict[str, Any]) -> dict[str, Any]:
+        for name in upstreams:
+            if not UPSTREAM_NAME.match(name):
+                raise ValueError(
+                    f"upstream name {name!r} must be lowercase letters, digits and '_' "
+                    "(it becomes a tool prefix NAME__TOOL and a Python module name)"
+                )
+        return upstreams
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not str(p).startswith(("StdioUpstream", "HttpUpstream"))]
+    return ".".join(parts) or "<root>"
+
+
+def parse_config(raw: Any, source: Path | None = None) -> VeilConfig:
+    """Validate an already-parsed document; relative paths resolve against ``source``'s folder."""
+    where = str(source) if source else "<config>"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = dict(raw)
+    if "mcpServers" in raw:
+        if "upstreams" in raw:
+            raise ConfigError(f"{where}: give either 'upstreams' or 'mcpServers', not both")
+        servers = raw.pop("mcpServers") or {}
+        raw["upstreams"] = {
+            name: {k: v for k, v in entry.items() if k in {"command", "args", "env", "cwd", "url", "headers"}}
+            for name, entry in servers.items()
+            if isinstance(entry, dict)
+        }
+    try:
+        config = VeilConfig.model_validate(raw)
+    except ValidationError as exc:
+        # pydantic messages may echo input values; we name the field and the problem only.
+        problems = "; ".join(
+            f"field '{_field_path(e['loc'])}': {e['msg']}" for e in exc.errors(include_input=False)[:5]
+        )
+        raise ConfigError(f"{where}: {problems}. Fix the field and start veil again.") from None
+    base = source.parent if source else Path.cwd()
+    updates: dict[str, Any] = {"source": source}
+    if not config.policy.is_absolute():
+        updates["policy"] = (base / config.policy).resolve()
+    if not config.data_dir.is_absolute():
+        updates["data_dir"] = (base / config.data_dir).resolve()
+    if config.key_file is not None and not config.key_file.is_absolute():
+        updates["key_file"] = (base / config.key_file).resolve()
+    upstreams = {}
+    for name, up in config.upstreams.items():
+        if isinstance(up, StdioUpstream) and up.cwd is not None and not up.cwd.is_absolute():
+            up = up.model_copy(update={"cwd": (base / up.cwd).resolve()})
+        upstreams[name] = up
+    updates["upstreams"] = upstreams
+    return config.model_copy(update=updates)
+
+
+def load_config(path: str | Path) -> VeilConfig:
+    """Read a YAML or JSON config file; every failure names the file and what to do."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found. Pass --config with an existing file.") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror}).") from None
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}:{exc.lineno}:{exc.colno}: config file is not valid JSON ({exc.msg})."
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{where}: config file is not valid YAML ({problem}).") from None
+    return parse_config(raw or {}, source=path.resolve())

@@ -1,0 +1,112 @@
+"""Every error Veil raises on purpose, in one tree.
+
+    VeilError                      code: JSON-RPC error code sent to MCP clients
+    ├── ConfigError                the config file or a field in it is wrong
+    ├── PolicyError                a policy document does not parse or validate
+    ├── DatabaseError              the database cannot be reached or migrated
+    ├── AuthError                  missing, wrong, expired or revoked credentials
+    ├── AccessDenied               the principal may not use this tool
+    ├── FlowDenied                 policy forbids a real value reaching this destination
+    ├── TokenError                 a token is unknown to the scope, expired or erased
+    ├── UpstreamError              an upstream server failed, died or is unreachable
+    ├── ToolNotFound               the agent named a tool that does not exist
+    ├── InvalidArguments           arguments do not match the tool's schema
+    ├── AuditUnavailable           an audit event could not be made durable (fail closed)
+    └── SandboxError               code execution could not run safely
+
+Messages name the file, field, tool, rule or token type and say what to do. They never carry
+raw values from upstream payloads: a message may reach the agent, the logs and the audit table.
+Foreign exceptions are translated where they enter (``raise X(...) from exc``).
+"""
+
+from __future__ import annotations
+
+# JSON-RPC reserved codes and Veil's own application codes (-32000..-32099 are for servers).
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+
+class VeilError(Exception):
+    """Base of all deliberate Veil errors; ``code`` is the JSON-RPC code an MCP client receives."""
+
+    code: int = INTERNAL_ERROR
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(VeilError):
+    code = -32001
+
+
+class PolicyError(VeilError):
+    """A policy document is invalid; carries file, line and column where known."""
+
+    code = -32002
+
+    def __init__(
+        self, message: str, *, file: str | None = None, line: int | None = None, column: int | None = None
+    ) -> None:
+        where = file or "<policy>"
+        if line is not None:
+            where += f":{line}"
+            if column is not None:
+                where += f":{column}"
+        super().__init__(f"{where}: {message}")
+        self.file, self.line, self.column = file, line, column
+        self.detail = message
+
+
+class DatabaseError(VeilError):
+    code = -32003
+
+
+class AuthError(VeilError):
+    code = -32004
+
+
+class AccessDenied(VeilError):
+    code = -32005
+
+    def __init__(self, message: str, *, rule: str | None = None) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+class FlowDenied(VeilError):
+    code = -32006
+
+    def __init__(self, message: str, *, rule: str | None = None, entity_type: str | None = None) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.entity_type = entity_type
+
+
+class TokenError(VeilError):
+    code = -32007
+
+
+class UpstreamError(VeilError):
+    code = -32008
+
+
+class ToolNotFound(VeilError):
+    code = INVALID_PARAMS
+
+
+class InvalidArguments(VeilError):
+    code = INVALID_PARAMS
+
+
+class AuditUnavailable(VeilError):
+    code = -32009
+
+
+class SandboxError(VeilError):
+    code = -32010
