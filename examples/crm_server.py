@@ -22,7 +22,6 @@ connections, so the demo works whichever protocol version the gateway negotiates
 # No `from __future__ import annotations` here: MCPServer evaluates tool annotations, and the
 # `Annotated[..., Resolve(resolver)]` ones name resolvers local to build_server(), which a string
 # annotation evaluated against module globals could not find.
-import argparse
 import contextlib
 import json
 import os
@@ -47,6 +46,7 @@ from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _demo_common import env_int, record_call, serve
 from crm_data import generate_customers
 
 
@@ -98,25 +98,6 @@ class ContactAnswer(TypedDict):
     comment: str | None
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SystemExit(f"crm_server: environment variable {name} must be an integer") from None
-
-
-def _record_call(log_path: str | None, server: str, tool: str, arguments: dict[str, Any]) -> None:
-    """Append one JSON line per received call: the test's view of what the upstream saw."""
-    if not log_path:
-        return
-    line = json.dumps({"server": server, "tool": tool, "arguments": arguments}, ensure_ascii=False)
-    with open(log_path, "a", encoding="utf-8") as fh:
-        fh.write(line + "\n")
-
-
 async def _log(ctx: Context, level: Literal["info", "warning"], message: str) -> None:
     """Send an MCP log notification; the logging capability is deprecated in 2026-07-28 but still
     carried (per-request opt-in), and the demo must exercise it."""
@@ -132,7 +113,7 @@ def build_server(
 ) -> MCPServer:
     """Build the "crm" server around ``customers`` (default: from CRM_RECORDS / CRM_SEED)."""
     if customers is None:
-        customers = generate_customers(_env_int("CRM_RECORDS", 400), _env_int("CRM_SEED", 7))
+        customers = generate_customers(env_int("CRM_RECORDS", 400), env_int("CRM_SEED", 7))
     if call_log is None:
         call_log = os.environ.get("CRM_CALL_LOG") or None
     by_id = {c["id"]: c for c in customers}
@@ -143,7 +124,7 @@ def build_server(
     )
 
     def record(tool: str, arguments: dict[str, Any]) -> None:
-        _record_call(call_log, "crm", tool, arguments)
+        record_call(call_log, "crm", tool, arguments)
 
     def lookup(customer_id: str) -> dict[str, Any]:
         customer = by_id.get(customer_id)
@@ -302,26 +283,6 @@ def build_server(
         ]
 
     return mcp
-
-
-def parse_http(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` -> (host, port), with an error that says what is expected."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT such as 127.0.0.1:8765, got {value!r}")
-    return host, int(port)
-
-
-def serve(mcp: MCPServer, argv: list[str] | None, description: str) -> None:
-    """Shared command line of the demo servers: stdio by default, ``--http HOST:PORT`` for HTTP."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--http", type=parse_http, metavar="HOST:PORT", help="serve Streamable HTTP at /mcp")
-    args = parser.parse_args(argv)
-    if args.http is None:
-        mcp.run("stdio")
-    else:
-        host, port = args.http
-        mcp.run("streamable-http", host=host, port=port, streamable_http_path="/mcp")
 
 
 def main(argv: list[str] | None = None) -> None:
