@@ -1,0 +1,277 @@
+"""The parsed policy and its decisions.
+
+Rules are evaluated in document order and the **first rule that matches decides** (allow or deny).
+A rule matches when every field it sets matches: entity type, source upstream, destination tool,
+argument path, principal name, role, and finally its ``when`` condition. A rule whose condition
+cannot be evaluated decides *deny* (fail closed).
+
+When no flow rule matches, the built-in fallback applies: a value may go back to the upstream it
+came from (``default:same-upstream``), anywhere else is refused (``default:deny``). When the policy
+has no ``access`` section every principal may use every tool (``default:allow-all``); with one,
+anything no rule allows is refused (``default:deny``).
+
+Every evaluation can return its trace — each rule considered, in order, and why it did or did not
+match — which is what ``veil policy explain`` prints and what audit records on request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from veil.policies.cel import Condition, ConditionError, activation
+from veil.policies.matching import ArgSet, GlobSet
+from veil.tokenizer.settings import DetectionSettings, TokenSettings
+
+EXECUTE_UPSTREAM = "veil"
+EXECUTE_TOOL = "execute_code"
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    rule: str  # rule id, e.g. "flows[2]:crm-email-to-mailer" or "default:same-upstream"
+    reason: str  # a sentence a person can read
+
+
+@dataclass(frozen=True)
+class Step:
+    """One rule considered during an evaluation."""
+
+    rule: str
+    matched: bool
+    reason: str
+
+
+class PrincipalLike(Protocol):
+    name: str
+    roles: frozenset[str]
+    tenant: str | None
+
+
+class TokenLike(Protocol):
+    token: str
+    entity_type: str
+    sources: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Fields shared by flow and access rules; ``None`` means the field is not set (matches all)."""
+
+    index: int
+    id: str
+    effect: str  # "allow" | "deny"
+    section: str  # "flows" | "access"
+    tools: GlobSet
+    principals: GlobSet | None = None
+    roles: frozenset[str] | None = None
+    when: Condition | None = None
+    description: str | None = None
+    line: int | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.section}[{self.index}]:{self.id}"
+
+
+@dataclass(frozen=True)
+class FlowRule(Rule):
+    entities: frozenset[str] | None = None
+    sources: GlobSet | None = None
+    args: ArgSet | None = None
+
+
+def _who(rule: Rule, principal: PrincipalLike) -> str | None:
+    """Why the rule does not apply to this principal, or None when it does."""
+    if rule.principals is not None and not rule.principals.matches(principal.name):
+        return f"principal '{principal.name}' is not one of [{rule.principals}]"
+    if rule.roles is not None and not (rule.roles & set(principal.roles)):
+        held = ", ".join(sorted(principal.roles)) or "none"
+        return f"principal holds none of the roles [{', '.join(sorted(rule.roles))}] (has: {held})"
+    return None
+
+
+def _condition(rule: Rule, act: dict[str, Any]) -> tuple[bool | None, str]:
+    """(True|False, why) or (None, error) when the condition could not be evaluated."""
+    assert rule.when is not None
+    try:
+        ok = rule.when.evaluate(act)
+    except ConditionError as exc:
+        return None, str(exc)
+    return ok, f"condition {'true' if ok else 'false'}: {rule.when.source}"
+
+
+@dataclass
+class Policy:
+    """A loaded, validated policy document. Immutable in practice: reload builds a new one."""
+
+    version: str  # sha256 of the document's bytes, hex
+    path: Path
+    detection: DetectionSettings
+    tokens: TokenSettings
+    sandbox: dict[str, Any]
+    audit: dict[str, Any]
+    metadata: dict[str, Any]
+    flows: list[FlowRule]
+    access: list[Rule] | None  # None: no access section (everyone may do everything)
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", self.path.stem))
+
+    # -- flows ---------------------------------------------------------------------------------
+
+    def decide_flow(
+        self,
+        principal: PrincipalLike,
+        ref: TokenLike,
+        upstream: str,
+        tool: str,
+        arg_path: str,
+        *,
+        now: datetime | None = None,
+    ) -> Decision:
+        """May the real value behind ``ref`` be sent to ``upstream__tool`` in argument ``arg_path``?"""
+        return self.explain_flow(principal, ref, upstream, tool, arg_path, now=now)[0]
+
+    def explain_flow(
+        self,
+        principal: PrincipalLike,
+        ref: TokenLike,
+        upstream: str,
+        tool: str,
+        arg_path: str,
+        *,
+        now: datetime | None = None,
+    ) -> tuple[Decision, list[Step]]:
+        dest = f"{upstream}__{tool}"
+        where = f"{dest}:{arg_path}" if arg_path else dest
+        etype = ref.entity_type
+        sources = sorted(ref.sources)
+        steps: list[Step] = []
+        act: dict[str, Any] | None = None
+        for rule in self.flows:
+            why = None
+            if rule.entities is not None and etype not in rule.entities:
+                why = f"entity type {etype} is not one of [{', '.join(sorted(rule.entities))}]"
+            elif rule.sources is not None and not any(rule.sources.matches(s) for s in sources):
+                why = f"value came from [{', '.join(sources) or 'nowhere known'}], not from [{rule.sources}]"
+            elif not rule.tools.matches(dest):
+                why = f"destination {dest} does not match [{rule.tools}]"
+            elif rule.args is not None and not rule.args.matches(arg_path):
+                why = f"argument '{arg_path}' does not match [{rule.args}]"
+            else:
+                why = _who(rule, principal)
+            if why is None and rule.when is not None:
+                if act is None:
+                    act = activation(
+                        principal_name=principal.name,
+                        roles=principal.roles,
+                        tenant=principal.tenant,
+                        upstream=upstream,
+                        tool=tool,
+                        now=now,
+                        arg=arg_path,
+                        token_type=etype,
+                        sources=sources,
+                    )
+                ok, text = _condition(rule, act)
+                if ok is None:
+                    steps.append(Step(rule.ref, True, f"{text}; a rule whose condition fails denies"))
+                    return Decision(
+                        False,
+                        rule.ref,
+                        f"rule {rule.ref} could not evaluate its condition ({text}), so the flow is denied",
+                    ), steps
+                if not ok:
+                    why = text
+            if why is not None:
+                steps.append(Step(rule.ref, False, why))
+                continue
+            verb = "allows" if rule.effect == "allow" else "denies"
+            reason = f"rule {rule.ref} {verb} {etype} to {where}"
+            if rule.description:
+                reason += f" ({rule.description})"
+            steps.append(Step(rule.ref, True, f"matches: {verb} {etype} to {where}"))
+            return Decision(rule.effect == "allow", rule.ref, reason), steps
+        if upstream in ref.sources:
+            decision = Decision(
+                True, "default:same-upstream", f"no rule matched; {etype} goes back to {upstream}, where it came from"
+            )
+        else:
+            came = ", ".join(sources) or "an unknown upstream"
+            decision = Decision(
+                False,
+                "default:deny",
+                f"no rule matched and {etype} came from {came}, not from {upstream}: add a flow rule to allow it",
+            )
+        steps.append(Step(decision.rule, True, decision.reason))
+        return decision, steps
+
+    # -- access --------------------------------------------------------------------------------
+
+    def decide_access(
+        self, principal: PrincipalLike, upstream: str, tool: str, *, now: datetime | None = None
+    ) -> Decision:
+        """May ``principal`` list and call ``upstream__tool``?"""
+        return self.explain_access(principal, upstream, tool, now=now)[0]
+
+    def decide_execute(self, principal: PrincipalLike, *, now: datetime | None = None) -> Decision:
+        """May ``principal`` use execute_code (access rules on ``veil__execute_code``)?"""
+        return self.decide_access(principal, EXECUTE_UPSTREAM, EXECUTE_TOOL, now=now)
+
+    def explain_access(
+        self, principal: PrincipalLike, upstream: str, tool: str, *, now: datetime | None = None
+    ) -> tuple[Decision, list[Step]]:
+        dest = f"{upstream}__{tool}"
+        if self.access is None:
+            decision = Decision(
+                True, "default:allow-all", "the policy has no access section: every principal may use every tool"
+            )
+            return decision, [Step(decision.rule, True, decision.reason)]
+        steps: list[Step] = []
+        act: dict[str, Any] | None = None
+        for rule in self.access:
+            why = None if rule.tools.matches(dest) else f"tool {dest} does not match [{rule.tools}]"
+            if why is None:
+                why = _who(rule, principal)
+            if why is None and rule.when is not None:
+                if act is None:
+                    act = activation(
+                        principal_name=principal.name,
+                        roles=principal.roles,
+                        tenant=principal.tenant,
+                        upstream=upstream,
+                        tool=tool,
+                        now=now,
+                    )
+                ok, text = _condition(rule, act)
+                if ok is None:
+                    steps.append(Step(rule.ref, True, f"{text}; a rule whose condition fails denies"))
+                    return Decision(
+                        False,
+                        rule.ref,
+                        f"rule {rule.ref} could not evaluate its condition ({text}), so access is denied",
+                    ), steps
+                if not ok:
+                    why = text
+            if why is not None:
+                steps.append(Step(rule.ref, False, why))
+                continue
+            verb = "allows" if rule.effect == "allow" else "denies"
+            reason = f"rule {rule.ref} {verb} {principal.name} to use {dest}"
+            if rule.description:
+                reason += f" ({rule.description})"
+            steps.append(Step(rule.ref, True, f"matches: {verb} {dest}"))
+            return Decision(rule.effect == "allow", rule.ref, reason), steps
+        decision = Decision(
+            False,
+            "default:deny",
+            f"no access rule allows {principal.name} to use {dest}: add one to the access section",
+        )
+        steps.append(Step(decision.rule, True, decision.reason))
+        return decision, steps
