@@ -1,0 +1,150 @@
+"""The canonical encoding of an audit record and the hash chain over it.
+
+Why a standard encoding: an auditor must be able to re-implement verification without reading
+Veil's code. Each stored row is turned into a JSON object with a fixed set of members
+(:data:`FIELDS`) and serialised with RFC 8785 (JSON Canonicalization Scheme: sorted keys, no
+whitespace, ECMAScript number formatting, UTF-8). The chain hash of row *n* is
+
+    hash_n = SHA-256(hash_{n-1} || JCS(record_n))        hash_0 = 32 zero bytes
+
+Values are normalised *before* hashing and storing (see :func:`json_value`) so that what comes
+back from PostgreSQL (``jsonb`` re-orders keys and rewrites numbers) encodes to the same bytes:
+integers outside the IEEE-754 safe range become doubles, non-finite numbers are refused, and NUL
+characters (which PostgreSQL text cannot hold) become U+FFFD. ``docs/audit.md`` documents this.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, is_dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import rfc8785
+
+ENCODING_VERSION = 1
+GENESIS_HASH = bytes(32)
+MAX_SAFE_INT = 2**53 - 1
+
+# Members of the canonical record, in the order of the audit_events columns (order does not
+# matter for JCS, which sorts keys; the list is the contract of which members exist).
+FIELDS = (
+    "v",
+    "seq",
+    "ts",
+    "occurred_at",
+    "id",
+    "kind",
+    "outcome",
+    "principal",
+    "roles",
+    "tenant",
+    "session_id",
+    "scope",
+    "upstream",
+    "tool",
+    "args_digest",
+    "entities",
+    "tokens",
+    "untokenised",
+    "decision",
+    "rule",
+    "duration_ms",
+    "policy_version",
+    "detail",
+)
+
+
+class EncodingError(ValueError):
+    """A value cannot be put in the audit trail (names the field, never the value)."""
+
+
+def _text(value: str) -> str:
+    return value.replace("\x00", "\ufffd")
+
+
+def json_value(value: Any, where: str) -> Any:
+    """``value`` as plain JSON data that survives a PostgreSQL ``jsonb`` round trip unchanged."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, int):
+        return value if -MAX_SAFE_INT <= value <= MAX_SAFE_INT else float(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise EncodingError(f"audit field {where!r} holds a non-finite number; use null or a string")
+        return value
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if isinstance(k, bool) or not isinstance(k, str | int):
+                raise EncodingError(f"audit field {where!r} has a {type(k).__name__} key; keys must be strings")
+            out[_text(str(k))] = json_value(v, f"{where}.{k}")
+        return out
+    if isinstance(value, list | tuple):
+        return [json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return format_ts(value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return json_value(asdict(value), where)
+    raise EncodingError(
+        f"audit field {where!r} holds a {type(value).__name__}; only JSON values (dict, list, str, number, "
+        "bool, None) can be audited"
+    )
+
+
+def format_ts(value: datetime) -> str:
+    """UTC, microseconds always present: ``2026-11-24T17:20:30.123456Z``."""
+    if value.tzinfo is None:
+        raise EncodingError("audit timestamps must be timezone-aware")
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def jcs(value: Any) -> bytes:
+    """RFC 8785 canonical JSON bytes of already-normalised JSON data."""
+    return rfc8785.dumps(value)
+
+
+def canonical_json(value: Any) -> bytes:
+    """Normalise then canonicalise: the bytes :func:`digest_args` and the chain hash are over."""
+    return jcs(json_value(value, "value"))
+
+
+def digest_args(args: Any) -> str:
+    """``sha256:<hex>`` of the canonical JSON of (already tokenised) tool arguments.
+
+    The audit row holds this digest instead of the arguments, so two calls with the same
+    arguments can be matched without keeping the arguments themselves.
+    """
+    return "sha256:" + hashlib.sha256(canonical_json(args)).hexdigest()
+
+
+def record_document(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The canonical record of one stored row (a mapping with the audit_events columns)."""
+    doc: dict[str, Any] = {"v": ENCODING_VERSION}
+    for name in FIELDS[1:]:
+        value = row[name]
+        if name in ("ts", "occurred_at"):
+            doc[name] = format_ts(value)
+        elif name == "id":
+            doc[name] = str(value)
+        else:
+            doc[name] = json_value(value, name)
+    return doc
+
+
+def chain_hash(prev_hash: bytes, row: Mapping[str, Any]) -> bytes:
+    """``SHA-256(prev_hash || JCS(record))``: the link that makes any edit visible."""
+    return hashlib.sha256(bytes(prev_hash) + jcs(record_document(row))).digest()
+
+
+def to_json_text(value: Any) -> str:
+    """Text for a ``jsonb`` parameter (value already normalised)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))

@@ -1,0 +1,176 @@
+"""Appending to the hash chain: one transaction, one lock, many events.
+
+Every append (the writer's batches, retention, checkpoints) goes through :func:`append` inside a
+transaction that holds the ``audit_chain_head`` row lock. That lock is what makes concurrent
+writers, in one process or several, produce a single chain: whoever holds it reads the head
+(last seq, last hash, last ts), links its events after it and moves the head, then commits.
+
+``ts`` (the partition key) is the database's ``clock_timestamp()`` at append time, clamped to be
+no earlier than the head's, so ``seq`` order and ``ts`` order agree and a month partition is
+always a contiguous range of the chain (retention can drop a prefix). The event's own time is
+kept in ``occurred_at``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from veil.audit.canonical import EncodingError, _text, chain_hash, json_value, to_json_text
+from veil.audit.events import AuditEvent
+from veil.audit.partitions import Month, PartitionCache, ensure_partition
+
+_TEXT_FIELDS = (
+    "kind",
+    "outcome",
+    "principal",
+    "tenant",
+    "session_id",
+    "scope",
+    "upstream",
+    "tool",
+    "args_digest",
+    "decision",
+    "rule",
+    "policy_version",
+)
+
+COLUMNS = (
+    "seq",
+    "ts",
+    "occurred_at",
+    "id",
+    "kind",
+    "outcome",
+    "principal",
+    "roles",
+    "tenant",
+    "session_id",
+    "scope",
+    "upstream",
+    "tool",
+    "args_digest",
+    "entities",
+    "tokens",
+    "untokenised",
+    "decision",
+    "rule",
+    "duration_ms",
+    "policy_version",
+    "detail",
+    "prev_hash",
+    "hash",
+)
+_JSONB = ("entities", "untokenised", "detail")
+
+INSERT = sa.text(
+    f"INSERT INTO audit_events ({', '.join(COLUMNS)}) VALUES ("
+    + ", ".join(f"CAST(:{c} AS jsonb)" if c in _JSONB else f":{c}" for c in COLUMNS)
+    + ")"
+)
+LOCK_HEAD = sa.text("SELECT seq, hash, ts, clock_timestamp() AS now FROM audit_chain_head WHERE id FOR UPDATE")
+MOVE_HEAD = sa.text("UPDATE audit_chain_head SET seq = :seq, hash = :hash, ts = :ts WHERE id")
+
+
+@dataclass(frozen=True)
+class Appended:
+    seq: int
+    hash: bytes
+    ts: datetime
+
+
+@dataclass(frozen=True)
+class Head:
+    seq: int
+    hash: bytes
+    ts: datetime
+
+
+def prepare(event: AuditEvent) -> dict[str, Any]:
+    """The event's columns, normalised for hashing and storage (no seq, ts or hashes yet).
+
+    Done in the caller's thread so a malformed event fails its own ``record`` call and never
+    poisons a batch. Raises :class:`EncodingError` naming the field.
+    """
+    row: dict[str, Any] = {}
+    for name in _TEXT_FIELDS:
+        value = getattr(event, name)
+        if value is not None and not isinstance(value, str):
+            raise EncodingError(f"audit field {name!r} must be a string or None, got {type(value).__name__}")
+        row[name] = None if value is None else _text(value)
+    if not row["kind"]:
+        raise EncodingError("audit field 'kind' is empty; use one of the kinds in veil.audit.events")
+    for name in ("roles", "tokens"):
+        values = getattr(event, name)
+        if isinstance(values, str) or not all(isinstance(v, str) for v in values):
+            raise EncodingError(f"audit field {name!r} must be a list of strings")
+        row[name] = [_text(v) for v in values]
+    row["entities"] = json_value(dict(event.entities), "entities")
+    row["untokenised"] = json_value(list(event.untokenised), "untokenised")
+    row["detail"] = json_value(dict(event.detail), "detail")
+    duration = event.duration_ms
+    row["duration_ms"] = None if duration is None else json_value(float(duration), "duration_ms")
+    if event.ts.tzinfo is None:
+        raise EncodingError("audit field 'ts' must be timezone-aware (use datetime.now(UTC))")
+    row["occurred_at"] = event.ts
+    row["id"] = event.id
+    return row
+
+
+def lock_head(conn: sa.Connection) -> tuple[Head, datetime]:
+    """Take the chain lock; returns the head and the database's clock."""
+    r = conn.execute(LOCK_HEAD).one()
+    return Head(r.seq, bytes(r.hash), r.ts), r.now
+
+
+def append(
+    conn: sa.Connection, rows: list[dict[str, Any]], cache: PartitionCache | None = None
+) -> tuple[list[Appended], set[Month]]:
+    """Link ``rows`` (from :func:`prepare`) after the head and insert them, in ``conn``'s transaction.
+
+    Returns what was appended and the months whose partition this transaction ensured (to be
+    added to ``cache`` once the transaction has committed).
+    """
+    head, now = lock_head(conn)
+    ts = max(now, head.ts)
+    month = Month.of(ts)
+    ensured: set[Month] = set()
+    if cache is None or not cache.known(month):
+        ensure_partition(conn, month)
+        ensured.add(month)
+    prev, seq = head.hash, head.seq
+    params, out = [], []
+    for row in rows:
+        seq += 1
+        full = {**row, "seq": seq, "ts": ts}
+        digest = chain_hash(prev, full)
+        params.append(
+            {
+                **full,
+                "entities": to_json_text(row["entities"]),
+                "untokenised": to_json_text(row["untokenised"]),
+                "detail": to_json_text(row["detail"]),
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
+        out.append(Appended(seq, digest, ts))
+        prev = digest
+    if params:
+        conn.execute(INSERT, params)
+        conn.execute(MOVE_HEAD, {"seq": seq, "hash": prev, "ts": ts})
+    return out, ensured
+
+
+def append_events(conn: sa.Connection, events: list[AuditEvent]) -> list[Appended]:
+    """Convenience for CLI code that appends inside its own transaction (retention, erase)."""
+    appended, _ = append(conn, [prepare(e) for e in events])
+    return appended
+
+
+def read_head(conn: sa.Connection) -> Head:
+    r = conn.execute(sa.text("SELECT seq, hash, ts FROM audit_chain_head WHERE id")).one()
+    return Head(r.seq, bytes(r.hash), r.ts)

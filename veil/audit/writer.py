@@ -1,0 +1,279 @@
+"""The durable, batched audit writer: one sink for every audit event.
+
+Why batching: a commit costs a WAL flush; one transaction per event caps the gateway at a few
+hundred audited calls per second and adds the flush to every call. Here callers put events on a
+queue; one background thread takes up to ``batch_max_events`` of them (waiting at most
+``batch_max_delay_ms`` after the first for more to arrive), appends them to the hash chain in one
+transaction and then wakes every caller of the batch. ``record`` returns only after the commit;
+if the batch cannot be committed, every caller in it gets :class:`AuditUnavailable` and the
+gateway refuses the call (fail closed).
+
+Usage::
+
+    async with AuditWriter(engine) as audit:
+        await audit.record(AuditEvent(kind=TOOL_CALL, ...))
+
+    writer.record_sync(event)   # from CLI code or other threads
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from veil.audit.canonical import EncodingError
+from veil.audit.chain import Appended, append, prepare
+from veil.audit.checkpoints import make_checkpoint
+from veil.audit.events import AuditEvent
+from veil.audit.partitions import Month, PartitionCache, ensure_partition
+from veil.errors import AuditUnavailable
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+@dataclass
+class _Item:
+    row: dict[str, Any]
+    future: Future[Appended]
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, payload-free description of a database failure."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+            # Connection-level messages (refused, timeout, shutdown) carry no row data.
+            first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+            return f"{type(exc.orig).__name__}: {first}"
+        return f"{type(exc.orig).__name__} (SQLSTATE {sqlstate})"
+    return type(exc).__name__
+
+
+class AuditWriter:
+    """Batches events into hash-chained transactions on a background thread."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        batch_max_events: int = 256,
+        batch_max_delay_ms: float = 2.0,
+        *,
+        timeout_s: float = 30.0,
+        signing_key: Ed25519PrivateKey | None = None,
+        checkpoint_every_events: int | None = None,
+        checkpoint_every_s: float | None = None,
+    ) -> None:
+        if batch_max_events < 1:
+            raise ValueError("batch_max_events must be at least 1")
+        self.engine = engine
+        self.batch_max_events = batch_max_events
+        self.batch_max_delay_s = max(0.0, batch_max_delay_ms) / 1000.0
+        self.timeout_s = timeout_s
+        self.signing_key = signing_key
+        self.checkpoint_every_events = checkpoint_every_events
+        self.checkpoint_every_s = checkpoint_every_s
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._partitions = PartitionCache()
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self.batches = 0  # committed batches, for benchmarks and tests
+        self.events = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background thread (idempotent); also makes this and next month's partitions."""
+        with self._lock:
+            if self._closed:
+                raise AuditUnavailable("the audit writer is closed; create a new AuditWriter")
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="veil-audit-writer", daemon=True)
+            self._thread.start()
+        try:
+            self._prepare_partitions()
+        except sa.exc.SQLAlchemyError as exc:
+            # Not fatal here: each batch ensures its own month; record() reports the failure.
+            log.warning("could not pre-create audit partitions (%s)", _reason(exc))
+
+    def _prepare_partitions(self) -> None:
+        """Create the current and next month ahead of time, outside the hot path, so month
+        rollover does not take a DDL lock while callers wait."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.text("SET LOCAL lock_timeout = '2s'"))
+            conn.execute(sa.text("SELECT seq FROM audit_chain_head WHERE id FOR UPDATE"))
+            now = conn.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
+            months = [Month.of(now), Month.of(now).next()]
+            for month in months:
+                ensure_partition(conn, month)
+        self._partitions.add(months)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Write what is queued, then stop the thread. Later ``record`` calls fail."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join(timeout_s)
+        self._fail_pending(AuditUnavailable("the audit writer was closed before the event was written"))
+
+    async def __aenter__(self) -> AuditWriter:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
+
+    def __enter__(self) -> AuditWriter:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def _submit(self, event: AuditEvent) -> Future[Appended]:
+        try:
+            row = prepare(event)
+        except EncodingError as exc:
+            raise AuditUnavailable(f"audit event {event.kind!r} cannot be recorded: {exc}") from None
+        if self._thread is None:
+            self.start()
+        if self._closed:
+            raise AuditUnavailable("the audit writer is closed; the call was refused")
+        future: Future[Appended] = Future()
+        self._queue.put(_Item(row, future))
+        return future
+
+    async def record(self, event: AuditEvent) -> None:
+        """Return once ``event`` is committed; raise :class:`AuditUnavailable` if it cannot be."""
+        future = self._submit(event)
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s)
+        except TimeoutError:
+            raise AuditUnavailable(
+                f"audit event {event.kind!r} was not committed within {self.timeout_s:g}s; "
+                "check the database is reachable and not locked"
+            ) from None
+
+    def record_sync(self, event: AuditEvent) -> Appended:
+        """Blocking ``record`` for threads and CLI code; returns the seq and hash appended."""
+        future = self._submit(event)
+        try:
+            return future.result(self.timeout_s)
+        except TimeoutError:
+            future.cancel()
+            raise AuditUnavailable(
+                f"audit event {event.kind!r} was not committed within {self.timeout_s:g}s; "
+                "check the database is reachable and not locked"
+            ) from None
+
+    # -- the background thread ---------------------------------------------------------------
+
+    def _next_batch(self, first: _Item) -> tuple[list[_Item], bool]:
+        batch, stop = [first], False
+        deadline = time.monotonic() + self.batch_max_delay_s
+        while len(batch) < self.batch_max_events:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if item is _STOP:
+                stop = True
+                break
+            batch.append(item)
+        return batch, stop
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            batch, stop = self._next_batch(first)
+            # Callers that gave up (timeout) before their batch started are not written.
+            batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
+            if batch:
+                self._write(batch)
+        self._fail_pending(AuditUnavailable("the audit writer was closed before the event was written"))
+
+    def _write(self, batch: list[_Item]) -> None:
+        for attempt in (1, 2):
+            try:
+                with self.engine.begin() as conn:
+                    appended, ensured = append(conn, [item.row for item in batch], self._partitions)
+            except sa.exc.DBAPIError as exc:
+                if attempt == 1 and exc.connection_invalidated:
+                    continue  # a stale pooled connection: one fresh try
+                self._fail(batch, exc)
+                return
+            except Exception as exc:
+                self._fail(batch, exc)
+                return
+            break
+        self._partitions.add(ensured)
+        self.batches += 1
+        self.events += len(batch)
+        for item, done in zip(batch, appended, strict=True):
+            item.future.set_result(done)
+        self._since_checkpoint += len(batch)
+        self._maybe_checkpoint()
+
+    def _fail(self, batch: list[_Item], exc: BaseException) -> None:
+        log.error("audit batch of %d event(s) not written: %s", len(batch), _reason(exc))
+        error = AuditUnavailable(
+            f"the audit trail could not be written ({_reason(exc)}); the call was refused. "
+            "Check that PostgreSQL is reachable and migrated (`veil db upgrade`)."
+        )
+        for item in batch:
+            item.future.set_exception(error)
+
+    def _fail_pending(self, error: AuditUnavailable) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP and item.future.set_running_or_notify_cancel():
+                item.future.set_exception(error)
+
+    def _maybe_checkpoint(self) -> None:
+        if self.signing_key is None:
+            return
+        due = (self.checkpoint_every_events and self._since_checkpoint >= self.checkpoint_every_events) or (
+            self.checkpoint_every_s and time.monotonic() - self._last_checkpoint >= self.checkpoint_every_s
+        )
+        if not due:
+            return
+        try:
+            with self.engine.begin() as conn:
+                make_checkpoint(conn, self.signing_key)
+        except Exception as exc:  # a missed checkpoint is retried after the next batch
+            log.warning("audit checkpoint failed: %s", _reason(exc))
+            return
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
