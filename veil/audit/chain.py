@@ -127,15 +127,20 @@ def lock_head(conn: sa.Connection) -> tuple[Head, datetime]:
 
 
 def append(
-    conn: sa.Connection, rows: list[dict[str, Any]], cache: PartitionCache | None = None
+    conn: sa.Connection,
+    rows: list[dict[str, Any]],
+    cache: PartitionCache | None = None,
+    *,
+    clock: datetime | None = None,
 ) -> tuple[list[Appended], set[Month]]:
     """Link ``rows`` (from :func:`prepare`) after the head and insert them, in ``conn``'s transaction.
 
     Returns what was appended and the months whose partition this transaction ensured (to be
-    added to ``cache`` once the transaction has committed).
+    added to ``cache`` once the transaction has committed). ``clock`` replaces the database
+    clock when importing history (tests, benchmarks); ``ts`` still never goes backwards.
     """
     head, now = lock_head(conn)
-    ts = max(now, head.ts)
+    ts = max(clock or now, head.ts)
     month = Month.of(ts)
     ensured: set[Month] = set()
     if cache is None or not cache.known(month):
@@ -165,9 +170,9 @@ def append(
     return out, ensured
 
 
-def append_events(conn: sa.Connection, events: list[AuditEvent]) -> list[Appended]:
+def append_events(conn: sa.Connection, events: list[AuditEvent], *, clock: datetime | None = None) -> list[Appended]:
     """Convenience for CLI code that appends inside its own transaction (retention, erase)."""
-    appended, _ = append(conn, [prepare(e) for e in events])
+    appended, _ = append(conn, [prepare(e) for e in events], clock=clock)
     return appended
 
 

@@ -1,0 +1,160 @@
+"""The batched writer: durable before returning, batches concurrent callers, fails closed."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from veil.audit import AuditWriter, digest_args
+from veil.audit.events import AuditEvent
+from veil.audit.verify import verify
+from veil.errors import AuditUnavailable
+
+from .conftest import tool_event
+
+WRITER_SCRIPT = """
+import sys, sqlalchemy as sa
+from veil import db
+from veil.audit import AuditWriter
+from veil.audit.events import AuditEvent
+engine = db.create_engine(sys.argv[1])
+with AuditWriter(engine, batch_max_events=16) as w:
+    for i in range(int(sys.argv[2])):
+        w.record_sync(AuditEvent(kind="tool.call", principal=sys.argv[3], detail={"i": i}))
+engine.dispose()
+"""
+
+
+@pytest.mark.req("audit:durable")
+def test_record_returns_after_commit_with_every_field(fresh_engine: sa.Engine) -> None:
+    event = tool_event(7)
+
+    async def run() -> None:
+        async with AuditWriter(fresh_engine) as writer:
+            await writer.record(event)
+
+    asyncio.run(run())
+    with fresh_engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT * FROM audit_events WHERE id = :id"), {"id": event.id}).mappings().one()
+    assert row["seq"] == 1
+    assert row["kind"] == "tool.call" and row["principal"] == "user1" and row["upstream"] == "crm"
+    assert row["tokens"] == ["[EMAIL_ADDRESS_7]", "[PERSON_7]"]
+    assert row["entities"] == {"EMAIL_ADDRESS": 2, "PERSON": 1}
+    assert row["untokenised"] == [
+        {
+            "token": "[EMAIL_ADDRESS_7]",
+            "entity_type": "EMAIL_ADDRESS",
+            "destination": "mailer__send:to",
+            "rule": "flows[0]:mail",
+        }
+    ]
+    assert row["occurred_at"] == event.ts
+    assert row["prev_hash"] == bytes(32)
+
+
+@pytest.mark.req("audit:durable")
+def test_concurrent_async_callers_share_batches_and_one_chain(fresh_engine: sa.Engine) -> None:
+    events = [tool_event(i) for i in range(300)]
+
+    async def run() -> AuditWriter:
+        async with AuditWriter(fresh_engine, batch_max_events=64) as writer:
+            await asyncio.gather(*(writer.record(e) for e in events))
+        return writer
+
+    writer = asyncio.run(run())
+    assert writer.events == 300
+    assert writer.batches < 300  # callers were grouped into shared transactions
+    with fresh_engine.connect() as conn:
+        result = verify(conn)
+        ids = set(conn.execute(sa.text("SELECT id FROM audit_events")).scalars())
+    assert result.ok, result.problem
+    assert result.events == 300
+    assert ids == {e.id for e in events}
+
+
+@pytest.mark.req("audit:chain")
+def test_threads_and_two_processes_produce_one_valid_chain(fresh_url: str, fresh_engine: sa.Engine) -> None:
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, fresh_url, "150", f"proc{n}"]) for n in range(2)]
+    errors: list[BaseException] = []
+    with AuditWriter(fresh_engine, batch_max_events=8, batch_max_delay_ms=0) as writer:
+
+        def work(n: int) -> None:
+            try:
+                for i in range(50):
+                    writer.record_sync(AuditEvent(kind="tool.call", principal=f"thread{n}", detail={"i": i}))
+            except BaseException as exc:  # surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    for p in procs:
+        assert p.wait(120) == 0
+    assert not errors
+    with fresh_engine.connect() as conn:
+        result = verify(conn)
+        by = dict(conn.execute(sa.text("SELECT principal, count(*) FROM audit_events GROUP BY 1")).all())
+        seqs = list(conn.execute(sa.text("SELECT seq FROM audit_events ORDER BY seq")).scalars())
+    assert result.ok, result.problem
+    assert seqs == list(range(1, 501))
+    assert by == {"proc0": 150, "proc1": 150, **{f"thread{n}": 50 for n in range(4)}}
+
+
+@pytest.mark.req("audit:fail-closed")
+def test_unreachable_database_raises_audit_unavailable() -> None:
+    engine = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:1/nowhere?connect_timeout=2")
+    writer = AuditWriter(engine, timeout_s=20)
+    try:
+        with pytest.raises(AuditUnavailable, match="could not be written"):
+            asyncio.run(writer.record(tool_event()))
+        with pytest.raises(AuditUnavailable, match="could not be written"):
+            writer.record_sync(tool_event())
+    finally:
+        writer.close()
+        engine.dispose()
+
+
+@pytest.mark.req("audit:fail-closed")
+def test_closed_writer_and_unencodable_event_are_refused(engine: sa.Engine) -> None:
+    writer = AuditWriter(engine)
+    with pytest.raises(AuditUnavailable, match=r"'detail\.x'"):
+        writer.record_sync(tool_event(detail={"x": float("nan")}))
+    writer.close()
+    with pytest.raises(AuditUnavailable, match="closed"):
+        writer.record_sync(tool_event())
+
+
+def test_digest_args_is_canonical() -> None:
+    assert digest_args({"b": 1, "a": [1.0, "x"]}) == digest_args({"a": [1, "x"], "b": 1})
+    assert digest_args({"a": 1}) != digest_args({"a": 2})
+    assert digest_args({}).startswith("sha256:") and len(digest_args({})) == 7 + 64
+
+
+def test_nul_characters_are_stored_and_hash_consistently(fresh_engine: sa.Engine) -> None:
+    with AuditWriter(fresh_engine) as writer:
+        writer.record_sync(tool_event(tool="a\x00b", detail={"k\x00": "v\x00", "big": 2**60}))
+    with fresh_engine.connect() as conn:
+        assert verify(conn).ok
+        row = conn.execute(sa.text("SELECT tool, detail FROM audit_events")).one()
+    assert row.tool == "a\ufffdb"
+    assert row.detail["k\ufffd"] == "v\ufffd"
+    # jsonb prints the double as an integer; it still encodes (and hashes) as the same double.
+    assert float(row.detail["big"]) == float(2**60)
+
+
+def test_event_ids_are_unique_per_row(engine: sa.Engine) -> None:
+    ids = [uuid.uuid4() for _ in range(3)]
+    with AuditWriter(engine) as writer:
+        for i in ids:
+            writer.record_sync(AuditEvent(kind="session.open", id=i))
+    with engine.connect() as conn:
+        found = conn.execute(sa.text("SELECT count(*) FROM audit_events WHERE id = ANY(:ids)"), {"ids": ids}).scalar()
+    assert found == 3
