@@ -9,13 +9,16 @@ Accepted shapes:
   another key; everything else takes its default.
 
 Relative paths (``policy``, ``data_dir``, an upstream's ``cwd``) are resolved against the config
-file's directory, so a config works the same wherever ``veil`` is started from.
+file's directory, so a config works the same wherever ``veil`` is started from. An upstream whose
+``command`` is exactly ``python`` or ``python3`` runs with Veil's own interpreter, so a config
+works from a virtualenv that is not activated; give a full path to use another interpreter.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -184,6 +187,8 @@ def parse_config(raw: Any, source: Path | None = None) -> VeilConfig:
     for name, up in config.upstreams.items():
         if isinstance(up, StdioUpstream) and up.cwd is not None and not up.cwd.is_absolute():
             up = up.model_copy(update={"cwd": (base / up.cwd).resolve()})
+        if isinstance(up, StdioUpstream) and up.command in ("python", "python3"):
+            up = up.model_copy(update={"command": sys.executable})
         upstreams[name] = up
     updates["upstreams"] = upstreams
     return config.model_copy(update=updates)

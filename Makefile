@@ -1,0 +1,31 @@
+# Two commands work on a fresh clone (see README):
+#   make demo   install into .venv, then run `veil demo` on the embedded PostgreSQL
+#   make test   install into .venv (and firejail), then run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench system-deps
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# firejail (the sandbox) and the unprivileged user sandboxes run as; needs root or sudo.
+system-deps:
+	@command -v firejail >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq firejail; }
+
+demo: $(STAMP)
+	$(VENV)/bin/veil demo
+
+test: $(STAMP) system-deps
+	$(VENV)/bin/python -m veil.sandbox.setup
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check veil tests migrations examples bench
+	$(VENV)/bin/ruff format --check veil tests migrations examples bench

@@ -1,0 +1,169 @@
+"""``veil demo``: a scripted agent session through a real gateway, shown from both sides.
+
+The demo starts ``veil serve`` on the bundled demo config as a subprocess (exactly what a
+desktop agent would do), connects a real MCP client to it over stdio, and then prints, step by
+step, what the agent saw (tokens only), what the upstreams received (real values, read from
+their call logs), and the audit rows Veil wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+import sqlalchemy as sa
+
+from veil.config import REPO_ROOT, load_config
+
+DEMO_CONFIG = REPO_ROOT / "examples" / "veil.yaml"
+WIDTH = 100
+
+
+def _show(title: str, body: Any) -> None:
+    click.secho(f"\n── {title} " + "─" * max(0, WIDTH - len(title) - 4), fg="cyan", bold=True)
+    text = body if isinstance(body, str) else json.dumps(body, indent=2, ensure_ascii=False)
+    lines = text.splitlines()
+    for line in lines[:40]:
+        click.echo("  " + line[:WIDTH])
+    if len(lines) > 40:
+        click.echo(f"  … ({len(lines) - 40} more lines)")
+
+
+def _side_by_side(left_title: str, left: str, right_title: str, right: str) -> None:
+    half = WIDTH // 2 - 2
+    click.secho(f"\n  {left_title:<{half}}  {right_title}", bold=True)
+    lw = [w for line in left.splitlines() for w in (textwrap.wrap(line, half) or [""])]
+    rw = [w for line in right.splitlines() for w in (textwrap.wrap(line, half) or [""])]
+    for i in range(max(len(lw), len(rw))):
+        a = lw[i] if i < len(lw) else ""
+        b = rw[i] if i < len(rw) else ""
+        click.echo(f"  {a:<{half}}│ {b}")
+
+
+def _text(result: Any) -> str:
+    return "\n".join(getattr(c, "text", "") for c in result.content)
+
+
+def _last_call(log: Path) -> dict[str, Any] | None:
+    if not log.exists():
+        return None
+    lines = [line for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return json.loads(lines[-1]) if lines else None
+
+
+async def run_demo(config_path: Path) -> None:
+    from mcp.client.client import Client
+    from mcp.client.stdio import StdioServerParameters
+    from mcp.shared.exceptions import MCPError
+
+    config = load_config(config_path)
+    data_dir = config.data_dir
+    outbox = data_dir / "mailer-outbox.jsonl"
+    for stale in (outbox, data_dir / "crm-calls.jsonl", data_dir / "tickets-calls.jsonl"):
+        stale.unlink(missing_ok=True)
+
+    click.secho("Veil demo: an agent works with a CRM through the gateway.", bold=True)
+    click.echo(f"config: {config_path}   policy: {config.policy}   data: {data_dir}")
+    click.echo("Starting `veil serve` (embedded PostgreSQL on first run takes a few seconds)…")
+
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "veil", "serve", "--config", str(config_path)], env=None
+    )
+    async with Client(params, mode="legacy", read_timeout_seconds=120) as agent:
+        tools = await agent.list_tools()
+        _show("1. The agent lists tools (one server: Veil)", [t.name for t in tools.tools])
+
+        found = await agent.call_tool("crm__find_customers", {"segment": "gold", "limit": 2})
+        _show("2. The agent calls crm__find_customers: what the MODEL sees", _text(found))
+        customers = found.structured_content or {}
+        first = (customers.get("result") or customers.get("customers") or [{}])[0] if customers else {}
+        email_token = first.get("email", "[EMAIL_ADDRESS_1]")
+        name_token = first.get("full_name", "[PERSON_1]")
+
+        body = f"Dear {name_token}, thank you for being a gold customer. Your account manager will call you."
+        args = {"to": email_token, "subject": "Your gold benefits", "body": body}
+        try:
+            sent = await agent.call_tool("mailer__send_email", args)
+            agent_view = _text(sent)
+        except MCPError as exc:
+            agent_view = f"refused: {exc.message}"
+        call = _last_call(outbox)
+        _show("3. The agent sends an e-mail with tokens in the arguments", "")
+        _side_by_side(
+            "agent sent (tokens):",
+            json.dumps(args, indent=1, ensure_ascii=False) + "\n\nagent got back:\n" + agent_view,
+            "mailer upstream received (real values):",
+            json.dumps(call["arguments"], indent=1, ensure_ascii=False) if call else "(nothing: flow refused)",
+        )
+
+        ssn_args = {"to": email_token, "subject": "SSN", "body": f"SSN on file: {first.get('ssn', '[US_SSN_1]')}"}
+        try:
+            await agent.call_tool("mailer__send_email", ssn_args)
+            refused = "sent (the policy allows it)"
+        except MCPError as exc:
+            refused = exc.message
+        _show("4. A flow the policy refuses: an SSN to the mailer", refused)
+
+        code = textwrap.dedent(
+            """
+            from servers import crm
+            rows = crm.export_customers()
+            gold_ca = [r for r in rows if r["segment"] == "gold" and r["address"]["state"] == "CA"]
+            print(f"{len(rows)} customers exported, {len(gold_ca)} gold in CA")
+            [(r["full_name"], r["email"]) for r in gold_ca[:3]]
+            """
+        ).strip()
+        try:
+            ran = await agent.call_tool("execute_code", {"code": code})
+            code_view = _text(ran)
+        except MCPError as exc:
+            code_view = f"execute_code unavailable: {exc.message}"
+        _show(
+            "5. execute_code: 400 records filtered in the sandbox, only the answer returns", code + "\n\n" + code_view
+        )
+
+    engine = sa.create_engine(_database_url(config))
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT seq, kind, coalesce(upstream || '__' || tool, tool, '') AS what, outcome, "
+                "coalesce(rule, '') AS rule, entities::text AS entities, "
+                "jsonb_array_length(untokenised) AS untok FROM audit_events ORDER BY seq DESC LIMIT 12"
+            )
+        ).all()
+    engine.dispose()
+    table = [f"{'seq':>5} {'kind':<16} {'what':<28} {'outcome':<8} {'untok':>5}  rule / entities"]
+    for r in reversed(rows):
+        table.append(
+            f"{r.seq:>5} {r.kind:<16} {r.what[:28]:<28} {r.outcome:<8} {r.untok:>5}  {r.rule or r.entities}"[:WIDTH]
+        )
+    _show("6. Audit rows written (no raw values: tokens, digests, counts, rules)", "\n".join(table))
+    click.echo(
+        "\nNext: `veil serve --config examples/veil.yaml` for a real agent, `veil report` for compliance, "
+        "`veil audit verify` to check the chain."
+    )
+
+
+def _database_url(config: Any) -> str:
+    from veil import db
+
+    return db.normalise_url(db.resolve_url(config.database_url, config.data_dir))
+
+
+@click.command("demo")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEMO_CONFIG,
+    show_default=True,
+    help="Gateway config with the demo upstreams.",
+)
+def demo(config_path: Path) -> None:
+    """Run a scripted agent session against the demo CRM and show what each side saw."""
+    anyio.run(run_demo, config_path.resolve())

@@ -1,0 +1,180 @@
+"""The gateway: assembles the stages (database, vault, tokenizer, policy, audit, sandbox) once per
+process and owns the sessions. The front servers (stdio, HTTP) only translate MCP to calls here.
+
+Start-up order matters and is written down here only:
+  database URL (embedded server if none) ▸ migrations ▸ engine ▸ master key ▸ policy ▸ tokenizer
+  ▸ audit writer ▸ sandbox manager ▸ ``policy.load`` audit event.
+Any failure stops start-up with a message naming what to fix; nothing runs half-configured.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from typing import Any, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from veil import db
+from veil.audit import events as ev
+from veil.audit.writer import AuditWriter
+from veil.config import SandboxConfig, VeilConfig
+from veil.errors import ConfigError
+from veil.policies import PolicyStore
+from veil.principal import Principal
+from veil.proxy.pipeline import Pipeline
+from veil.proxy.session import AgentSession
+from veil.tokenizer import Tokenizer
+from veil.tokenizer.keys import Keyring
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Gateway:
+    def __init__(self, config: VeilConfig) -> None:
+        self.config = config
+        self.pipeline = Pipeline(self)
+        self.sessions: dict[str, AgentSession] = {}
+        self._stack = AsyncExitStack()
+        # Tokenisation is CPU-bound (spaCy) and runs in threads; two workers per core is plenty.
+        self._limiter = anyio.CapacityLimiter(4)
+        self.task_group: TaskGroup
+        self.sandbox: Any = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Gateway:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def _start(self) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.database_url = await anyio.to_thread.run_sync(db.resolve_url, cfg.database_url, cfg.data_dir)
+        await anyio.to_thread.run_sync(db.upgrade, self.database_url)
+        self.engine = await anyio.to_thread.run_sync(db.create_engine, self.database_url)
+        self._stack.callback(self.engine.dispose)
+
+        self.keyring = Keyring.load(cfg.data_dir, cfg.key_file)
+        self.policies = PolicyStore(cfg.policy, on_change=self._policy_changed, on_rejected=self._policy_rejected)
+        policy = self.policies.current
+        self.tokenizer = Tokenizer(self.engine, self.keyring, policy.detection, policy.tokens)
+
+        self.audit = AuditWriter(
+            self.engine,
+            batch_max_events=cfg.audit.batch_max_events,
+            batch_max_delay_ms=cfg.audit.batch_max_delay_ms,
+        )
+        self.audit.start()
+        self._stack.callback(self.audit.close)
+
+        self.task_group = await self._stack.enter_async_context(anyio.create_task_group())
+        self._stack.push_async_callback(self._close_sessions)
+        self._stack.callback(self.task_group.cancel_scope.cancel)
+
+        self.sandbox = self._make_sandbox()
+        if self.sandbox is not None:
+            self._stack.push_async_callback(self.sandbox.aclose)
+
+        await self.record(
+            ev.AuditEvent(
+                kind=ev.POLICY_LOAD,
+                principal="veil",
+                policy_version=policy.version,
+                detail={"path": str(policy.path), "reason": "start"},
+            )
+        )
+        self.policies.start()
+        self._stack.callback(self.policies.stop)
+
+    def _make_sandbox(self) -> Any:
+        """The sandbox manager, or None when code mode is off (``expose: direct``)."""
+        if self.config.expose == "direct":
+            return None
+        from veil.sandbox import SandboxManager
+
+        return SandboxManager(self.sandbox_config(), self.config.data_dir / "workspaces")
+
+    def sandbox_config(self) -> SandboxConfig:
+        """Config limits, tightened or set by the policy's ``sandbox`` section."""
+        overrides = dict(getattr(self.policy, "sandbox", None) or {})
+        unknown = set(overrides) - set(SandboxConfig.model_fields)
+        if unknown:
+            raise ConfigError(f"{self.policy.path}: sandbox: unknown field(s) {', '.join(sorted(unknown))}")
+        return self.config.sandbox.model_copy(update=overrides)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def _close_sessions(self) -> None:
+        for session in list(self.sessions.values()):
+            with anyio.CancelScope(shield=True):
+                await self.close_session(session)
+
+    # -- policy hot reload (called from the policy store's watcher thread) -----------------------
+
+    def _policy_changed(self, policy: Any) -> None:
+        self.tokenizer.update_settings(policy.detection, policy.tokens)
+        self.audit.record_sync(
+            ev.AuditEvent(
+                kind=ev.POLICY_LOAD,
+                principal="veil",
+                policy_version=policy.version,
+                detail={"path": str(policy.path), "reason": "file changed"},
+            )
+        )
+        log.warning("policy %s reloaded (version %s)", policy.path, policy.version[:12])
+
+    def _policy_rejected(self, path: Any, error: Exception) -> None:
+        self.audit.record_sync(
+            ev.AuditEvent(
+                kind=ev.POLICY_REJECTED,
+                principal="veil",
+                outcome=ev.ERROR,
+                policy_version=self.policy.version,
+                detail={"path": str(path), "error": str(error)},
+            )
+        )
+        log.error("policy change rejected, the previous version stays in force: %s", error)
+
+    # -- services for sessions and the pipeline --------------------------------------------------
+
+    @property
+    def policy(self) -> Any:
+        return self.policies.current
+
+    def token_scope_kind(self) -> str:
+        return self.config.token_scope or self.policy.tokens.scope
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
+
+    async def record(self, event: ev.AuditEvent) -> None:
+        """Make an audit event durable; raises AuditUnavailable (fail closed) when it cannot."""
+        await self.audit.record(event)
+
+    async def open_session(self, principal: Principal, *, session_id: str | None = None) -> AgentSession:
+        session = AgentSession(self, principal, session_id=session_id)
+        await self.record(session.event(ev.SESSION_OPEN, detail={"via": principal.via}))
+        self.sessions[session.id] = session
+        return session
+
+    async def close_session(self, session: AgentSession) -> None:
+        if session.closed:
+            return
+        self.sessions.pop(session.id, None)
+        await session.aclose()
+        if self.sandbox is not None:
+            await self.sandbox.close_session(session.id)
+        try:
+            await self.record(session.event(ev.SESSION_CLOSE))
+        except Exception as exc:  # closing must not fail on a full stop; the gap shows in the trail
+            log.error("could not audit the close of session %s (%s)", session.id, type(exc).__name__)
