@@ -1,0 +1,387 @@
+"""SandboxManager: sessions, their persistent interpreters, the warm pool and the limits.
+
+One session = one workspace directory (files persist) + at most one live sandboxed interpreter
+(variables persist). An execution takes the session's interpreter, or a pre-started one from the
+warm pool (its fresh workspace is renamed to the session's), or starts one cold. Whatever ends
+an interpreter abnormally (timeout, memory, output flood, crash, protocol violation) kills its
+whole process group; the next execution starts a fresh one and the agent is told in plain words.
+
+Concurrency: one execution at a time per session (a lock), and at most ``2 x cores`` executions
+across sessions (a semaphore), so a burst of requests queues instead of overwhelming the machine.
+
+Nothing here logs code output: stdout, stderr and results are returned to the gateway, which
+passes them through the tokenizer before anything else sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import pwd
+import secrets
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from veil.config import SandboxConfig
+from veil.errors import SandboxError, VeilError
+from veil.sandbox import firejail
+from veil.sandbox.channel import Call, Done
+from veil.sandbox.output import cap_output
+from veil.sandbox.process import Exit, Flood, SandboxProcess
+from veil.sandbox.setup import ensure_sandbox_user
+from veil.sandbox.spec import ExecutionResult, ToolSpec
+from veil.sandbox.stubs import render_stubs, stubs_digest
+
+CallTool = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
+_LOST = "Variables are lost; files in the workspace are kept. The next execution starts a fresh interpreter."
+
+
+@dataclass
+class _Session:
+    id: str
+    workspace: Path
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    sandbox: SandboxProcess | None = None
+    idle: asyncio.TimerHandle | None = None
+
+
+class SandboxManager:
+    """Runs agent code in firejail sandboxes; see docs/sandbox.md."""
+
+    def __init__(self, config: SandboxConfig, workspace_root: Path) -> None:
+        self.config = config
+        self.workspace_root = Path(workspace_root)
+        self._sessions: dict[str, _Session] = {}
+        self._pool: list[SandboxProcess] = []
+        self._refilling: asyncio.Task[None] | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._run_as: tuple[int, int] | None = None
+        self._ready = False
+        self._closed = False
+        self._exec_ids = 0
+        self._stub_cache: tuple[int, str, dict[str, str]] | None = None
+
+    # -- public interface -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check the host (firejail, sandbox user) and warm the pool; ``execute`` does it lazily."""
+        if self._closed:
+            raise SandboxError("the sandbox manager is closed")
+        if not self._ready:
+            firejail.find_firejail()
+            firejail.find_python()
+            if os.geteuid() != 0:
+                raise SandboxError(
+                    "execute_code needs Veil to run as root so that sandboxes start as the unprivileged "
+                    f"user '{self.config.user}' (firejail refuses --noroot otherwise). Start veil as root, "
+                    f"after running once: python -m veil.sandbox.setup --user {self.config.user}"
+                )
+            entry = await asyncio.to_thread(ensure_sandbox_user, self.config.user)
+            self._run_as = (entry.pw_uid, entry.pw_gid)
+            self.workspace_root.mkdir(parents=True, exist_ok=True)
+            os.chown(self.workspace_root, 0, 0)
+            os.chmod(self.workspace_root, 0o711)  # the sandbox user may enter its own dir, not list
+            self._slots = asyncio.Semaphore(max(2, 2 * (os.cpu_count() or 1)))
+            self._ready = True
+        self._refill_soon()
+
+    async def execute(
+        self,
+        session_id: str,
+        code: str,
+        *,
+        catalogue: list[ToolSpec],
+        call_tool: CallTool,
+        timeout_s: float | None = None,
+        reset: bool = False,
+    ) -> ExecutionResult:
+        """Run ``code`` in the session's interpreter; never raises for what the code does."""
+        if not isinstance(session_id, str) or not session_id:
+            raise SandboxError("execute needs a non-empty session id")
+        await self.start()
+        assert self._slots is not None
+        session = self._sessions.get(session_id)
+        if session is None:
+            session = self._sessions[session_id] = _Session(session_id, self._workspace_for(session_id))
+        timeout = self.config.timeout_s if timeout_s is None else min(timeout_s, self.config.timeout_s)
+        async with session.lock, self._slots:
+            if session.idle is not None:
+                session.idle.cancel()
+            started = time.monotonic()
+            restarted = False
+            if reset and session.sandbox is not None:
+                self._discard(session)
+            if session.sandbox is None or not session.sandbox.alive:
+                self._discard(session)
+                session.sandbox = await self._acquire(session)
+                restarted = True
+            result = await self._run(session, code, catalogue, call_tool, timeout, clean=reset)
+            result.restarted = restarted
+            result.duration_ms = round((time.monotonic() - started) * 1000, 3)
+            if session.sandbox is not None and self.config.idle_timeout_s > 0:
+                loop = asyncio.get_running_loop()
+                session.idle = loop.call_later(self.config.idle_timeout_s, self._on_idle, session)
+            return result
+
+    async def close_session(self, session_id: str) -> None:
+        """End the session: stop its interpreter and delete its workspace."""
+        session = self._sessions.pop(session_id, None)
+        workspace = session.workspace if session else self._workspace_for(session_id)
+        if session is not None:
+            async with session.lock:
+                if session.idle is not None:
+                    session.idle.cancel()
+                self._discard(session)
+        await asyncio.to_thread(_remove_tree, workspace)
+
+    async def aclose(self) -> None:
+        """Stop every interpreter and the pool; workspaces of open sessions are removed too."""
+        self._closed = True
+        if self._refilling is not None:
+            self._refilling.cancel()
+            with contextlib.suppress(BaseException):
+                await self._refilling
+        for session_id in list(self._sessions):
+            await self.close_session(session_id)
+        for sandbox in self._pool:
+            sandbox.kill()
+            await sandbox.wait(2.0)
+            await asyncio.to_thread(_remove_tree, sandbox.workspace)
+        self._pool.clear()
+
+    def live_sessions(self) -> list[str]:
+        """Sessions whose interpreter is running (for tests and status)."""
+        return [s.id for s in self._sessions.values() if s.sandbox is not None and s.sandbox.alive]
+
+    @property
+    def pool_ready(self) -> int:
+        return len(self._pool)
+
+    async def wait_pool(self) -> None:
+        """Wait until the warm pool is full (benchmarks and tests; bounded by the start timeout)."""
+        await self.start()
+        while self._refilling is not None and not self._refilling.done():
+            await asyncio.shield(self._refilling)
+
+    # -- interpreters -----------------------------------------------------------------------
+
+    def _workspace_for(self, session_id: str) -> Path:
+        digest = hashlib.sha256(session_id.encode()).hexdigest()[:32]
+        return self.workspace_root / f"s-{digest}"
+
+    def _make_workspace(self, path: Path) -> None:
+        assert self._run_as is not None
+        path.mkdir(mode=0o700)
+        os.chown(path, *self._run_as)
+
+    def _paths(self, workspace: Path) -> firejail.JailPaths:
+        assert self._run_as is not None
+        home = Path(pwd.getpwuid(self._run_as[0]).pw_dir)
+        return firejail.JailPaths(workspace, self.workspace_root, home, self.config.shared_skills_dir)
+
+    async def _spawn(self, workspace: Path) -> SandboxProcess:
+        return await SandboxProcess.start(self.config, self._paths(workspace), run_as=self._run_as)
+
+    async def _acquire(self, session: _Session) -> SandboxProcess:
+        """A pooled interpreter for a brand-new workspace, otherwise a cold start on the old one."""
+        if not session.workspace.exists():
+            while self._pool:
+                sandbox = self._pool.pop()
+                self._refill_soon()
+                if not sandbox.alive:
+                    sandbox.kill()
+                    continue
+                os.rename(sandbox.workspace, session.workspace)  # the jail keeps its mount
+                sandbox.workspace = session.workspace
+                return sandbox
+            await asyncio.to_thread(self._make_workspace, session.workspace)
+        return await self._spawn(session.workspace)
+
+    def _discard(self, session: _Session) -> None:
+        if session.sandbox is not None:
+            sandbox, session.sandbox = session.sandbox, None
+            sandbox.kill()
+            asyncio.get_running_loop().create_task(sandbox.wait(5.0))
+
+    def _on_idle(self, session: _Session) -> None:
+        if session.lock.locked():
+            return  # an execution is running; it schedules a new timer when it ends
+        session.idle = None
+        self._discard(session)
+
+    def _refill_soon(self) -> None:
+        if self._closed or (self._refilling is not None and not self._refilling.done()):
+            return
+        if len(self._pool) < self.config.pool_size:
+            self._refilling = asyncio.get_running_loop().create_task(self._refill())
+
+    async def _refill(self) -> None:
+        while not self._closed and len(self._pool) < self.config.pool_size:
+            workspace = self.workspace_root / f"pool-{secrets.token_hex(8)}"
+            await asyncio.to_thread(self._make_workspace, workspace)
+            try:
+                sandbox = await self._spawn(workspace)
+            except SandboxError:
+                await asyncio.to_thread(_remove_tree, workspace)
+                return  # the next execute reports the error by starting cold
+            if self._closed:
+                sandbox.kill()
+                return
+            self._pool.append(sandbox)
+
+    # -- one execution ----------------------------------------------------------------------
+
+    def _stubs(self, catalogue: list[ToolSpec]) -> tuple[str, dict[str, str]]:
+        key = hash(tuple((s.upstream, s.name, s.description, repr(s.input_schema), repr(s.output_schema)) for s in catalogue))
+        if self._stub_cache is None or self._stub_cache[0] != key:
+            files = render_stubs(catalogue)
+            self._stub_cache = (key, stubs_digest(files), files)
+        return self._stub_cache[1], self._stub_cache[2]
+
+    async def _run(
+        self,
+        session: _Session,
+        code: str,
+        catalogue: list[ToolSpec],
+        call_tool: CallTool,
+        timeout: float,
+        *,
+        clean: bool,
+    ) -> ExecutionResult:
+        sandbox = session.sandbox
+        assert sandbox is not None
+        cap = self.config.max_output_bytes
+        result = ExecutionResult(code_sha256=hashlib.sha256(code.encode()).hexdigest())
+        known = {(spec.upstream, spec.name) for spec in catalogue}
+        digest, files = self._stubs(catalogue)
+        sandbox.drain_output()
+        sandbox.stdout.take(), sandbox.stderr.take()  # drop what background processes wrote before
+        self._exec_ids += 1
+        exec_id = self._exec_ids
+        request = {
+            "type": "exec",
+            "id": exec_id,
+            "code": code,
+            "stubs": files if sandbox.stubs_digest != digest else None,
+            "clean": clean,
+            "max_repr": cap,
+        }
+        done: Done | None = None
+        ended: str | None = None  # why the interpreter had to go
+        try:
+            async with asyncio.timeout(timeout):
+                await sandbox.send(request)
+                sandbox.stubs_digest = digest
+                while done is None and ended is None:
+                    message = await sandbox.messages.get()
+                    if isinstance(message, Done) and message.id == exec_id:
+                        done = message
+                    elif isinstance(message, Call):
+                        result.tool_calls += 1
+                        reply = await self._tool_call(message, known, call_tool)
+                        size = await sandbox.send(reply)
+                        if reply["ok"]:
+                            result.bytes_returned += size
+                    elif isinstance(message, Exit):
+                        ended = "exit"
+                    elif isinstance(message, Flood):
+                        ended = "flood"
+                    else:  # Violation, a stray Ready or a Done for another id
+                        ended = "violation"
+        except TimeoutError:
+            ended = "timeout"
+        except OSError:
+            ended = "exit"  # the channel broke while writing: the sandbox is gone
+        sandbox.drain_output()
+        out, out_total = sandbox.stdout.take()
+        err, err_total = sandbox.stderr.take()
+        if ended is not None:
+            sandbox.kill()
+            session.sandbox = None
+            await sandbox.wait(5.0)
+        text = cap_output(out, out_total, err, err_total, done.result if done else None, cap)
+        result.stdout, result.stderr, result.result, result.truncated = text
+        if done is not None:
+            result.cpu_s = done.cpu_s
+            result.max_rss_mb = round(done.max_rss_kb / 1024, 1)
+        self._describe(result, done, ended, timeout)
+        return result
+
+    async def _tool_call(self, call: Call, known: set[tuple[str, str]], call_tool: CallTool) -> dict[str, Any]:
+        """Forward one call through the gateway pipeline; errors go back to the code as ToolError."""
+        base: dict[str, Any] = {"type": "tool_result", "id": call.id}
+        if (call.upstream, call.tool) not in known:
+            return {
+                **base,
+                "ok": False,
+                "kind": "ToolNotFound",
+                "error": f"no tool '{call.tool}' on upstream '{call.upstream}'; see servers/INDEX.md",
+            }
+        try:
+            value = await call_tool(call.upstream, call.tool, call.args)
+        except VeilError as exc:  # already tokenised by the gateway
+            return {**base, "ok": False, "kind": type(exc).__name__, "error": exc.message, "code": exc.code}
+        except Exception as exc:  # unexpected: the text may hold raw values, so only the type is passed
+            return {
+                **base,
+                "ok": False,
+                "kind": "UpstreamError",
+                "error": f"the gateway could not complete {call.upstream}.{call.tool} ({type(exc).__name__})",
+            }
+        return {**base, "ok": True, "value": value}
+
+    def _describe(self, result: ExecutionResult, done: Done | None, ended: str | None, timeout: float) -> None:
+        """Outcome and a plain-words message for the agent (no code output in it)."""
+        calls = f"{result.tool_calls} tool call{'s' if result.tool_calls != 1 else ''}"
+        if ended == "timeout":
+            result.outcome = "timeout"
+            result.message = f"The code did not finish within {timeout:g} s and was stopped. {_LOST}"
+        elif ended == "flood":
+            result.outcome = "output_limit"
+            result.message = (
+                "The code wrote far more output than can be returned and was stopped. Print summaries, "
+                f"or write large data to a file in the workspace. {_LOST}"
+            )
+        elif ended == "violation":
+            result.outcome = "killed"
+            result.message = f"The sandbox broke the channel protocol and was stopped. {_LOST}"
+        elif ended == "exit":
+            result.outcome = "killed"
+            result.message = (
+                "The sandbox process ended during the execution: the code exited or killed it, or it went "
+                f"over its CPU-time budget ({self.config.cpu_s} s) or memory limit ({self.config.memory_mb} MB). "
+                + _LOST
+            )
+        elif done is not None and done.status == "memory":
+            result.outcome = "memory"
+            result.message = (
+                f"The code ran out of memory (limit {self.config.memory_mb} MB) and raised MemoryError; "
+                "the interpreter survived and keeps the variables defined before."
+            )
+        elif done is not None and done.status == "error":
+            result.outcome = "error"
+            result.message = (
+                f"The code raised {done.error_type or 'an exception'} after {calls}; the traceback is in stderr. "
+                "Variables defined before the error are kept."
+            )
+        else:
+            result.outcome = "ok"
+            result.message = f"The code ran to completion with {calls}."
+        if result.truncated:
+            result.message += (
+                f" Output was cut to {self.config.max_output_bytes} bytes: print less, or save data to a file."
+            )
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete a workspace as root without following links the sandbox may have planted."""
+    if path.is_symlink():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)  # fd-based: symlinks inside are removed, not followed

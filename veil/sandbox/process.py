@@ -1,0 +1,279 @@
+"""One running sandbox: a firejail'd ``python3`` executing ``runtime.py``, and its pipes.
+
+Four pipes, no sockets: the channel in (the jail's fd 0, which the bootstrap moves aside and
+replaces by /dev/null), the channel out (an extra fd kept with ``pass_fds``/``--keep-fd``), and the
+code's stdout and stderr. The host reads the three outgoing pipes with non-blocking readers on the
+event loop, so a flood of output or a hostile channel writer never blocks Veil.
+
+Kill: the sandbox runs in its own session/process group; ``kill()`` SIGKILLs the group. The jailed
+processes live in firejail's PID namespace, whose init dies with it, so nothing survives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from veil.config import SandboxConfig
+from veil.errors import SandboxError
+from veil.sandbox import channel, firejail
+
+RUNTIME_SOURCE = (Path(__file__).parent / "runtime.py").read_text(encoding="utf-8")
+
+# Runs first inside the jail: move the channel off fd 0, read the runtime's source from it, run it
+# as the module ``_veil_runtime`` (the generated stubs import ``call_tool`` and ``ToolError`` from it).
+BOOTSTRAP = (
+    "import os,sys,json,types\n"
+    "i=os.fdopen(os.dup(0),'rb');n=os.open('/dev/null',os.O_RDONLY);os.dup2(n,0);os.close(n)\n"
+    "m=json.loads(i.readline());r=types.ModuleType('_veil_runtime');sys.modules['_veil_runtime']=r\n"
+    "r.__dict__.update(CHAN_IN=i,CHAN_OUT_FD=m['out_fd'],BOOT=m)\n"
+    "exec(compile(m['source'],'<veil-runtime>','exec'),r.__dict__)\n"
+)
+
+START_TIMEOUT_S = 15.0
+
+
+class StreamBuffer:
+    """Keeps the first ``cap`` bytes of a stream and counts the rest."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.data = bytearray()
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.cap + 1 - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+
+    def take(self) -> tuple[bytes, int]:
+        data, total = bytes(self.data), self.total
+        self.data, self.total = bytearray(), 0
+        return data, total
+
+
+@dataclass
+class Exit:
+    """The channel closed: the sandbox ended (killed, crashed or exited)."""
+
+    returncode: int | None = None
+
+
+@dataclass
+class Flood:
+    """The code wrote more output than the hard limit allows."""
+
+
+@dataclass
+class Violation:
+    reason: str
+
+
+@dataclass
+class SandboxProcess:
+    """Start with ``await SandboxProcess.start(...)``; then ``send``/``next_message``/``kill``."""
+
+    config: SandboxConfig
+    workspace: Path
+    proc: subprocess.Popen[bytes]
+    chan_in: int
+    chan_out: int
+    out_fd: int
+    err_fd: int
+    stdout: StreamBuffer
+    stderr: StreamBuffer
+    flood_limit: int
+    started_at: float = field(default_factory=time.monotonic)
+    messages: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
+    stubs_digest: str | None = None
+    pid: int | None = None
+    alive: bool = True
+    _line: bytearray = field(default_factory=bytearray)
+    _closed_fds: set[int] = field(default_factory=set)
+    _flooded: bool = False
+
+    @classmethod
+    async def start(
+        cls, config: SandboxConfig, paths: firejail.JailPaths, *, run_as: tuple[int, int] | None
+    ) -> SandboxProcess:
+        """Spawn the jail and wait for the runtime's ``ready``; SandboxError if it does not come."""
+        in_r, in_w = os.pipe()
+        cout_r, cout_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        argv = firejail.command(config, paths, cout_w, BOOTSTRAP)
+        kwargs: dict[str, object] = {}
+        if run_as is not None:
+            kwargs.update(user=run_as[0], group=run_as[1], extra_groups=[])
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=in_r,
+                stdout=out_w,
+                stderr=err_w,
+                pass_fds=(cout_w,),
+                env=firejail.environment(),
+                cwd="/",
+                start_new_session=True,
+                **kwargs,  # type: ignore[arg-type]
+            )
+        except OSError as exc:
+            for fd in (in_r, in_w, cout_r, cout_w, out_r, out_w, err_r, err_w):
+                os.close(fd)
+            raise SandboxError(f"cannot start firejail ({exc.strerror}). {firejail.FIX}") from None
+        for fd in (in_r, cout_w, out_w, err_w):
+            os.close(fd)
+        for fd in (in_w, cout_r, out_r, err_r):
+            os.set_blocking(fd, False)
+        cap = config.max_output_bytes
+        sandbox = cls(
+            config=config,
+            workspace=paths.workspace,
+            proc=proc,
+            chan_in=in_w,
+            chan_out=cout_r,
+            out_fd=out_r,
+            err_fd=err_r,
+            stdout=StreamBuffer(cap),
+            stderr=StreamBuffer(cap),
+            flood_limit=max(64 * cap, 4 * 1024 * 1024),
+        )
+        sandbox._watch()
+        shared = None if paths.shared_skills is None else str(paths.shared_skills.resolve())
+        boot = {"source": RUNTIME_SOURCE, "out_fd": cout_w, "shared_skills": shared}
+        try:
+            await sandbox.send(boot)
+            message = await asyncio.wait_for(sandbox.messages.get(), START_TIMEOUT_S)
+        except (TimeoutError, OSError):
+            message = None
+        if not isinstance(message, channel.Ready):
+            detail = sandbox.stderr.take()[0].decode(errors="replace").strip().splitlines()
+            sandbox.kill()
+            hint = f" firejail said: {detail[-1][:300]}" if detail else ""
+            raise SandboxError(
+                "the sandbox did not start." + hint + f" Check that firejail works ({firejail.FIX}) and that "
+                "the sandbox user exists (python -m veil.sandbox.setup)."
+            )
+        sandbox.pid = message.pid
+        return sandbox
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.chan_out, self._on_channel)
+        loop.add_reader(self.out_fd, self._on_output, self.out_fd, self.stdout)
+        loop.add_reader(self.err_fd, self._on_output, self.err_fd, self.stderr)
+
+    def _read(self, fd: int) -> bytes | None:
+        """Non-blocking read; b"" means EOF, None means nothing right now."""
+        try:
+            return os.read(fd, 65536)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+
+    def _close_reader(self, fd: int) -> None:
+        if fd in self._closed_fds:
+            return
+        self._closed_fds.add(fd)
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+    def _on_output(self, fd: int, buffer: StreamBuffer) -> None:
+        while True:
+            chunk = self._read(fd)
+            if chunk is None:
+                return
+            if not chunk:
+                self._close_reader(fd)
+                return
+            buffer.add(chunk)
+            if self.stdout.total + self.stderr.total > self.flood_limit and not self._flooded:
+                self._flooded = True
+                self.messages.put_nowait(Flood())
+
+    def drain_output(self) -> None:
+        """Read whatever the code wrote before its ``done`` message (pipes keep write order)."""
+        for fd, buffer in ((self.out_fd, self.stdout), (self.err_fd, self.stderr)):
+            if fd not in self._closed_fds:
+                self._on_output(fd, buffer)
+
+    def _on_channel(self) -> None:
+        while True:
+            chunk = self._read(self.chan_out)
+            if chunk is None:
+                return
+            if not chunk:
+                self._close_reader(self.chan_out)
+                self.alive = False
+                self.messages.put_nowait(Exit(self.proc.poll()))
+                return
+            self._line += chunk
+            while True:
+                end = self._line.find(b"\n")
+                if end < 0:
+                    if len(self._line) > channel.MAX_MESSAGE_BYTES:
+                        self._line.clear()
+                        self.messages.put_nowait(Violation("message larger than the channel limit"))
+                    break
+                line = bytes(self._line[:end])
+                del self._line[: end + 1]
+                try:
+                    self.messages.put_nowait(channel.parse(line, self.config.max_output_bytes))
+                except channel.ProtocolViolation as exc:
+                    self.messages.put_nowait(Violation(str(exc)))
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def send(self, message: dict[str, object]) -> int:
+        """Write one message to the sandbox without blocking the loop; returns its size."""
+        data = memoryview(channel.encode(message))
+        size = len(data)
+        loop = asyncio.get_running_loop()
+        while data:
+            try:
+                written = os.write(self.chan_in, data)
+                data = data[written:]
+            except BlockingIOError:
+                ready = loop.create_future()
+                loop.add_writer(self.chan_in, ready.set_result, None)
+                try:
+                    await ready
+                finally:
+                    loop.remove_writer(self.chan_in)
+        return size
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def kill(self) -> None:
+        """SIGKILL the whole sandbox (its process group) and release the pipes. Idempotent."""
+        self.alive = False
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        for fd in (self.chan_out, self.out_fd, self.err_fd):
+            self._close_reader(fd)
+        if self.chan_in not in self._closed_fds:
+            self._closed_fds.add(self.chan_in)
+            with contextlib.suppress(OSError):
+                os.close(self.chan_in)
+
+    async def wait(self, timeout: float = 5.0) -> int | None:
+        """Reap the firejail process (in a thread: Popen.wait blocks)."""
+        try:
+            return await asyncio.to_thread(self.proc.wait, timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
