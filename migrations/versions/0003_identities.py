@@ -1,5 +1,10 @@
 """API keys for HTTP principals: stored hashed, revocable.
 
+A key is ``veil_<key_id>_<secret>``; only ``key_id`` is stored in the clear (to find the row),
+the secret as HMAC-SHA256 under a per-key random salt (``key_salt``), compared in constant time.
+The secret has 256 bits of entropy, so a fast keyed hash is enough and keeps authentication cheap
+per request.
+
 Revision ID: 0003_identities
 Revises: 0002_audit
 """
@@ -18,6 +23,7 @@ def upgrade() -> None:
         CREATE TABLE api_keys (
             id           bigserial PRIMARY KEY,
             key_id       text        NOT NULL UNIQUE,
+            key_salt     bytea       NOT NULL,
             key_hash     bytea       NOT NULL,
             principal    text        NOT NULL,
             roles        text[]      NOT NULL DEFAULT '{}',

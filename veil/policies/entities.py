@@ -117,3 +117,8 @@ PRESIDIO_ENTITIES: frozenset[str] = frozenset(
         "ZA_VAT_NUMBER",
     ]
 )
+
+# Types Veil's tokenizer adds to Presidio's (veil/tokenizer/recognizers.py).
+VEIL_ENTITIES: frozenset[str] = frozenset({"STREET_ADDRESS", "ZIP_CODE"})
+
+KNOWN_ENTITIES: frozenset[str] = PRESIDIO_ENTITIES | VEIL_ENTITIES

@@ -21,7 +21,7 @@ from typing import Any
 
 from veil.errors import PolicyError
 from veil.policies.cel import Condition, ConditionError, activation
-from veil.policies.entities import PRESIDIO_ENTITIES
+from veil.policies.entities import KNOWN_ENTITIES
 from veil.policies.loader import Problem, problem, read_document, schema_problems
 from veil.policies.matching import ArgSet, GlobSet
 from veil.policies.model import EXECUTE_TOOL, EXECUTE_UPSTREAM
@@ -33,7 +33,7 @@ _SAMPLE_TEXT = "Jane Doe, jane@example.com, +1 555 0100, 4111 1111 1111 1111, id
 
 def known_entities(doc: dict[str, Any]) -> frozenset[str]:
     custom = {r.get("entity") for r in doc.get("detection", {}).get("recognizers", []) if isinstance(r, dict)}
-    return PRESIDIO_ENTITIES | {c for c in custom if isinstance(c, str)}
+    return KNOWN_ENTITIES | {c for c in custom if isinstance(c, str)}
 
 
 def _entity_checks(doc: dict[str, Any], located: Located, file: str) -> Iterable[Problem]:
