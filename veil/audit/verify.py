@@ -145,8 +145,9 @@ def verify(
     at_seq: dict[int, bytes] = {}
     wanted = {cp.seq for cp in checkpoints(conn, lo, hi)}
     expected = lo
-    stream = conn.execution_options(stream_results=True, yield_per=5000)
-    for row in stream.execute(sa.text(_SELECT), {"lo": lo, "hi": hi}).mappings():
+    # Stream with a server-side cursor: a month can hold millions of events.
+    walk = sa.text(_SELECT).execution_options(stream_results=True, yield_per=5000)
+    for row in conn.execute(walk, {"lo": lo, "hi": hi}).mappings():
         seq, eid = row["seq"], str(row["id"])
         if seq < expected:
             result.problem = Problem(seq, eid, f"seq {seq} appears more than once (a row was inserted)")
