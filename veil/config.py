@@ -116,6 +116,9 @@ class LimitsConfig(_Strict):
 class AuditConfig(_Strict):
     batch_max_events: int = 256
     batch_max_delay_ms: float = 2.0
+    # Signed checkpoints over the chain head (Ed25519 key in DATA_DIR/audit_signing.key).
+    checkpoint_every_events: int | None = 1000
+    checkpoint_every_s: float | None = 900.0
 
 
 class VeilConfig(_Strict):

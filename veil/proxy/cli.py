@@ -27,11 +27,11 @@ def parse_listen(value: str) -> tuple[str, int]:
 @click.option("--http", "listen", metavar="HOST:PORT", help="Serve Streamable HTTP instead of stdio.")
 def serve(config_path: str, listen: str | None) -> None:
     """Run the gateway: MCP over stdio by default, Streamable HTTP with --http HOST:PORT."""
+    config = load_config(config_path)  # config errors first, before the heavy imports
+    address = parse_listen(listen) if listen else None
+
     from veil.proxy.gateway import Gateway
     from veil.proxy.transports import serve_http, serve_stdio
-
-    config = load_config(config_path)
-    address = parse_listen(listen) if listen else None
 
     async def main() -> None:
         async with Gateway(config) as gateway:

@@ -20,6 +20,7 @@ from anyio.abc import TaskGroup
 
 from veil import db
 from veil.audit import events as ev
+from veil.audit.checkpoints import load_signing_key
 from veil.audit.writer import AuditWriter
 from veil.config import SandboxConfig, VeilConfig
 from veil.errors import ConfigError
@@ -28,7 +29,7 @@ from veil.principal import Principal
 from veil.proxy.pipeline import Pipeline
 from veil.proxy.session import AgentSession
 from veil.tokenizer import Tokenizer
-from veil.tokenizer.keys import Keyring
+from veil.tokenizer.keyring import Keyring
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,6 +73,9 @@ class Gateway:
             self.engine,
             batch_max_events=cfg.audit.batch_max_events,
             batch_max_delay_ms=cfg.audit.batch_max_delay_ms,
+            signing_key=load_signing_key(cfg.data_dir),
+            checkpoint_every_events=cfg.audit.checkpoint_every_events,
+            checkpoint_every_s=cfg.audit.checkpoint_every_s,
         )
         self.audit.start()
         self._stack.callback(self.audit.close)
@@ -133,14 +137,14 @@ class Gateway:
         )
         log.warning("policy %s reloaded (version %s)", policy.path, policy.version[:12])
 
-    def _policy_rejected(self, path: Any, error: Exception) -> None:
+    def _policy_rejected(self, error: Exception) -> None:
         self.audit.record_sync(
             ev.AuditEvent(
                 kind=ev.POLICY_REJECTED,
                 principal="veil",
                 outcome=ev.ERROR,
                 policy_version=self.policy.version,
-                detail={"path": str(path), "error": str(error)},
+                detail={"path": str(self.policies.path), "error": str(error)},
             )
         )
         log.error("policy change rejected, the previous version stays in force: %s", error)
