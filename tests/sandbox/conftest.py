@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,9 +47,7 @@ def _catalogue() -> list[ToolSpec]:
     tools = asyncio.run(server.list_tools())
     wanted = {"find_customers", "get_customer", "export_customers", "add_note", "ping"}
     return [
-        ToolSpec("crm", t.name, t.description or "", t.input_schema, t.output_schema)
-        for t in tools
-        if t.name in wanted
+        ToolSpec("crm", t.name, t.description or "", t.input_schema, t.output_schema) for t in tools if t.name in wanted
     ] + [
         ToolSpec(
             "mailer",
@@ -124,7 +124,25 @@ def crm() -> TokenisedCrm:
 
 
 @pytest.fixture
-def make_manager(tmp_path: Path) -> Callable[..., Any]:
+def workspace_root() -> Iterator[Path]:
+    """A workspace root the sandbox user can traverse (pytest's tmp dirs are 0700)."""
+    root = Path(tempfile.mkdtemp(prefix="veil-ws-"))
+    root.chmod(0o711)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def shared_skills() -> Iterator[Path]:
+    """A shared skills dir outside /tmp and /var/tmp (private in the sandbox), readable by everyone."""
+    root = Path(tempfile.mkdtemp(prefix="veil-test-skills-", dir="/var/lib"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def make_manager(workspace_root: Path) -> Callable[..., Any]:
     """``async with make_manager(**overrides) as mgr``: a real manager over real firejail."""
     if os.geteuid() != 0:
         pytest.skip("the sandbox starts jails as the 'veil-sandbox' user, which needs root")
@@ -132,7 +150,7 @@ def make_manager(tmp_path: Path) -> Callable[..., Any]:
     @asynccontextmanager
     async def make(**overrides: Any) -> AsyncIterator[SandboxManager]:
         settings = {"pool_size": 0, "timeout_s": 10.0, **overrides}
-        manager = SandboxManager(SandboxConfig(**settings), tmp_path / "workspaces")
+        manager = SandboxManager(SandboxConfig(**settings), workspace_root / "workspaces")
         try:
             yield manager
         finally:

@@ -23,7 +23,7 @@ from veil.config import SandboxConfig
 from veil.errors import SandboxError
 
 # Top-level entries the interpreter needs (read-only for the sandbox user by file permissions).
-_VISIBLE_TOP = {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "proc", "dev", "tmp", "home", "sys"}
+_VISIBLE_TOP = {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "proc", "dev", "tmp", "home"}
 PYTHON_CANDIDATES = ("/usr/bin/python3", "/usr/local/bin/python3")
 FIX = "Install it: apt-get install firejail"
 

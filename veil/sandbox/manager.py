@@ -87,6 +87,19 @@ class SandboxManager:
             self.workspace_root.mkdir(parents=True, exist_ok=True)
             os.chown(self.workspace_root, 0, 0)
             os.chmod(self.workspace_root, 0o711)  # the sandbox user may enter its own dir, not list
+            shared = self.config.shared_skills_dir
+            private = {Path("/tmp"), Path("/var/tmp")}
+            if shared is not None and (not shared.is_dir() or private & set(shared.resolve().parents)):
+                raise SandboxError(
+                    f"sandbox.shared_skills_dir {shared} must be an existing directory outside /tmp and /var/tmp "
+                    "(the sandbox has private ones). Fix sandbox.shared_skills_dir in the config."
+                )
+            for parent in self.workspace_root.resolve().parents:
+                if not parent.stat().st_mode & 0o001:
+                    raise SandboxError(
+                        f"the sandbox user cannot reach the workspace root {self.workspace_root}: {parent} "
+                        "is not searchable by others. Put the workspaces elsewhere or chmod o+x that directory."
+                    )
             self._slots = asyncio.Semaphore(max(2, 2 * (os.cpu_count() or 1)))
             self._ready = True
         self._refill_soon()
@@ -238,7 +251,9 @@ class SandboxManager:
     # -- one execution ----------------------------------------------------------------------
 
     def _stubs(self, catalogue: list[ToolSpec]) -> tuple[str, dict[str, str]]:
-        key = hash(tuple((s.upstream, s.name, s.description, repr(s.input_schema), repr(s.output_schema)) for s in catalogue))
+        key = hash(
+            tuple((s.upstream, s.name, s.description, repr(s.input_schema), repr(s.output_schema)) for s in catalogue)
+        )
         if self._stub_cache is None or self._stub_cache[0] != key:
             files = render_stubs(catalogue)
             self._stub_cache = (key, stubs_digest(files), files)

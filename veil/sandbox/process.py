@@ -257,12 +257,17 @@ class SandboxProcess:
     # -- ending ----------------------------------------------------------------------------
 
     def kill(self) -> None:
-        """SIGKILL the whole sandbox (its process group) and release the pipes. Idempotent."""
+        """SIGKILL the jail's init (firejail's child, PID 1 of the sandbox's PID namespace: the
+        kernel then kills every process in the namespace) and release the pipes. The outer
+        firejail reaps it and exits; ``wait`` kills the whole process group if it does not.
+        Idempotent."""
         self.alive = False
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
+        for pid in _children(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if self.proc.poll() is None and not _children(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
         for fd in (self.chan_out, self.out_fd, self.err_fd):
             self._close_reader(fd)
         if self.chan_in not in self._closed_fds:
@@ -271,9 +276,22 @@ class SandboxProcess:
                 os.close(self.chan_in)
 
     async def wait(self, timeout: float = 5.0) -> int | None:
-        """Reap the firejail process (in a thread: Popen.wait blocks)."""
+        """Reap the firejail process (in a thread: Popen.wait blocks); SIGKILL its process group
+        if it has not gone within ``timeout``."""
         try:
             return await asyncio.to_thread(self.proc.wait, timeout)
         except subprocess.TimeoutExpired:
-            return None
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            try:
+                return await asyncio.to_thread(self.proc.wait, timeout)
+            except subprocess.TimeoutExpired:
+                return None
 
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]

@@ -24,6 +24,7 @@ directly; the host treats every message as untrusted and validates it strictly.
 
 import ast
 import builtins
+import contextlib
 import json
 import os
 import resource
@@ -54,6 +55,7 @@ class ToolError(Exception):
 
 
 ToolError.__module__ = "servers"
+
 
 def _send(message):
     data = (json.dumps(message, separators=(",", ":"), default=str) + "\n").encode()
@@ -115,10 +117,8 @@ def _clean_workspace():
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
         else:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(path)
-            except OSError:
-                pass
 
 
 def _install_skills_package():
@@ -200,10 +200,8 @@ def _execute(request):
         status, error_type = "error", type(exc).__name__
         _print_error(exc)
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(Exception):
             stream.flush()
-        except Exception:
-            pass
     cpu_after, rss = _usage()
     _send(
         {
@@ -221,10 +219,8 @@ def _execute(request):
 def main():
     os.chdir(WORKSPACE)
     for dotfile in (".bashrc", ".inputrc"):  # firejail copies these into a private home
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(os.path.join(WORKSPACE, dotfile))
-        except OSError:
-            pass
     if WORKSPACE not in sys.path:
         sys.path.insert(0, WORKSPACE)
     builtins.help = _help

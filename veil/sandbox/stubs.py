@@ -231,12 +231,10 @@ def render_stubs(catalogue: Iterable[ToolSpec]) -> dict[str, str]:
         imports = "\n".join(f"from servers.{module}.{func} import {func}" for func, _ in entries)
         names = ", ".join(repr(func) for func, _ in entries)
         doc = f"Tools of upstream '{upstream}': " + ", ".join(func for func, _ in entries) + "."
-        files[f"servers/{module}/__init__.py"] = (
-            f"{_doc_literal(doc, '')}\n\n{imports}\n\n__all__ = [{names}]\n"
-        )
+        files[f"servers/{module}/__init__.py"] = f"{_doc_literal(doc, '')}\n\n{imports}\n\n__all__ = [{names}]\n"
         index.append(f"## {module}")
         index.append("")
-        for func, spec in entries:
+        for _func, spec in entries:
             index.append(f"- `{module}.{signature(spec)}`: {_short(spec.description)}")
         index.append("")
     upstream_list = ", ".join(modules.values()) or "(none)"
