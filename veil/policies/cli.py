@@ -18,7 +18,15 @@ from veil.policies.loader import load_policy
 from veil.principal import Principal
 
 
-@click.group("policy")
+class _PolicyGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except PolicyError as exc:  # written for people: the message names file:line:col
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group("policy", cls=_PolicyGroup)
 def policy_group() -> None:
     """Lint, test, explain and diff policy documents."""
 
@@ -132,7 +140,11 @@ def explain_cmd(
                     "use an ISO 8601 time such as 2025-01-31T09:00:00Z", param_hint="--now"
                 ) from None
         who = Principal(name=principal, roles=frozenset(roles), tenant=tenant, via="config")
-        click.echo(explain_call(policy, call, who, frozenset(sources), now=when), nl=False)
+        try:
+            text_out = explain_call(policy, call, who, frozenset(sources), now=when)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--call") from None
+        click.echo(text_out, nl=False)
         return
     from veil.policies.detection import make_detector
     from veil.policies.explain import explain_detection

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from veil.errors import PolicyError
 from veil.policies.model import Decision, Policy, Step
 from veil.principal import Principal
 from veil.tokenizer.tokens import TOKEN_RE, TokenRef
@@ -21,7 +20,7 @@ def split_tool(name: str) -> tuple[str, str]:
     """``crm__send_email`` -> ("crm", "send_email"); tools are always written UPSTREAM__TOOL."""
     upstream, sep, tool = name.partition("__")
     if not sep or not upstream or not tool:
-        raise PolicyError(f"tool '{name}' must be written UPSTREAM__TOOL, e.g. crm__send_email")
+        raise ValueError(f"tool '{name}' must be written UPSTREAM__TOOL, e.g. crm__send_email")
     return upstream, tool
 
 
@@ -32,7 +31,7 @@ def parse_call(call: str) -> tuple[str, Any]:
     try:
         args = json.loads(rest) if rest else {}
     except json.JSONDecodeError as exc:
-        raise PolicyError(f"--call arguments are not valid JSON ({exc.msg} at column {exc.colno})") from None
+        raise ValueError(f"the call's arguments are not valid JSON ({exc.msg} at column {exc.colno})") from None
     return name, args
 
 

@@ -215,7 +215,7 @@ def run_cases(policy: Policy, files: list[Path], *, detector: Any = None) -> lis
         for case in load_cases(path):
             try:
                 status, detail = _run_case(policy, case, detector)
-            except PolicyError as exc:
+            except (PolicyError, ValueError) as exc:
                 status, detail = "fail", str(exc)
             results.append(CaseResult(str(path), case["name"], status, detail))
     return results
