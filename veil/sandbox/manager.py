@@ -84,6 +84,11 @@ class SandboxManager:
                 )
             entry = await asyncio.to_thread(ensure_sandbox_user, self.config.user)
             self._run_as = (entry.pw_uid, entry.pw_gid)
+            if Path("/var") in self.workspace_root.resolve().parents:
+                raise SandboxError(
+                    f"the workspace root {self.workspace_root} is under /var, where firejail cannot mount a "
+                    "private home. Use a directory elsewhere (e.g. DATA_DIR/workspaces or /srv/veil)."
+                )
             self.workspace_root.mkdir(parents=True, exist_ok=True)
             os.chown(self.workspace_root, 0, 0)
             os.chmod(self.workspace_root, 0o711)  # the sandbox user may enter its own dir, not list
