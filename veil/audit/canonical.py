@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
+from json.encoder import encode_basestring as _quote  # type: ignore[attr-defined]
 from typing import Any
 
 import rfc8785
@@ -64,7 +65,14 @@ class EncodingError(ValueError):
 
 
 def _text(value: str) -> str:
-    return value.replace("\x00", "\ufffd")
+    """PostgreSQL text holds neither NUL nor lone surrogates: replace them rather than fail a batch."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
 
 
 def json_value(value: Any, where: str) -> Any:
@@ -107,9 +115,53 @@ def format_ts(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _utf16_key(key: str) -> bytes:
+    return key.encode("utf-16-be")
+
+
+def _encode(value: Any, out: list[str]) -> None:
+    if value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, str):
+        out.append(_quote(value))
+    elif isinstance(value, int):
+        out.append(str(value))
+    elif isinstance(value, float):
+        out.append(rfc8785.dumps(value).decode("ascii"))  # ECMAScript number formatting
+    elif isinstance(value, dict):
+        out.append("{")
+        for i, key in enumerate(sorted(value, key=_utf16_key)):
+            if i:
+                out.append(",")
+            out.append(_quote(key))
+            out.append(":")
+            _encode(value[key], out)
+        out.append("}")
+    elif isinstance(value, list):
+        out.append("[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(",")
+            _encode(item, out)
+        out.append("]")
+    else:
+        raise EncodingError(f"cannot canonicalise a {type(value).__name__}")
+
+
 def jcs(value: Any) -> bytes:
-    """RFC 8785 canonical JSON bytes of already-normalised JSON data."""
-    return rfc8785.dumps(value)
+    """RFC 8785 canonical JSON bytes of already-normalised JSON data.
+
+    Same output as ``rfc8785.dumps`` (a test checks it), several times faster: strings go through
+    the C JSON string encoder, whose escaping is exactly RFC 8785's, and members are sorted by
+    UTF-16 code units as the RFC requires; only floats take the reference formatter.
+    """
+    out: list[str] = []
+    _encode(value, out)
+    return "".join(out).encode("utf-8")
 
 
 def canonical_json(value: Any) -> bytes:
@@ -126,8 +178,12 @@ def digest_args(args: Any) -> str:
     return "sha256:" + hashlib.sha256(canonical_json(args)).hexdigest()
 
 
-def record_document(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The canonical record of one stored row (a mapping with the audit_events columns)."""
+def record_document(row: Mapping[str, Any], *, normalised: bool = False) -> dict[str, Any]:
+    """The canonical record of one row (a mapping with the audit_events columns).
+
+    ``normalised`` skips re-normalising values the writer has just normalised; rows read back
+    from the database are always normalised again (``jsonb`` may return 1e16 as an integer).
+    """
     doc: dict[str, Any] = {"v": ENCODING_VERSION}
     for name in FIELDS[1:]:
         value = row[name]
@@ -135,14 +191,16 @@ def record_document(row: Mapping[str, Any]) -> dict[str, Any]:
             doc[name] = format_ts(value)
         elif name == "id":
             doc[name] = str(value)
+        elif normalised:
+            doc[name] = value
         else:
             doc[name] = json_value(value, name)
     return doc
 
 
-def chain_hash(prev_hash: bytes, row: Mapping[str, Any]) -> bytes:
+def chain_hash(prev_hash: bytes, row: Mapping[str, Any], *, normalised: bool = False) -> bytes:
     """``SHA-256(prev_hash || JCS(record))``: the link that makes any edit visible."""
-    return hashlib.sha256(bytes(prev_hash) + jcs(record_document(row))).digest()
+    return hashlib.sha256(bytes(prev_hash) + jcs(record_document(row, normalised=normalised))).digest()
 
 
 def to_json_text(value: Any) -> str:

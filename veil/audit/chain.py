@@ -151,7 +151,7 @@ def append(
     for row in rows:
         seq += 1
         full = {**row, "seq": seq, "ts": ts}
-        digest = chain_hash(prev, full)
+        digest = chain_hash(prev, full, normalised=True)
         params.append(
             {
                 **full,

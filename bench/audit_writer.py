@@ -1,0 +1,112 @@
+"""Audit writer throughput and latency: batched vs one transaction per event, side by side.
+
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test .venv/bin/python bench/audit_writer.py
+
+Creates a scratch database on the server in DATABASE_URL (dropped at the end). For each
+configuration and each concurrency level, C asyncio callers each ``await record()`` E events
+back to back; we report events/s and the median / p99 latency of one ``record()`` call. Every
+configuration runs the same workload through the same code path; "per-event" is the writer with
+``batch_max_events=1`` (one transaction, one commit per event). Rounds alternate between
+configurations and the median round is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import time
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from veil import db
+from veil.audit import AuditWriter
+from veil.audit.events import TOOL_CALL, AuditEvent, Untokenised
+
+CONFIGS = {
+    "per-event (1 txn/event)": {"batch_max_events": 1, "batch_max_delay_ms": 0.0},
+    "batched, delay 0 ms": {"batch_max_events": 256, "batch_max_delay_ms": 0.0},
+    "batched, delay 2 ms (default)": {"batch_max_events": 256, "batch_max_delay_ms": 2.0},
+}
+LEVELS = [(1, 400), (16, 100), (64, 50)]  # (concurrent callers, events each)
+ROUNDS = 3
+
+
+def event(i: int) -> AuditEvent:
+    return AuditEvent(
+        kind=TOOL_CALL,
+        principal=f"user{i % 7}",
+        roles=["support"],
+        session_id=f"s{i % 11}",
+        scope=f"session:s{i % 11}",
+        upstream="crm",
+        tool="find_customers",
+        args_digest="sha256:" + "ab" * 32,
+        entities={"EMAIL_ADDRESS": 3, "PERSON": 2},
+        tokens=[f"[EMAIL_ADDRESS_{i}]", f"[PERSON_{i}]"],
+        untokenised=[Untokenised(f"[EMAIL_ADDRESS_{i}]", "EMAIL_ADDRESS", "mailer__send:to", "flows[0]")],
+        decision="allow",
+        rule="access[0]",
+        duration_ms=12.5,
+        policy_version="0" * 64,
+    )
+
+
+async def run(writer: AuditWriter, callers: int, each: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+
+    async def caller(c: int) -> None:
+        for i in range(each):
+            t = time.perf_counter()
+            await writer.record(event(c * each + i))
+            latencies.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(caller(c) for c in range(callers)))
+    return callers * each / (time.perf_counter() - t0), latencies
+
+
+async def main(url: str) -> None:
+    engine = db.create_engine(url, pool_size=4)
+    results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+    for _ in range(ROUNDS):
+        for callers, each in LEVELS:
+            for name, cfg in CONFIGS.items():
+                async with AuditWriter(engine, **cfg) as writer:  # type: ignore[arg-type]
+                    rate, lat = await run(writer, callers, each)
+                lat.sort()
+                p50 = statistics.median(lat) * 1000
+                p99 = lat[int(len(lat) * 0.99) - 1] * 1000
+                results.setdefault((name, callers), []).append((rate, p50, p99))
+    engine.dispose()
+    print("| callers | configuration | events/s | record() p50 ms | record() p99 ms | speed-up vs per-event |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for callers, _ in LEVELS:
+        base = statistics.median(r[0] for r in results[(next(iter(CONFIGS)), callers)])
+        for name in CONFIGS:
+            runs = results[(name, callers)]
+            rate = statistics.median(r[0] for r in runs)
+            p50 = statistics.median(r[1] for r in runs)
+            p99 = statistics.median(r[2] for r in runs)
+            print(f"| {callers} | {name} | {rate:,.0f} | {p50:.2f} | {p99:.2f} | {rate / base:.1f}x |")
+
+
+if __name__ == "__main__":
+    server = os.environ.get("DATABASE_URL")
+    if not server:
+        sys.exit("set DATABASE_URL to a PostgreSQL server (a scratch database is created on it)")
+    name = f"veil_bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(db.normalise_url(server), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = make_url(db.normalise_url(server)).set(database=name).render_as_string(hide_password=False)
+    try:
+        db.upgrade(url)
+        asyncio.run(main(url))
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
