@@ -7,6 +7,7 @@ test cases load the tokenizer's detection (Presidio and spaCy).
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +38,11 @@ def schema_cmd() -> None:
     from veil.policies.schema import schema_json
 
     click.echo(schema_json(), nl=False)
+
+
+def _quiet_presidio() -> None:
+    """Presidio logs a warning per recognizer it skips for other languages: noise in a report."""
+    logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
 
 
 def _tools_file(path: str) -> list[str]:
@@ -96,6 +102,7 @@ def test_cmd(file: str, cases: tuple[str, ...]) -> None:
     if needs_detection(files):
         from veil.policies.detection import make_detector
 
+        _quiet_presidio()
         detector = make_detector(policy.detection)
     results = run_cases(policy, files, detector=detector)
     click.echo(report(results), nl=False)
@@ -149,6 +156,7 @@ def explain_cmd(
     from veil.policies.detection import make_detector
     from veil.policies.explain import explain_detection
 
+    _quiet_presidio()
     detector = make_detector(policy.detection)
     if isinstance(detector, str):
         raise click.ClickException(detector.replace("detection cases", "explain --text/--json"))

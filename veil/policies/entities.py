@@ -118,7 +118,7 @@ PRESIDIO_ENTITIES: frozenset[str] = frozenset(
     ]
 )
 
-# Types Veil's tokenizer adds to Presidio's (veil/tokenizer/recognizers.py).
-VEIL_ENTITIES: frozenset[str] = frozenset({"STREET_ADDRESS", "ZIP_CODE"})
+# Types Veil's tokenizer adds to Presidio's (veil/tokenizer/recognizers.py, hints.py).
+VEIL_ENTITIES: frozenset[str] = frozenset({"STREET_ADDRESS", "ZIP_CODE", "DATE_OF_BIRTH"})
 
 KNOWN_ENTITIES: frozenset[str] = PRESIDIO_ENTITIES | VEIL_ENTITIES
