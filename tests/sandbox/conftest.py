@@ -95,11 +95,12 @@ class TokenisedCrm:
             return f"queued message to {args.get('to')}"
         if tool == "ping":
             return {"ok": True}
+        # Like the gateway (veil.proxy.code_mode.result_value): FastMCP's {"result": X} is unwrapped.
         if tool == "export_customers":
-            return {"result": self.customers}
+            return self.customers
         if tool == "find_customers":
             found = [c for c in self.customers if args.get("segment") in (None, c["segment"])]
-            return {"result": found[: args.get("limit", 50)]}
+            return found[: args.get("limit", 50)]
         if tool in ("get_customer", "add_note"):
             match = [c for c in self.customers if c["id"] == args.get("customer_id")]
             if not match:

@@ -18,7 +18,7 @@ def test_100_concurrent_executions_across_20_sessions(make_manager):
         return (
             "from servers import crm\n"
             "count = globals().get('count', 0) + 1\n"
-            f"rows = crm.find_customers(segment={segment!r}, limit=1000)['result']\n"
+            f"rows = crm.find_customers(segment={segment!r}, limit=1000)\n"
             f"({session}, {step}, count, len(rows), rows[{step}]['email'])"
         )
 

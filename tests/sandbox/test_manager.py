@@ -23,7 +23,7 @@ async def execute(manager: SandboxManager, crm: TokenisedCrm, code: str, session
 def test_code_sees_tokenised_objects_and_tokens_flow_back_unchanged(make_manager, crm):
     code = """
 from servers import crm, mailer
-gold = crm.find_customers(segment="gold", limit=500)["result"]
+gold = crm.find_customers(segment="gold", limit=500)
 first = gold[0]
 mailer.send_email(to=first["email"], subject="Hello", body=f"Dear {first['full_name']}, call {first['phone']}.")
 crm.add_note(customer_id=first["id"], note=f"Emailed {first['email']}")
@@ -146,7 +146,7 @@ open("skills/gold/SKILL.md", "w").write("# gold\\nCount gold customers.\\n")
 open("skills/gold/__init__.py", "w").write(
     "from servers import crm\\n"
     "def count_gold():\\n"
-    "    return len(crm.find_customers(segment='gold', limit=1000)['result'])\\n"
+    "    return len(crm.find_customers(segment='gold', limit=1000))\\n"
 )
 """
     use = "from skills.gold import count_gold\nfrom skills.greeting import hello\ncount_gold(), hello('[PERSON_1]')"

@@ -136,10 +136,31 @@ def signature(spec: ToolSpec) -> str:
     return f"{py_name(spec.name)}({', '.join(parts)}) -> {_return_hint(spec)}"
 
 
+def _returned_schema(spec: ToolSpec) -> dict[str, Any] | None:
+    """The schema of what the function returns. The gateway unwraps FastMCP's ``{"result": X}``
+    envelope for non-object results, so such a tool returns X itself."""
+    out = spec.output_schema
+    if not isinstance(out, dict):
+        return None
+    props = out.get("properties")
+    if isinstance(props, dict) and set(props) == {"result"} and isinstance(props["result"], dict):
+        return props["result"]
+    return out
+
+
+def _resolve(schema: Any, root: dict[str, Any] | None) -> Any:
+    """Follow a local ``#/$defs/Name`` reference (one level) so docstrings can list keys."""
+    if isinstance(schema, dict) and isinstance(schema.get("$ref"), str) and root:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        target = (root.get("$defs") or {}).get(name)
+        if isinstance(target, dict):
+            return target
+    return schema
+
+
 def _return_hint(spec: ToolSpec) -> str:
-    if spec.output_schema:
-        return type_hint(spec.output_schema)
-    return "Any"
+    returned = _returned_schema(spec)
+    return type_hint(returned) if returned is not None else "Any"
 
 
 def _docstring(spec: ToolSpec) -> str:
@@ -153,12 +174,19 @@ def _docstring(spec: ToolSpec) -> str:
             flag = "required" if required else "optional"
             lines.append(f"    {ident} ({type_hint(prop)}, {flag}){note}: {text}".rstrip(": "))
     lines += ["", "Returns:"]
-    out = spec.output_schema
-    if isinstance(out, dict) and isinstance(out.get("properties"), dict):
-        lines.append("    A dict with keys:")
-        for key, prop in out["properties"].items():
+    returned = _returned_schema(spec)
+    shape = _resolve(returned, spec.output_schema)
+    prefix = "A dict"
+    if isinstance(shape, dict) and shape.get("type") == "array":
+        shape, prefix = _resolve(shape.get("items"), spec.output_schema), "A list of dicts, each"
+    if isinstance(shape, dict) and isinstance(shape.get("properties"), dict):
+        lines.append(f"    {prefix} with keys:")
+        for key, prop in shape["properties"].items():
+            prop = _resolve(prop, spec.output_schema)
             desc = _short(str(prop.get("description", "")), 120) if isinstance(prop, dict) else ""
             lines.append(f"        {key} ({type_hint(prop)}){': ' + desc if desc else ''}")
+    elif returned is not None:
+        lines.append(f"    {type_hint(returned)}")
     else:
         lines.append("    The tool's structured result as Python objects (dict/list), or its text as str.")
     lines += [
