@@ -34,9 +34,7 @@ class KeyPair:
 
 
 def _write_public(tmp: Path, name: str, private: Any) -> Path:
-    pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    pem = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     path = tmp / f"{name}.pem"
     path.write_bytes(pem)
     return path

@@ -15,8 +15,19 @@ def test_create_list_revoke(database_url, engine):
     runner = CliRunner()
     created = runner.invoke(
         keys_group,
-        ["create", "--principal", "alice", "--role", "support", "--tenant", "acme", "--expires", "30d",
-         "--database-url", database_url],
+        [
+            "create",
+            "--principal",
+            "alice",
+            "--role",
+            "support",
+            "--tenant",
+            "acme",
+            "--expires",
+            "30d",
+            "--database-url",
+            database_url,
+        ],
     )
     assert created.exit_code == 0, created.output
     key = created.stdout.splitlines()[0]

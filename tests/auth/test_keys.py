@@ -49,7 +49,7 @@ def test_secret_is_stored_hashed(engine):
 
 @pytest.mark.req("auth:api-keys")
 def test_wrong_unknown_malformed(engine):
-    key_id, key = create_key(engine, "carol")
+    _key_id, key = create_key(engine, "carol")
     wrong_secret = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
     assert _reason(engine, wrong_secret) == "unknown_key"
     assert _reason(engine, f"veil_{'a' * 12}_{'b' * 43}") == "unknown_key"

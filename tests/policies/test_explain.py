@@ -46,7 +46,7 @@ token [PERSON_2] (PERSON from crm) in argument 'body':
   flows[1]:email-to-mailer  no     entity type PERSON is not one of [EMAIL_ADDRESS]
   default:deny              MATCH  no rule matched and PERSON came from crm, not from mailer: add a flow rule to allow it
   => DENY by default:deny: no rule matched and PERSON came from crm, not from mailer: add a flow rule to allow it
-"""
+"""  # noqa: E501
 
 
 def test_explain_call_output_is_stable(write_policy):
@@ -61,7 +61,8 @@ def test_explain_call_output_is_stable(write_policy):
 def test_explain_call_for_a_principal_without_roles(write_policy):
     path = write_policy(POLICY)
     result = CliRunner().invoke(
-        policy_group, ["explain", str(path), "--call", 'mailer__send_email {"to": "[EMAIL_ADDRESS_1]"}', "--source", "crm"]
+        policy_group,
+        ["explain", str(path), "--call", 'mailer__send_email {"to": "[EMAIL_ADDRESS_1]"}', "--source", "crm"],
     )
     assert result.exit_code == 0, result.output
     assert "  access[0]:support  no     principal holds none of the roles [support] (has: none)" in result.output

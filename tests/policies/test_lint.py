@@ -172,7 +172,9 @@ def test_destinations_checked_against_tools_and_upstreams(write_policy):
       - {id: c, tools: [veil__execute_code, "crm__*"], effect: allow}
     """
     tools = ["mailer__send_email", "crm__find"]
-    assert _lint(write_policy, body, tools=tools) == ["4:18: destination 'mailr__send_email' matches no tool in the tool list"]
+    assert _lint(write_policy, body, tools=tools) == [
+        "4:18: destination 'mailr__send_email' matches no tool in the tool list"
+    ]
     found = _lint(write_policy, body, upstreams=["mailer", "tickets"])
     assert found == [
         "4:18: destination 'mailr__send_email' names no configured upstream (configured: mailer, tickets)",

@@ -118,7 +118,9 @@ def test_cel_condition_over_now(policy):
 def test_condition_that_fails_at_run_time_denies(policy):
     # principal.tenant is null for bob, so the condition cannot be evaluated. The value came from
     # 'bank', so without the rule default:same-upstream would allow: the broken condition must deny.
-    assert policy.decide_flow(ALICE, ref("IBAN_CODE", "bank"), "bank", "pay", "iban").rule == "flows[4]:broken-at-runtime"
+    assert (
+        policy.decide_flow(ALICE, ref("IBAN_CODE", "bank"), "bank", "pay", "iban").rule == "flows[4]:broken-at-runtime"
+    )
     d = policy.decide_flow(BOB, ref("IBAN_CODE", "bank"), "bank", "pay", "iban")
     assert (d.allowed, d.rule) == (False, "flows[4]:broken-at-runtime")
     assert "could not evaluate" in d.reason

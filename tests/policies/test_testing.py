@@ -15,7 +15,12 @@ from veil.policies.testing import case_files, run_cases
 POLICY = """
 metadata: {name: shop}
 flows:
-  - {id: email-to-mailer, entities: [EMAIL_ADDRESS], from: [crm], to: [mailer__send_email], roles: [support], effect: allow}
+  - id: email-to-mailer
+    entities: [EMAIL_ADDRESS]
+    from: [crm]
+    to: [mailer__send_email]
+    roles: [support]
+    effect: allow
 access:
   - {id: support, tools: ["*"], roles: [support], effect: allow}
 """
@@ -91,7 +96,9 @@ def test_explicit_case_files(tmp_path):
 
 
 def test_malformed_case_file_names_the_line(tmp_path):
-    policy = _setup(tmp_path, "cases:\n  - name: x\n    flow: {principal: a, tool: b__c, token: PERSON}\n    expect: perhaps\n")
+    policy = _setup(
+        tmp_path, "cases:\n  - name: x\n    flow: {principal: a, tool: b__c, token: PERSON}\n    expect: perhaps\n"
+    )
     result = CliRunner().invoke(policy_group, ["test", str(policy)])
     assert result.exit_code == 1
     assert "shop.yaml:4:13: invalid expect" in result.output

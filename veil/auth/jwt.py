@@ -43,7 +43,8 @@ class JwtVerifier:
         bad = [a for a in config.algorithms if a not in ASYMMETRIC]
         if bad:
             raise ConfigError(
-                f"auth.jwt.algorithms: {', '.join(bad)} not accepted; use asymmetric ones ({', '.join(sorted(ASYMMETRIC))})"
+                f"auth.jwt.algorithms: {', '.join(bad)} not accepted; "
+                f"use asymmetric ones ({', '.join(sorted(ASYMMETRIC))})"
             )
         self._key: Any = None
         self._jwks: jwt.PyJWKSet | None = None

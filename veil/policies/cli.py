@@ -49,7 +49,9 @@ def _tools_file(path: str) -> list[str]:
     try:
         tools = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise click.ClickException(f"{path}: cannot read the tool list ({exc}); give a JSON list of NAME__TOOL")
+        raise click.ClickException(
+            f"{path}: cannot read the tool list ({exc}); give a JSON list of NAME__TOOL"
+        ) from None
     if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
         raise click.ClickException(f"{path}: expected a JSON list of tool names written NAME__TOOL")
     return tools
@@ -95,9 +97,8 @@ def test_cmd(file: str, cases: tuple[str, ...]) -> None:
     policy = load_policy(file)
     files = [Path(c) for c in cases] or case_files(Path(file))
     if not files:
-        raise click.ClickException(
-            f"no test cases for {file}: write them in {Path(file).resolve().parent / 'tests' / (Path(file).stem + '.yaml')}"
-        )
+        where = Path(file).resolve().parent / "tests" / f"{Path(file).stem}.yaml"
+        raise click.ClickException(f"no test cases for {file}: write them in {where}")
     detector = None
     if needs_detection(files):
         from veil.policies.detection import make_detector

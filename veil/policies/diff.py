@@ -104,7 +104,8 @@ def diff_policies(old: Policy, new: Policy) -> list[str]:
     if da.default_threshold != db.default_threshold:
         direction = "fewer" if db.default_threshold > da.default_threshold else "more"
         out.append(
-            f"detection: default threshold {da.default_threshold} -> {db.default_threshold} ({direction} values detected)"
+            f"detection: default threshold {da.default_threshold} -> {db.default_threshold} "
+            f"({direction} values detected)"
         )
     for etype in sorted(set(da.thresholds) | set(db.thresholds)):
         ta = da.thresholds.get(etype, da.default_threshold)

@@ -89,7 +89,8 @@ def _regex_checks(doc: dict[str, Any], located: Located, file: str) -> Iterable[
                     located,
                     file,
                     path,
-                    "regex can match the empty string, so it would tag empty spans everywhere: require at least one character",
+                    "regex can match the empty string, so it would tag empty spans everywhere: "
+                    "require at least one character",
                 )
 
 
