@@ -98,7 +98,7 @@ def test_cel_that_does_not_compile_or_names_unknown_fields(write_policy):
     )
     assert found[0].startswith("5:11: flows[0].when: CEL does not compile")
     assert found[1] == "9:11: flows[1].when: condition failed: unknown field 'nmae'"
-    assert found[2].startswith("14:11: access[0].when: condition failed: unknown variable 'token'")
+    assert found[2].startswith("14:11: access[0].when: unknown variable 'token' (known: destination, now, principal)")
     assert "only in flow rules" in found[2]
 
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from veil.errors import PolicyError
-from veil.policies.cel import Condition, ConditionError, activation
+from veil.policies.cel import ACCESS_VARIABLES, FLOW_VARIABLES, Condition, ConditionError, activation
 from veil.policies.entities import KNOWN_ENTITIES
 from veil.policies.loader import Problem, problem, read_document, schema_problems
 from veil.policies.matching import ArgSet, GlobSet
@@ -119,6 +119,10 @@ def _compile_conditions(doc: dict[str, Any], located: Located, file: str) -> tup
             path = (section, i, "when")
             try:
                 cond = Condition(rule["when"])
+                allowed = FLOW_VARIABLES if section == "flows" else ACCESS_VARIABLES
+                unknown = sorted(cond.variables - allowed)
+                if unknown:
+                    raise ConditionError(f"unknown variable '{unknown[0]}' (known: {', '.join(sorted(allowed))})")
                 cond.evaluate(_sample(section))
             except ConditionError as exc:
                 hint = " (token.* exists only in flow rules)" if section == "access" and "'token'" in str(exc) else ""
