@@ -114,7 +114,7 @@ async def main(runs: int) -> str:
     os.chown(ws, entry.pw_uid, entry.pw_gid)
     paths = fj.JailPaths(ws, root, Path(entry.pw_dir), None)
     argv = fj.command(SandboxConfig(), paths, 2, "pass")
-    results["firejail (hardened) + python3 -I -S -c pass"] = timed_subprocess(
+    results["firejail (hardened) + python3 -I -S -c pass, start to exit"] = timed_subprocess(
         argv, cold_runs, user=entry.pw_uid, group=entry.pw_gid, extra_groups=[], env=fj.environment(), cwd="/"
     )
     results["execute, cold (new session, no pool)"] = cold
