@@ -8,14 +8,14 @@ generated Python API over a pipe-based RPC channel.
     runtime.py   the loop inside the sandbox (stdlib only, sent as source)
     stubs.py     render_stubs(): the ``servers/`` package the code imports
     output.py    fitting stdout/stderr/result into the output budget
-    setup.py     ensure_sandbox_user(); ``python -m veil.sandbox.setup``
+    user.py      ensure_sandbox_user(); ``python -m veil.sandbox.setup`` (setup.py) runs it
 """
 
 from __future__ import annotations
 
 from veil.sandbox.manager import SandboxManager
-from veil.sandbox.setup import ensure_sandbox_user
 from veil.sandbox.spec import ExecutionResult, Outcome, ToolSpec
 from veil.sandbox.stubs import render_stubs
+from veil.sandbox.user import ensure_sandbox_user
 
 __all__ = ["ExecutionResult", "Outcome", "SandboxManager", "ToolSpec", "ensure_sandbox_user", "render_stubs"]

@@ -34,9 +34,9 @@ from veil.sandbox import firejail
 from veil.sandbox.channel import Call, Done
 from veil.sandbox.output import cap_output
 from veil.sandbox.process import Exit, Flood, SandboxProcess
-from veil.sandbox.setup import ensure_sandbox_user
 from veil.sandbox.spec import ExecutionResult, ToolSpec
 from veil.sandbox.stubs import render_stubs, stubs_digest
+from veil.sandbox.user import ensure_sandbox_user
 
 CallTool = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
 _LOST = "Variables are lost; files in the workspace are kept. The next execution starts a fresh interpreter."

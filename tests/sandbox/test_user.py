@@ -7,7 +7,8 @@ import pwd
 
 import pytest
 
-from veil.sandbox.setup import FIREJAIL_USERS, ensure_sandbox_user, main, sandbox_user_ready
+from veil.sandbox.setup import main
+from veil.sandbox.user import FIREJAIL_USERS, ensure_sandbox_user, sandbox_user_ready
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="creating users needs root")
