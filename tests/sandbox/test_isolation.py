@@ -262,3 +262,18 @@ def test_printing_a_channel_message_does_not_forge_one(make_manager):
     result = attack(make_manager, code)
     assert result.outcome == "ok" and result.tool_calls == 0
     assert result.stdout.startswith('{"type": "call"')
+
+
+@pytest.mark.parametrize("code", ["import os\nos.kill(os.getpid(), 9)", "import os\nos._exit(3)"])
+def test_a_dead_interpreter_is_replaced_and_the_agent_told(make_manager, code):
+    result = attack(make_manager, code)
+    assert result.outcome == "killed"
+    assert "ended during the execution" in result.message and "Variables are lost" in result.message
+
+
+def test_code_output_never_reaches_veils_logs(make_manager, caplog):
+    caplog.set_level("DEBUG")
+    canary = "[EMAIL_ADDRESS_42] canary-output-5d1c"
+    result = attack(make_manager, f"import sys\nprint({canary!r})\nprint({canary!r}, file=sys.stderr)\n1/0")
+    assert canary in result.stdout and canary in result.stderr
+    assert "canary-output" not in caplog.text

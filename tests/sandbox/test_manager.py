@@ -51,6 +51,8 @@ print(len(gold), first["email"])
     assert crm.calls[2] == ("crm", "add_note", {"customer_id": first["id"], "note": f"Emailed {first['email']}"})
     assert result.tool_calls == 3
     assert result.bytes_returned > 1000
+    assert result.max_rss_mb > 5 and result.cpu_s >= 0 and result.duration_ms > 0
+    assert len(result.code_sha256) == 64
     # No real value appears anywhere in what the sandbox produced.
     real = {crm.real[0]["email"], crm.real[0]["ssn"], crm.real[0]["full_name"]}
     for text in (result.stdout, result.stderr, result.result or ""):
