@@ -84,6 +84,9 @@ def test_first_match_wins_and_deny_rule_is_reported(policy):
         (ALICE, "EMAIL_ADDRESS", "send_email", "to", ("crm",), True, "flows[1]:email-to-mailer"),
         (ALICE, "EMAIL_ADDRESS", "send_bulk", "recipients[3]", ("crm",), True, "flows[1]:email-to-mailer"),
         (ALICE, "EMAIL_ADDRESS", "send_email", "to.address", ("crm",), True, "flows[1]:email-to-mailer"),
+        (ALICE, "EMAIL_ADDRESS", "send_email", "$.to", ("crm",), True, "flows[1]:email-to-mailer"),
+        (ALICE, "EMAIL_ADDRESS", "send_bulk", "$.recipients[12]", ("crm",), True, "flows[1]:email-to-mailer"),
+        (ALICE, "EMAIL_ADDRESS", "send_email", "$.too", ("crm",), False, "default:deny"),
         (ALICE, "EMAIL_ADDRESS", "send_email", "body", ("crm",), False, "default:deny"),
         (ALICE, "EMAIL_ADDRESS", "send_email", "to", ("billing",), False, "default:deny"),
         (BOB, "EMAIL_ADDRESS", "send_email", "to", ("crm",), False, "default:deny"),
@@ -178,3 +181,19 @@ def test_trace_lists_every_rule_considered(policy):
     assert [s.matched for s in steps] == [False, False, True]
     assert "entity type PERSON is not one of [CREDIT_CARD]" in steps[0].reason
     assert decision.rule == steps[-1].rule
+
+
+def test_fast_path_agrees_with_traced_evaluation(policy):
+    """decide_* skip building reasons for rules that cannot match; the decision must not change."""
+    import itertools
+
+    people = [ALICE, BOB, Principal("svc-x", frozenset({"support"}), None)]
+    entities = ["CREDIT_CARD", "EMAIL_ADDRESS", "PERSON", "PHONE_NUMBER", "IBAN_CODE", "URL"]
+    tools = [("mailer", "send_email"), ("reports", "publish"), ("bank", "pay"), ("archive", "store"), ("crm", "x")]
+    for who, etype, (up, tool), arg, src in itertools.product(
+        people, entities, tools, ["to", "$.recipients[1]", "body"], [("crm",), ("bank",), ()]
+    ):
+        fast = policy.decide_flow(who, ref(etype, *src), up, tool, arg)
+        assert fast == policy.explain_flow(who, ref(etype, *src), up, tool, arg)[0]
+    for who, (up, tool) in itertools.product(people, [*tools, ("veil", "execute_code")]):
+        assert policy.decide_access(who, up, tool) == policy.explain_access(who, up, tool)[0]

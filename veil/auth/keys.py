@@ -23,7 +23,6 @@ from veil.principal import Principal
 
 PREFIX = "veil_"
 KEY_RE = re.compile(r"^veil_([a-z2-7]{12})_([A-Za-z0-9_-]{43})$")
-_LAST_USED_EVERY = "60 seconds"  # bound the writes a busy key causes
 
 
 @dataclass(frozen=True)
@@ -113,28 +112,25 @@ def verify_key(engine: sa.Engine, credential: str, *, now: datetime | None = Non
             MALFORMED, "malformed API key: expected veil_<key id>_<secret> as created by `veil keys create`"
         )
     key_id, secret = m.groups()
-    with engine.begin() as conn:
+    with engine.connect() as conn:
         row = conn.execute(
             sa.text(
-                "SELECT key_salt, key_hash, principal, roles, tenant, expires_at, revoked_at"
+                "SELECT key_salt, key_hash, principal, roles, tenant, expires_at, revoked_at,"
+                " last_used_at < now() - interval '60 seconds' OR last_used_at IS NULL"
                 " FROM api_keys WHERE key_id = :k"
             ),
             {"k": key_id},
         ).first()
-        # Compare even when the row is missing, so timing does not tell which key ids exist.
-        salt, stored = (bytes(row[0]), bytes(row[1])) if row else (b"\0" * 16, b"\0" * 32)
-        if not hmac.compare_digest(_digest(salt, secret), stored) or row is None:
-            raise auth_error(UNKNOWN_KEY, "unknown API key: check the key, or create one with `veil keys create`")
-        _salt, _hash, principal, roles, tenant, expires_at, revoked_at = row
-        if revoked_at is not None:
-            raise auth_error(REVOKED, f"API key {key_id} was revoked: ask for a new key")
-        if expires_at is not None and expires_at <= (now or datetime.now(UTC)):
-            raise auth_error(EXPIRED, f"API key {key_id} has expired: ask for a new key")
-        conn.execute(
-            sa.text(
-                "UPDATE api_keys SET last_used_at = now() WHERE key_id = :k"
-                f" AND (last_used_at IS NULL OR last_used_at < now() - interval '{_LAST_USED_EVERY}')"
-            ),
-            {"k": key_id},
-        )
+    # Compare even when the row is missing, so timing does not tell which key ids exist.
+    salt, stored = (bytes(row[0]), bytes(row[1])) if row else (b"\0" * 16, b"\0" * 32)
+    if not hmac.compare_digest(_digest(salt, secret), stored) or row is None:
+        raise auth_error(UNKNOWN_KEY, "unknown API key: check the key, or create one with `veil keys create`")
+    _salt, _hash, principal, roles, tenant, expires_at, revoked_at, stale = row
+    if revoked_at is not None:
+        raise auth_error(REVOKED, f"API key {key_id} was revoked: ask for a new key")
+    if expires_at is not None and expires_at <= (now or datetime.now(UTC)):
+        raise auth_error(EXPIRED, f"API key {key_id} has expired: ask for a new key")
+    if stale:  # a write at most once a minute per key, not one per request
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE api_keys SET last_used_at = now() WHERE key_id = :k"), {"k": key_id})
     return Principal(name=principal, roles=frozenset(roles), tenant=tenant, via="api_key")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from veil.policies.cel import Condition, ConditionError, activation
-from veil.policies.matching import ArgSet, GlobSet
+from veil.policies.matching import ArgSet, GlobSet, normalise_arg_path
 from veil.tokenizer.settings import DetectionSettings, TokenSettings
 
 EXECUTE_UPSTREAM = "veil"
@@ -94,6 +94,25 @@ def _who(rule: Rule, principal: PrincipalLike) -> str | None:
     return None
 
 
+def _who_miss(rule: Rule, principal: PrincipalLike) -> bool:
+    return (rule.principals is not None and not rule.principals.matches(principal.name)) or (
+        rule.roles is not None and rule.roles.isdisjoint(principal.roles)
+    )
+
+
+def _flow_miss(
+    rule: FlowRule, etype: str, sources: list[str], dest: str, arg_path: str, principal: PrincipalLike
+) -> bool:
+    """The cheap part of matching, without building reasons: True when the rule cannot match."""
+    return (
+        (rule.entities is not None and etype not in rule.entities)
+        or (rule.sources is not None and not any(rule.sources.matches(s) for s in sources))
+        or not rule.tools.matches(dest)
+        or (rule.args is not None and not rule.args.matches(arg_path))
+        or _who_miss(rule, principal)
+    )
+
+
 def _condition(rule: Rule, act: dict[str, Any]) -> tuple[bool | None, str]:
     """(True|False, why) or (None, error) when the condition could not be evaluated."""
     assert rule.when is not None
@@ -136,7 +155,7 @@ class Policy:
         now: datetime | None = None,
     ) -> Decision:
         """May the real value behind ``ref`` be sent to ``upstream__tool`` in argument ``arg_path``?"""
-        return self.explain_flow(principal, ref, upstream, tool, arg_path, now=now)[0]
+        return self.explain_flow(principal, ref, upstream, tool, arg_path, now=now, trace=False)[0]
 
     def explain_flow(
         self,
@@ -147,14 +166,19 @@ class Policy:
         arg_path: str,
         *,
         now: datetime | None = None,
+        trace: bool = True,
     ) -> tuple[Decision, list[Step]]:
+        """The decision and, with ``trace``, why each rule did or did not match (explain, audit)."""
         dest = f"{upstream}__{tool}"
+        arg_path = normalise_arg_path(arg_path)  # the tokenizer reports "$.to"; rules say "to"
         where = f"{dest}:{arg_path}" if arg_path else dest
         etype = ref.entity_type
         sources = sorted(ref.sources)
         steps: list[Step] = []
         act: dict[str, Any] | None = None
         for rule in self.flows:
+            if not trace and _flow_miss(rule, etype, sources, dest, arg_path, principal):
+                continue  # decide_flow: skip building reasons for rules that cannot match
             why = None
             if rule.entities is not None and etype not in rule.entities:
                 why = f"entity type {etype} is not one of [{', '.join(sorted(rule.entities))}]"
@@ -218,14 +242,14 @@ class Policy:
         self, principal: PrincipalLike, upstream: str, tool: str, *, now: datetime | None = None
     ) -> Decision:
         """May ``principal`` list and call ``upstream__tool``?"""
-        return self.explain_access(principal, upstream, tool, now=now)[0]
+        return self.explain_access(principal, upstream, tool, now=now, trace=False)[0]
 
     def decide_execute(self, principal: PrincipalLike, *, now: datetime | None = None) -> Decision:
         """May ``principal`` use execute_code (access rules on ``veil__execute_code``)?"""
         return self.decide_access(principal, EXECUTE_UPSTREAM, EXECUTE_TOOL, now=now)
 
     def explain_access(
-        self, principal: PrincipalLike, upstream: str, tool: str, *, now: datetime | None = None
+        self, principal: PrincipalLike, upstream: str, tool: str, *, now: datetime | None = None, trace: bool = True
     ) -> tuple[Decision, list[Step]]:
         dest = f"{upstream}__{tool}"
         if self.access is None:
@@ -236,6 +260,8 @@ class Policy:
         steps: list[Step] = []
         act: dict[str, Any] | None = None
         for rule in self.access:
+            if not trace and (not rule.tools.matches(dest) or _who_miss(rule, principal)):
+                continue
             why = None if rule.tools.matches(dest) else f"tool {dest} does not match [{rule.tools}]"
             if why is None:
                 why = _who(rule, principal)
