@@ -183,6 +183,22 @@ def test_destinations_checked_against_tools_and_upstreams(write_policy):
     assert _lint(write_policy, body) == []  # without a tool list or config the check is skipped
 
 
+def test_sources_checked_against_configured_upstreams(write_policy):
+    body = "metadata: {name: x}\nflows:\n  - {id: a, from: [crm, crn], to: [mailer__x], effect: allow}\n"
+    assert _lint(write_policy, body, upstreams=["crm", "mailer"]) == [
+        "3:25: source 'crn' names no configured upstream (configured: crm, mailer)"
+    ]
+
+
+def test_through_the_veil_command(write_policy):
+    from veil.cli import main
+
+    bad = write_policy("metadata: {name: x}\nflows:\n  - {id: a, to: [x__y], effect: perhaps}\n")
+    result = CliRunner().invoke(main, ["policy", "lint", str(bad)])
+    assert result.exit_code == 1
+    assert f"{bad}:3:33: flows[0].effect must be one of: allow, deny" in result.output
+
+
 def test_load_refuses_what_lint_rejects(write_policy):
     path = write_policy("metadata: {name: x}\ndetection:\n  entities: [NOPE]\n")
     with pytest.raises(PolicyError) as info:

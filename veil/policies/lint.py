@@ -206,6 +206,21 @@ def _destination_checks(
                         )
 
 
+def _source_checks(doc: dict[str, Any], located: Located, file: str, upstreams: list[str] | None) -> Iterable[Problem]:
+    if upstreams is None:
+        return
+    for i, rule in enumerate(doc.get("flows") or []):
+        for j, glob in enumerate(rule.get("from", [])):
+            if not GlobSet([glob]).matches_any(upstreams):
+                names = ", ".join(sorted(upstreams)) or "none"
+                yield problem(
+                    located,
+                    file,
+                    ("flows", i, "from", j),
+                    f"source '{glob}' names no configured upstream (configured: {names})",
+                )
+
+
 def semantic_problems(
     doc: dict[str, Any],
     located: Located,
@@ -223,6 +238,7 @@ def semantic_problems(
     out += cel_problems
     out += _shadowing(doc, located, file)
     out += _destination_checks(doc, located, file, tools, upstreams)
+    out += _source_checks(doc, located, file, upstreams)
     return sorted(set(out))
 
 
