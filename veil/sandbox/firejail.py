@@ -25,6 +25,25 @@ from veil.errors import SandboxError
 # Top-level entries the interpreter needs (read-only for the sandbox user by file permissions).
 _VISIBLE_TOP = {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "proc", "dev", "tmp", "home"}
 PYTHON_CANDIDATES = ("/usr/bin/python3", "/usr/local/bin/python3")
+# /etc is rebuilt from these entries only (a config file with a database password under /etc/veil,
+# or anything else an operator keeps there, stays out of sight).
+ETC_KEEP = ",".join(
+    [
+        "passwd",
+        "group",
+        "hostname",
+        "hosts",
+        "localtime",
+        "nsswitch.conf",
+        "ld.so.cache",
+        "ld.so.conf",
+        "ld.so.conf.d",
+        "mime.types",
+        "os-release",
+        "debian_version",
+        "alternatives",
+    ]
+)
 FIX = "Install it: apt-get install firejail"
 
 
@@ -65,7 +84,7 @@ def _hidden_paths(paths: JailPaths) -> list[str]:
     root_dir = paths.workspace_root.resolve()
     if not _under(root_dir, hidden) and not _under(root_dir, ["/tmp"]):
         hidden.append(str(root_dir))
-    hidden += ["/usr/bin/firejail", "/etc/firejail", "/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/ssh"]
+    hidden += ["/usr/bin/firejail"]
     if paths.shared_skills is not None:
         hidden = _carve(hidden, paths.shared_skills.resolve())
     return [h for h in hidden if os.path.lexists(h)]
@@ -112,6 +131,7 @@ def command(config: SandboxConfig, paths: JailPaths, chan_fd: int, bootstrap: st
         f"--private={paths.workspace}",
         "--deterministic-shutdown",
         "--hostname=sandbox",
+        f"--private-etc={ETC_KEEP}",
         f"--rlimit-as={config.memory_mb * mib}",
         f"--rlimit-cpu={config.cpu_s}",
         f"--rlimit-nproc={config.max_processes}",

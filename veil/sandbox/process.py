@@ -153,6 +153,9 @@ class SandboxProcess:
             message = await asyncio.wait_for(sandbox.messages.get(), START_TIMEOUT_S)
         except (TimeoutError, OSError):
             message = None
+        except BaseException:  # cancelled (e.g. the manager closing): never leave a jail behind
+            sandbox.kill()
+            raise
         if not isinstance(message, channel.Ready):
             detail = sandbox.stderr.take()[0].decode(errors="replace").strip().splitlines()
             sandbox.kill()
