@@ -59,7 +59,7 @@ def test_etc_shadow_is_unreadable(make_manager):
     assert probe(make_manager, OPEN + "tryread('/etc/shadow')") in ("'PermissionError'", "'FileNotFoundError'")
 
 
-def test_veil_data_dir_and_repo_are_invisible(make_manager, tmp_path):
+def test_veil_data_dir_repo_and_etc_configs_are_invisible(make_manager, tmp_path):
     data = Path("/var/lib") / f"veil-test-data-{os.getpid()}"
     data.mkdir(exist_ok=True)
     key = data / "master.key"
@@ -69,13 +69,18 @@ def test_veil_data_dir_and_repo_are_invisible(make_manager, tmp_path):
     tmp_key = tmp_path / "master.key"
     tmp_key.write_text("SECRET-KEY-MATERIAL")
     repo_config = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    etc_config = Path(f"/etc/veil-test-{os.getpid()}.yaml")
+    etc_config.write_text("database_url: postgresql://veil:SECRET-PASSWORD@db/veil\n")
+    etc_config.chmod(0o644)
+    paths = [str(key), str(tmp_key), str(repo_config), str(etc_config)]
     try:
-        seen = probe(make_manager, OPEN + f"[tryread(p) for p in {[str(key), str(tmp_key), str(repo_config)]!r}]")
+        seen = probe(make_manager, OPEN + f"[tryread(p) for p in {paths!r}]")
     finally:
         key.unlink()
         data.rmdir()
+        etc_config.unlink()
     assert "SECRET" not in seen and "project" not in seen
-    assert seen.count("Error") == 3
+    assert seen.count("Error") == 4
 
 
 @pytest.mark.parametrize("parent", ["/tmp", "/srv"])
