@@ -18,6 +18,7 @@ def _lint(write_policy, body: str, **kwargs) -> list[str]:
     return [f"{p.line}:{p.column}: {p.message}" for p in lint_file(str(write_policy(body)), **kwargs)]
 
 
+@pytest.mark.req("policy:lint")
 def test_unknown_entity_types(write_policy):
     found = _lint(
         write_policy,
@@ -53,6 +54,7 @@ def test_custom_recognizer_defines_its_type(write_policy):
     assert _lint(write_policy, body) == []
 
 
+@pytest.mark.req("policy:lint")
 def test_regex_does_not_compile_or_matches_empty(write_policy):
     found = _lint(
         write_policy,
@@ -75,6 +77,7 @@ def test_regex_does_not_compile_or_matches_empty(write_policy):
     assert len(found) == 3
 
 
+@pytest.mark.req("policy:lint")
 def test_cel_that_does_not_compile_or_names_unknown_fields(write_policy):
     found = _lint(
         write_policy,
@@ -102,6 +105,7 @@ def test_cel_that_does_not_compile_or_names_unknown_fields(write_policy):
     assert "only in flow rules" in found[2]
 
 
+@pytest.mark.req("policy:lint")
 def test_shadowed_rules(write_policy):
     found = _lint(
         write_policy,
@@ -149,6 +153,7 @@ def test_shadowed_rules(write_policy):
     assert found[1].startswith("29:5: rule access[1]:support-find can never match")
 
 
+@pytest.mark.req("policy:lint")
 def test_duplicate_rule_ids(write_policy):
     found = _lint(
         write_policy,
@@ -162,6 +167,7 @@ def test_duplicate_rule_ids(write_policy):
     assert found == ["4:10: rule id 'a' is already used by flows[0]"]
 
 
+@pytest.mark.req("policy:lint")
 def test_destinations_checked_against_tools_and_upstreams(write_policy):
     body = """
     metadata: {name: x}
@@ -199,6 +205,7 @@ def test_through_the_veil_command(write_policy):
     assert f"{bad}:3:33: flows[0].effect must be one of: allow, deny" in result.output
 
 
+@pytest.mark.req("policy:lint")
 def test_load_refuses_what_lint_rejects(write_policy):
     path = write_policy("metadata: {name: x}\ndetection:\n  entities: [NOPE]\n")
     with pytest.raises(PolicyError) as info:

@@ -17,6 +17,7 @@ def _error(path) -> PolicyError:
     return info.value
 
 
+@pytest.mark.req("policy:lint")
 def test_yaml_syntax_error_has_position(write_policy):
     path = write_policy("metadata:\n  name: x\nflows:\n  - id: a\n    to: [x\n")
     err = _error(path)
@@ -31,12 +32,14 @@ def test_duplicate_key_is_an_error(write_policy):
     assert "duplicate key 'tokens'" in err.detail
 
 
+@pytest.mark.req("policy:lint")
 def test_unknown_field_points_at_the_key(write_policy):
     err = _error(write_policy("metadata: {name: x}\ndetection:\n  language: en\n  treshold: 0.4\n"))
     assert (err.line, err.column) == (4, 3)
     assert "unknown field 'treshold' in detection" in err.detail
 
 
+@pytest.mark.req("policy:lint")
 def test_wrong_type_points_at_the_value(write_policy):
     err = _error(write_policy("metadata: {name: x}\nsandbox:\n  memory_mb: lots\n"))
     assert (err.line, err.column) == (3, 14)
