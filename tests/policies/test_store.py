@@ -90,3 +90,15 @@ def test_background_watcher_reloads(write_policy):
         _rewrite(path, V2)
         assert changed.wait(10)
         assert store.current.name == "v2"
+
+
+def test_deleted_file_is_reported_once_and_old_policy_stays(write_policy):
+    path = write_policy(V1)
+    rejected: list[PolicyError] = []
+    store = PolicyStore(path, on_rejected=rejected.append)
+    path.unlink()
+    assert store.check() is False and store.check() is False
+    assert store.current.name == "v1"
+    assert len(rejected) == 1 and "cannot read policy file" in str(rejected[0])
+    _rewrite(path, V2)
+    assert store.check() is True and store.current.name == "v2"
