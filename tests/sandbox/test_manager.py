@@ -254,3 +254,16 @@ def test_workspace_root_is_not_listable_by_the_sandbox_user(make_manager, crm):
             return Path(manager.workspace_root).stat().st_mode & 0o777
 
     assert run(body()) == 0o711
+
+
+def test_not_root_fails_with_what_to_do(make_manager, crm, monkeypatch):
+    from veil.errors import SandboxError
+
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+
+    async def body():
+        async with make_manager() as manager:
+            return await execute(manager, crm, "1")
+
+    with pytest.raises(SandboxError, match=r"run as root.*python -m veil.sandbox.setup"):
+        run(body())
