@@ -60,7 +60,10 @@ class SandboxManager:
         self._sessions: dict[str, _Session] = {}
         self._pool: list[SandboxProcess] = []
         self._refilling: asyncio.Task[None] | None = None
-        self._slots: asyncio.Semaphore | None = None
+        # At most 2 x cores executions run at once; the rest queue (created here so that a burst
+        # of first calls shares one semaphore).
+        self._slots = asyncio.Semaphore(max(2, 2 * (os.cpu_count() or 1)))
+        self._init_lock = asyncio.Lock()
         self._run_as: tuple[int, int] | None = None
         self._ready = False
         self._closed = False
@@ -74,40 +77,45 @@ class SandboxManager:
         if self._closed:
             raise SandboxError("the sandbox manager is closed")
         if not self._ready:
-            firejail.find_firejail()
-            firejail.find_python()
-            if os.geteuid() != 0:
-                raise SandboxError(
-                    "execute_code needs Veil to run as root so that sandboxes start as the unprivileged "
-                    f"user '{self.config.user}' (firejail refuses --noroot otherwise). Start veil as root, "
-                    f"after running once: python -m veil.sandbox.setup --user {self.config.user}"
-                )
-            entry = await asyncio.to_thread(ensure_sandbox_user, self.config.user)
-            self._run_as = (entry.pw_uid, entry.pw_gid)
-            if Path("/var") in self.workspace_root.resolve().parents:
-                raise SandboxError(
-                    f"the workspace root {self.workspace_root} is under /var, where firejail cannot mount a "
-                    "private home. Use a directory elsewhere (e.g. DATA_DIR/workspaces or /srv/veil)."
-                )
-            self.workspace_root.mkdir(parents=True, exist_ok=True)
-            os.chown(self.workspace_root, 0, 0)
-            os.chmod(self.workspace_root, 0o711)  # the sandbox user may enter its own dir, not list
-            shared = self.config.shared_skills_dir
-            private = {Path("/tmp"), Path("/var/tmp")}
-            if shared is not None and (not shared.is_dir() or private & set(shared.resolve().parents)):
-                raise SandboxError(
-                    f"sandbox.shared_skills_dir {shared} must be an existing directory outside /tmp and /var/tmp "
-                    "(the sandbox has private ones). Fix sandbox.shared_skills_dir in the config."
-                )
-            for parent in self.workspace_root.resolve().parents:
-                if not parent.stat().st_mode & 0o001:
-                    raise SandboxError(
-                        f"the sandbox user cannot reach the workspace root {self.workspace_root}: {parent} "
-                        "is not searchable by others. Put the workspaces elsewhere or chmod o+x that directory."
-                    )
-            self._slots = asyncio.Semaphore(max(2, 2 * (os.cpu_count() or 1)))
-            self._ready = True
+            async with self._init_lock:
+                if not self._ready:
+                    await self._check_host()
         self._refill_soon()
+
+    async def _check_host(self) -> None:
+        """firejail, python, root, the sandbox user and a reachable workspace root, or SandboxError."""
+        firejail.find_firejail()
+        firejail.find_python()
+        if os.geteuid() != 0:
+            raise SandboxError(
+                "execute_code needs Veil to run as root so that sandboxes start as the unprivileged "
+                f"user '{self.config.user}' (firejail refuses --noroot otherwise). Start veil as root, "
+                f"after running once: python -m veil.sandbox.setup --user {self.config.user}"
+            )
+        entry = await asyncio.to_thread(ensure_sandbox_user, self.config.user)
+        self._run_as = (entry.pw_uid, entry.pw_gid)
+        if Path("/var") in self.workspace_root.resolve().parents:
+            raise SandboxError(
+                f"the workspace root {self.workspace_root} is under /var, where firejail cannot mount a "
+                "private home. Use a directory elsewhere (e.g. DATA_DIR/workspaces or /srv/veil)."
+            )
+        self.workspace_root.mkdir(parents=True, exist_ok=True)
+        os.chown(self.workspace_root, 0, 0)
+        os.chmod(self.workspace_root, 0o711)  # the sandbox user may enter its own dir, not list
+        shared = self.config.shared_skills_dir
+        private = {Path("/tmp"), Path("/var/tmp")}
+        if shared is not None and (not shared.is_dir() or private & set(shared.resolve().parents)):
+            raise SandboxError(
+                f"sandbox.shared_skills_dir {shared} must be an existing directory outside /tmp and /var/tmp "
+                "(the sandbox has private ones). Fix sandbox.shared_skills_dir in the config."
+            )
+        for parent in self.workspace_root.resolve().parents:
+            if not parent.stat().st_mode & 0o001:
+                raise SandboxError(
+                    f"the sandbox user cannot reach the workspace root {self.workspace_root}: {parent} "
+                    "is not searchable by others. Put the workspaces elsewhere or chmod o+x that directory."
+                )
+        self._ready = True
 
     async def execute(
         self,
@@ -123,7 +131,6 @@ class SandboxManager:
         if not isinstance(session_id, str) or not session_id:
             raise SandboxError("execute needs a non-empty session id")
         await self.start()
-        assert self._slots is not None
         session = self._sessions.get(session_id)
         if session is None:
             session = self._sessions[session_id] = _Session(session_id, self._workspace_for(session_id))
