@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from veil.config import SandboxConfig  # noqa: E402
 from veil.sandbox import SandboxManager, ToolSpec  # noqa: E402
 from veil.sandbox import firejail as fj  # noqa: E402
+from veil.sandbox.process import SandboxProcess  # noqa: E402
 
 CATALOGUE = [ToolSpec("crm", "ping", "A tiny call.", {"type": "object", "properties": {}})]
 
@@ -117,6 +118,14 @@ async def main(runs: int) -> str:
     results["firejail (hardened) + python3 -I -S -c pass, start to exit"] = timed_subprocess(
         argv, cold_runs, user=entry.pw_uid, group=entry.pw_gid, extra_groups=[], env=fj.environment(), cwd="/"
     )
+    starts = []
+    for _ in range(cold_runs):
+        begin = time.perf_counter()
+        sandbox = await SandboxProcess.start(SandboxConfig(), paths, run_as=(entry.pw_uid, entry.pw_gid))
+        starts.append((time.perf_counter() - begin) * 1000)
+        sandbox.kill()
+        await sandbox.wait()
+    results["sandbox start only (spawn to runtime ready)"] = starts
     results["execute, cold (new session, no pool)"] = cold
     results["execute, pooled (new session, warm pool)"] = pooled
     results["execute, warm (same session)"] = warm
