@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 
 from veil.audit.canonical import EncodingError, _text, chain_hash, json_value, to_json_text
@@ -87,6 +88,20 @@ class Head:
     seq: int
     hash: bytes
     ts: datetime
+
+
+COPY_SQL = f"COPY audit_events ({', '.join(COLUMNS)}) FROM STDIN"
+
+
+def _insert(conn: sa.Connection, params: list[dict[str, Any]]) -> None:
+    """COPY the rows in (several times faster than INSERT for a batch); INSERT for other drivers."""
+    driver = conn.connection.driver_connection
+    if isinstance(driver, psycopg.Connection):
+        with driver.cursor() as cur, cur.copy(COPY_SQL) as copy:
+            for p in params:
+                copy.write_row([p[c] for c in COLUMNS])
+    else:  # pragma: no cover - Veil ships with psycopg 3
+        conn.execute(INSERT, params)
 
 
 def prepare(event: AuditEvent) -> dict[str, Any]:
@@ -165,7 +180,7 @@ def append(
         out.append(Appended(seq, digest, ts))
         prev = digest
     if params:
-        conn.execute(INSERT, params)
+        _insert(conn, params)
         conn.execute(MOVE_HEAD, {"seq": seq, "hash": prev, "ts": ts})
     return out, ensured
 

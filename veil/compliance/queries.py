@@ -128,23 +128,24 @@ def access(conn: sa.Connection, p: Period) -> dict[str, Any]:
 
 def personal_data(conn: sa.Connection, p: Period) -> dict[str, Any]:
     where, params = p.where()
-    by_upstream = _rows(
+    # One scan of the events (hash aggregate per entity type and source), then the per-type
+    # totals from that small result, still in SQL (GROUPING SETS would sort the whole scan).
+    rows = _rows(
         conn,
-        f"""SELECT e.key AS entity_type, coalesce(a.upstream, '(sandbox)') AS upstream,
-                   sum(e.value::bigint) AS values_tokenised, count(*) AS events
-            FROM audit_events a, jsonb_each_text(a.entities) e
-            WHERE {where.replace("ts ", "a.ts ")}
-            GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2""",
+        f"""WITH d AS (
+                SELECT e.key AS entity_type, coalesce(a.upstream, '(sandbox)') AS upstream,
+                       sum(e.value::bigint) AS values_tokenised, count(*) AS events
+                FROM audit_events a, jsonb_each_text(a.entities) e
+                WHERE {where.replace("ts ", "a.ts ")}
+                GROUP BY 1, 2)
+            SELECT entity_type, upstream, false AS total, values_tokenised, events FROM d
+            UNION ALL
+            SELECT entity_type, NULL, true, sum(values_tokenised), sum(events) FROM d GROUP BY 1
+            ORDER BY 4 DESC, 1, 2""",
         params,
     )
-    totals = _rows(
-        conn,
-        f"""SELECT e.key AS entity_type, sum(e.value::bigint) AS values_tokenised, count(*) AS events
-            FROM audit_events a, jsonb_each_text(a.entities) e
-            WHERE {where.replace("ts ", "a.ts ")}
-            GROUP BY 1 ORDER BY 2 DESC, 1""",
-        params,
-    )
+    totals = [{k: r[k] for k in ("entity_type", "values_tokenised", "events")} for r in rows if r["total"]]
+    by_upstream = [{k: v for k, v in r.items() if k != "total"} for r in rows if not r["total"]]
     return {"by_entity_type": _clean(totals), "by_upstream": _clean(by_upstream)}
 
 
