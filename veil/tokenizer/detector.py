@@ -123,7 +123,13 @@ class Detector:
         self._lock = pipeline_lock(nlp)
         engine = OfflineSpacyNlpEngine(nlp, settings.language, model_name or "")
         registry = RecognizerRegistry(supported_languages=[settings.language])
-        registry.load_predefined_recognizers(languages=[settings.language], nlp_engine=engine)
+        presidio_log = logging.getLogger("presidio-analyzer")
+        level = presidio_log.level
+        presidio_log.setLevel(logging.ERROR)  # it warns about every recognizer of other languages
+        try:
+            registry.load_predefined_recognizers(languages=[settings.language], nlp_engine=engine)
+        finally:
+            presidio_log.setLevel(level)
         unwanted = SpacyRecognizer | EmailRecognizer | PhoneRecognizer
         registry.recognizers = [r for r in registry.recognizers if not isinstance(r, unwanted)]
         # phonenumbers' matcher runs once per region: only the configured regions
@@ -146,6 +152,7 @@ class Detector:
         self._engine = engine
         wanted = set(settings.entities) if settings.entities else set(DEFAULT_ENTITIES)
         wanted |= {c.entity_type for c in settings.patterns} | {d.entity_type for d in settings.deny_lists}
+        wanted |= set(settings.field_hints.values())  # a policy's own key hints name types it wants
         self.entities = frozenset(wanted)
         supported = set(self.analyzer.get_supported_entities(settings.language))
         pattern_entities = self.entities & supported
