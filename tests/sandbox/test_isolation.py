@@ -283,3 +283,22 @@ def test_code_output_never_reaches_veils_logs(make_manager, caplog):
     result = attack(make_manager, f"import sys\nprint({canary!r})\nprint({canary!r}, file=sys.stderr)\n1/0")
     assert canary in result.stdout and canary in result.stderr
     assert "canary-output" not in caplog.text
+
+
+def test_cpu_time_limit_interrupts_the_execution_and_keeps_the_interpreter(make_manager):
+    crm = TokenisedCrm(n=5)
+
+    async def body():
+        async with make_manager(cpu_s=1, timeout_s=20.0) as manager:
+            run_ = manager.execute
+            await run_("s1", "kept = 'yes'", catalogue=CATALOGUE, call_tool=crm.call_tool)
+            spin = await run_("s1", "while True:\n    pass", catalogue=CATALOGUE, call_tool=crm.call_tool)
+            again = await run_("s1", "sum(range(10**6)) > 0", catalogue=CATALOGUE, call_tool=crm.call_tool)
+            after = await run_("s1", "kept", catalogue=CATALOGUE, call_tool=crm.call_tool)
+            return spin, again, after
+
+    spin, again, after = run(body())
+    assert spin.outcome == "timeout" and "CPU-time limit of 1 s" in spin.message
+    assert "CPUTimeExceeded" in spin.stderr
+    assert again.outcome == "ok" and again.result == "True"  # the next execution gets a fresh budget
+    assert after.result == "'yes'" and not after.restarted

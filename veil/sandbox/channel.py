@@ -38,7 +38,7 @@ class Call:
 @dataclass(frozen=True)
 class Done:
     id: int
-    status: str  # "ok" | "error" | "memory"
+    status: str  # "ok" | "error" | "memory" | "cpu"
     error_type: str | None
     result: str | None
     cpu_s: float
@@ -83,8 +83,8 @@ def parse(line: bytes, max_result_chars: int) -> Ready | Call | Done:
             raise ProtocolViolation("field 'args' must be an object")
         return Call(id=_int(raw["id"], "id"), upstream=upstream, tool=tool, args=args)
     status, error_type, result = raw["status"], raw["error_type"], raw["result"]
-    if status not in ("ok", "error", "memory"):
-        raise ProtocolViolation("field 'status' must be ok, error or memory")
+    if status not in ("ok", "error", "memory", "cpu"):
+        raise ProtocolViolation("field 'status' must be ok, error, memory or cpu")
     if error_type is not None and (not isinstance(error_type, str) or not _IDENT.match(error_type)):
         raise ProtocolViolation("field 'error_type' must be a Python class name")
     if result is not None and (not isinstance(result, str) or len(result) > max_result_chars + 1):

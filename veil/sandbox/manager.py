@@ -298,6 +298,7 @@ class SandboxManager:
             "stubs": files if sandbox.stubs_digest != digest else None,
             "clean": clean,
             "max_repr": cap,
+            "cpu_s": self.config.cpu_s,
         }
         done: Done | None = None
         ended: str | None = None  # why the interpreter had to go
@@ -382,8 +383,14 @@ class SandboxManager:
             result.outcome = "killed"
             result.message = (
                 "The sandbox process ended during the execution: the code exited or killed it, or it went "
-                f"over its CPU-time budget ({self.config.cpu_s} s) or memory limit ({self.config.memory_mb} MB). "
-                + _LOST
+                f"over the interpreter's CPU-time budget or its memory limit ({self.config.memory_mb} MB). " + _LOST
+            )
+        elif done is not None and done.status == "cpu":
+            result.outcome = "timeout"
+            result.message = (
+                f"The code used its CPU-time limit of {self.config.cpu_s} s and was interrupted "
+                "(CPUTimeExceeded, traceback in stderr); the interpreter survived and keeps the variables "
+                "defined before."
             )
         elif done is not None and done.status == "memory":
             result.outcome = "memory"

@@ -29,6 +29,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import sys
 import threading
 import traceback
@@ -42,6 +43,17 @@ SHARED_SKILLS = globals().get("BOOT", {}).get("shared_skills")
 NAMESPACE: dict = {}
 _call_lock = threading.Lock()
 _next_call = [0]
+
+
+class CPUTimeExceeded(Exception):
+    """The execution used its CPU-time budget (SIGXCPU at the soft RLIMIT_CPU)."""
+
+
+CPUTimeExceeded.__module__ = "builtins"  # tracebacks read "CPUTimeExceeded: ..."
+
+
+def _on_sigxcpu(signum, frame):
+    raise CPUTimeExceeded("CPU time limit reached")
 
 
 class ToolError(Exception):
@@ -176,6 +188,19 @@ def _print_error(exc):
         print(type(exc).__name__, file=sys.stderr)
 
 
+def _cpu_budget(seconds):
+    """Let this execution use ``seconds`` more CPU time: move the soft RLIMIT_CPU forward (never
+    past the hard limit firejail set for the interpreter's life)."""
+    if seconds <= 0:
+        return
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    used = int(own.ru_utime + own.ru_stime) + 1
+    _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    limit = used + seconds if hard == resource.RLIM_INFINITY else min(hard, used + seconds)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CPU, (limit, hard))
+
+
 def _usage():
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -190,9 +215,13 @@ def _execute(request):
     if request.get("stubs") is not None:
         _install_stubs(request["stubs"])
     cpu_before, _ = _usage()
+    _cpu_budget(int(request.get("cpu_s", 0)))
     status, error_type, result = "ok", None, None
     try:
         result = _run(request["code"], int(request.get("max_repr", 65536)))
+    except CPUTimeExceeded as exc:
+        status, error_type = "cpu", "CPUTimeExceeded"
+        _print_error(exc)
     except MemoryError as exc:
         status, error_type = "memory", "MemoryError"
         _print_error(exc)
@@ -224,6 +253,7 @@ def main():
     if WORKSPACE not in sys.path:
         sys.path.insert(0, WORKSPACE)
     builtins.help = _help
+    signal.signal(signal.SIGXCPU, _on_sigxcpu)
     sys.modules.setdefault("_veil_runtime", sys.modules.get("_veil_runtime"))
     _fresh_namespace()
     _install_skills_package()
