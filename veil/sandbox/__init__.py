@@ -8,6 +8,7 @@ generated Python API over a pipe-based RPC channel.
     runtime.py   the loop inside the sandbox (stdlib only, sent as source)
     stubs.py     render_stubs(): the ``servers/`` package the code imports
     output.py    fitting stdout/stderr/result into the output budget
+    outcome.py   the outcome and the plain-words message for the agent
     user.py      ensure_sandbox_user(); ``python -m veil.sandbox.setup`` (setup.py) runs it
 """
 

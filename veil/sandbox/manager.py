@@ -32,6 +32,7 @@ from veil.config import SandboxConfig
 from veil.errors import SandboxError, VeilError
 from veil.sandbox import firejail
 from veil.sandbox.channel import Call, Done
+from veil.sandbox.outcome import describe
 from veil.sandbox.output import cap_output
 from veil.sandbox.process import Exit, Flood, SandboxProcess
 from veil.sandbox.spec import ExecutionResult, ToolSpec
@@ -39,7 +40,6 @@ from veil.sandbox.stubs import render_stubs, stubs_digest
 from veil.sandbox.user import ensure_sandbox_user
 
 CallTool = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
-_LOST = "Variables are lost; files in the workspace are kept. The next execution starts a fresh interpreter."
 
 
 @dataclass
@@ -338,7 +338,7 @@ class SandboxManager:
         if done is not None:
             result.cpu_s = done.cpu_s
             result.max_rss_mb = round(done.max_rss_kb / 1024, 1)
-        self._describe(result, done, ended, timeout)
+        describe(result, done, ended, timeout, self.config)
         return result
 
     async def _tool_call(self, call: Call, known: set[tuple[str, str]], call_tool: CallTool) -> dict[str, Any]:
@@ -363,54 +363,6 @@ class SandboxManager:
                 "error": f"the gateway could not complete {call.upstream}.{call.tool} ({type(exc).__name__})",
             }
         return {**base, "ok": True, "value": value}
-
-    def _describe(self, result: ExecutionResult, done: Done | None, ended: str | None, timeout: float) -> None:
-        """Outcome and a plain-words message for the agent (no code output in it)."""
-        calls = f"{result.tool_calls} tool call{'s' if result.tool_calls != 1 else ''}"
-        if ended == "timeout":
-            result.outcome = "timeout"
-            result.message = f"The code did not finish within {timeout:g} s and was stopped. {_LOST}"
-        elif ended == "flood":
-            result.outcome = "output_limit"
-            result.message = (
-                "The code wrote far more output than can be returned and was stopped. Print summaries, "
-                f"or write large data to a file in the workspace. {_LOST}"
-            )
-        elif ended == "violation":
-            result.outcome = "killed"
-            result.message = f"The sandbox broke the channel protocol and was stopped. {_LOST}"
-        elif ended == "exit":
-            result.outcome = "killed"
-            result.message = (
-                "The sandbox process ended during the execution: the code exited or killed it, or it went "
-                f"over the interpreter's CPU-time budget or its memory limit ({self.config.memory_mb} MB). " + _LOST
-            )
-        elif done is not None and done.status == "cpu":
-            result.outcome = "timeout"
-            result.message = (
-                f"The code used its CPU-time limit of {self.config.cpu_s} s and was interrupted "
-                "(CPUTimeExceeded, traceback in stderr); the interpreter survived and keeps the variables "
-                "defined before."
-            )
-        elif done is not None and done.status == "memory":
-            result.outcome = "memory"
-            result.message = (
-                f"The code ran out of memory (limit {self.config.memory_mb} MB) and raised MemoryError; "
-                "the interpreter survived and keeps the variables defined before."
-            )
-        elif done is not None and done.status == "error":
-            result.outcome = "error"
-            result.message = (
-                f"The code raised {done.error_type or 'an exception'} after {calls}; the traceback is in stderr. "
-                "Variables defined before the error are kept."
-            )
-        else:
-            result.outcome = "ok"
-            result.message = f"The code ran to completion with {calls}."
-        if result.truncated:
-            result.message += (
-                f" Output was cut to {self.config.max_output_bytes} bytes: print less, or save data to a file."
-            )
 
 
 def _remove_tree(path: Path) -> None:
