@@ -127,7 +127,10 @@ class SandboxProcess:
         except OSError as exc:
             for fd in (in_r, in_w, cout_r, cout_w, out_r, out_w, err_r, err_w):
                 os.close(fd)
-            raise SandboxError(f"cannot start firejail ({exc.strerror}). {firejail.FIX}") from None
+            raise SandboxError(
+                f"cannot start firejail as the sandbox user ({exc.strerror}). Veil must run as root, and "
+                f"firejail must be installed ({firejail.FIX})."
+            ) from None
         for fd in (in_r, cout_w, out_w, err_w):
             os.close(fd)
         for fd in (in_w, cout_r, out_r, err_r):
@@ -159,7 +162,8 @@ class SandboxProcess:
         if not isinstance(message, channel.Ready):
             detail = sandbox.stderr.take()[0].decode(errors="replace").strip().splitlines()
             sandbox.kill()
-            hint = f" firejail said: {detail[-1][:300]}" if detail else ""
+            errors = [line for line in detail if line.startswith("Error")] or detail[-1:]
+            hint = f" firejail said: {errors[0][:300]}" if errors else ""
             raise SandboxError(
                 "the sandbox did not start." + hint + f" Check that firejail works ({firejail.FIX}) and that "
                 "the sandbox user exists (python -m veil.sandbox.setup)."
