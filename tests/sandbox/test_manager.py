@@ -267,3 +267,30 @@ def test_not_root_fails_with_what_to_do(make_manager, crm, monkeypatch):
 
     with pytest.raises(SandboxError, match=r"run as root.*python -m veil.sandbox.setup"):
         run(body())
+
+
+@pytest.mark.parametrize("where", ["var", "private-parent"])
+def test_unusable_workspace_roots_are_refused_with_the_reason(crm, where, tmp_path):
+    import os
+
+    from veil.config import SandboxConfig
+    from veil.errors import SandboxError
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    if where == "var":
+        root, match = Path("/var/lib/veil-test-never-created/workspaces"), "under /var"
+    else:
+        root, match = tmp_path / "private" / "workspaces", "not searchable by others"
+        (tmp_path / "private").mkdir(mode=0o700)
+
+    async def body():
+        manager = SandboxManager(SandboxConfig(pool_size=0), root)
+        try:
+            await execute(manager, crm, "1")
+        finally:
+            await manager.aclose()
+
+    with pytest.raises(SandboxError, match=match):
+        run(body())
+    assert not Path("/var/lib/veil-test-never-created").exists()
