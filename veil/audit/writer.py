@@ -3,7 +3,8 @@
 Why batching: a commit costs a WAL flush; one transaction per event caps the gateway at a few
 hundred audited calls per second and adds the flush to every call. Here callers put events on a
 queue; one background thread takes up to ``batch_max_events`` of them (waiting at most
-``batch_max_delay_ms`` after the first for more to arrive), appends them to the hash chain in one
+``batch_max_delay_ms`` after the first for more to arrive, but only while the previous batch held
+more than one event, so a lone caller never waits), appends them to the hash chain in one
 transaction and then wakes every caller of the batch. ``record`` returns only after the commit;
 if the batch cannot be committed, every caller in it gets :class:`AuditUnavailable` and the
 gateway refuses the call (fail closed).
@@ -90,6 +91,7 @@ class AuditWriter:
         self._partitions = PartitionCache()
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
+        self._last_batch = 0
         self.batches = 0  # committed batches, for benchmarks and tests
         self.events = 0
 
@@ -191,10 +193,15 @@ class AuditWriter:
     def _next_batch(self, first: _Item) -> tuple[list[_Item], bool]:
         batch, stop = [first], False
         deadline = time.monotonic() + self.batch_max_delay_s
+        # Wait for company only when there is some: a lone sequential caller (last batch held one
+        # event) is written at once instead of paying the delay on every call.
+        wait = self._last_batch > 1
         while len(batch) < self.batch_max_events:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
+                if not wait:
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -217,6 +224,7 @@ class AuditWriter:
             batch, stop = self._next_batch(first)
             # Callers that gave up (timeout) before their batch started are not written.
             batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
+            self._last_batch = len(batch)
             if batch:
                 self._write(batch)
         self._fail_pending(AuditUnavailable("the audit writer was closed before the event was written"))
