@@ -118,6 +118,7 @@ def test_a_period_verifies_on_its_own(trail: sa.Engine) -> None:
     assert result.ok and result.first_seq == 1
 
 
+@pytest.mark.req("audit:append-only")
 def test_append_only_trigger_rejects_update_delete_truncate(trail: sa.Engine) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
