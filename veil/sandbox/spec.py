@@ -34,7 +34,8 @@ class ExecutionResult:
 
     ``result`` is the repr of the code's final expression (like a notebook cell) or None.
     ``message`` says in plain words what happened, for the agent. The remaining fields are the
-    audit record: how long, how much CPU and memory, how many tool calls and bytes came back.
+    audit record: how long, how much CPU (this execution) and memory (the interpreter's peak
+    resident set so far), how many tool calls and how many bytes of results came back.
     """
 
     stdout: str = ""
