@@ -124,6 +124,19 @@ class AuditWriter:
                 ensure_partition(conn, month)
         self._partitions.add(months)
 
+    def _ensure_ahead(self, month: Month) -> None:
+        """Create next month's partition now, in its own short transaction, so that the first
+        batch of that month does not take a DDL lock on ``audit_events`` while callers wait."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.text("SET LOCAL lock_timeout = '2s'"))
+                conn.execute(sa.text("SELECT seq FROM audit_chain_head WHERE id FOR UPDATE"))
+                ensure_partition(conn, month)
+        except sa.exc.SQLAlchemyError as exc:  # retried after a later batch; the batch path also ensures
+            log.warning("could not create the audit partition for %s ahead of time (%s)", month, _reason(exc))
+            return
+        self._partitions.add([month])
+
     def close(self, timeout_s: float = 30.0) -> None:
         """Write what is queued, then stop the thread. Later ``record`` calls fail."""
         with self._lock:
@@ -244,6 +257,9 @@ class AuditWriter:
                 return
             break
         self._partitions.add(ensured)
+        upcoming = Month.of(appended[-1].ts).next()
+        if not self._partitions.known(upcoming):
+            self._ensure_ahead(upcoming)
         self.batches += 1
         self.events += len(batch)
         for item, done in zip(batch, appended, strict=True):
