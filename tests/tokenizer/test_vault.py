@@ -178,7 +178,8 @@ def test_threads_agree(session_engine, keyring):
 
     def work(k: int) -> dict[str, str]:
         order = VALUES[k::2] + VALUES[::-1]
-        return {v: e.token for v, e in zip(order, vaults[k].assign(scope, [(v, "EMAIL_ADDRESS") for v in order], "x"))}
+        entries = vaults[k].assign(scope, [(v, "EMAIL_ADDRESS") for v in order], "x")
+        return {v: e.token for v, e in zip(order, entries, strict=True)}
 
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(work, range(4)))

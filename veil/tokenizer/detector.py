@@ -30,6 +30,9 @@ from spacy.lang.en.stop_words import STOP_WORDS
 
 from veil.tokenizer.nlp import OfflineSpacyNlpEngine, common_words, load_ner_pipeline, pipeline_lock
 from veil.tokenizer.recognizers import (
+    ContextCardRecognizer,
+    ContextPhoneRecognizer,
+    CuedPersonRecognizer,
     OfflineEmailRecognizer,
     StreetAddressRecognizer,
     ZipCodeRecognizer,
@@ -87,6 +90,11 @@ BUILTIN_THRESHOLDS = {"PHONE_NUMBER": 0.4, "US_DRIVER_LICENSE": 0.6, "US_BANK_NU
 
 _GATE = re.compile(r"[0-9@]|\w\.[A-Za-z]")
 _PHONE_GATE = re.compile(r"(?:\d[^\d\n]{0,3}){7}")  # phonenumbers' matcher is slow: only where 7+ digits are
+_CUE_GATE = re.compile(
+    r"(?im)\b(?:mrs?|ms|miss|mx|dr|prof|sir|madam|name|dear|signed|regards|this is|call me|i am|i'm|called|named|"
+    r"by|met with|spoke with|talked to|ask for|attn|attention|contact person)\b|^\w[\w' -]*:[ \t\"]"
+)
+_GATED = {"PHONE_NUMBER": _PHONE_GATE, "PERSON": _CUE_GATE}  # own pass, own cheap pre-check
 _CHUNK_CHARS = 6000
 # Between strings in a chunk: a token of its own that context look-behind never crosses.
 _MARK = "\u241e"
@@ -139,6 +147,9 @@ class Detector:
         registry.add_recognizer(OfflineEmailRecognizer(supported_language=settings.language))
         registry.add_recognizer(StreetAddressRecognizer(supported_language=settings.language))
         registry.add_recognizer(ZipCodeRecognizer(supported_language=settings.language))
+        registry.add_recognizer(ContextPhoneRecognizer(supported_language=settings.language))
+        registry.add_recognizer(ContextCardRecognizer(supported_language=settings.language))
+        registry.add_recognizer(CuedPersonRecognizer(supported_language=settings.language))
         self._custom = custom_recognizers(settings.patterns, settings.deny_lists, settings.language)
         for rec in self._custom:
             registry.add_recognizer(rec)
@@ -161,9 +172,10 @@ class Detector:
         custom = {r.supported_entities[0] for r in self._custom}
         if custom:
             self._groups.append((sorted(custom & pattern_entities), None))
-        if "PHONE_NUMBER" in pattern_entities - custom:
-            self._groups.append((["PHONE_NUMBER"], _PHONE_GATE))
-        rest = sorted(pattern_entities - custom - {"PHONE_NUMBER"})
+        for entity, gate in _GATED.items():
+            if entity in pattern_entities - custom:
+                self._groups.append(([entity], gate))
+        rest = sorted(pattern_entities - custom - set(_GATED))
         if rest:
             self._groups.append((rest, _GATE))
         self._allow = {v.casefold() for v in settings.allow_values}

@@ -46,11 +46,18 @@ _UNIT = (
 _ZIP = r"\d{5}(?:-\d{4})?|\d{3}\s\d{2}|[A-Z]\d[A-Z]\s?\d[A-Z]\d|[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]{2}"
 _NUM = r"\d{1,6}[A-Za-z]?(?:[-/]\d{1,4}[A-Za-z]?)?"
 
-# The tail after a street: units, then up to four comma- or newline-separated place words,
-# an optional two-letter state and a postal code ("..., Denver, CO 80202").
+# The tail after a street: words finishing its line, units, then up to four comma- or
+# newline-separated lines of place words, state codes and postal codes ("..., Denver, CO 80202",
+# or a letter-style block, also when quoted with "> ").
+_SEP = r"[ \t]*[,\n][ \t>|*?-]*"
+_LINE = (
+    rf"(?:{_WORD}(?:[ \t-]+{_WORD}){{0,3}}(?:[ \t]*,?[ \t]+(?:{_ZIP}|\d{{3,6}}))?"
+    rf"|(?:{_ZIP})|\d{{3,6}}(?:[ -]\d{{2,3}})?)"
+)
 _TAIL = (
-    rf"(?:[ \t]*[,\n][ \t]*(?:{_UNIT})|[ \t]+(?:{_UNIT}))*"
-    rf"(?:[ \t]*[,\n][ \t]*,?[ \t]*{_WORD}(?:[ \t-]+{_WORD}){{0,3}}(?:[ \t]+(?:{_ZIP}))?){{0,4}}"
+    rf"(?:[ \t]+{_WORD}(?:[ \t]+{_WORD}){{0,2}}(?=[ \t]*(?:\n|,|$)))?"
+    rf"(?:{_SEP}(?:{_UNIT})|[ \t]+(?:{_UNIT}))*"
+    rf"(?:{_SEP},?[ \t]*{_LINE}){{0,4}}"
     rf"(?:[ \t]*,?[ \t]+(?:{_ZIP}))?"
 )
 
@@ -70,6 +77,25 @@ ADDRESS_PATTERNS = [
         "suffix_then_number",
         rf"(?:\b{_NUM}[ \t]+)?\b(?:{_WORD}[ \t]+){{1,3}}"
         rf"(?:{_SUFFIX}|Str\.|Straße|Strasse|Gasse|Weg|Platz)[ \t]+{_NUM}\b{_TAIL}",
+        0.6,
+    ),
+    # 0138 Brisas 6802 / 971 Kesk 53 (building number, street name, number; common in Europe)
+    # followed by a unit or another address line: strong; alone it needs a context word.
+    Pattern(
+        "number_name_number_block",
+        rf"\b\d{{1,5}}[ \t]+{_WORD}(?:[ \t]+{_ANYWORD}){{0,3}}[ \t]+\d{{1,4}}[A-Za-z]?\b\.?"
+        rf"(?=[ \t]*(?:,|\n)[ \t]*(?:{_UNIT}|\p{{Lu}}))(?:{_TAIL})",
+        0.6,
+    ),
+    Pattern(
+        "number_name_number",
+        rf"\b\d{{1,5}}[ \t]+{_WORD}(?:[ \t]+{_ANYWORD}){{0,3}}[ \t]+\d{{1,4}}[A-Za-z]?\b{_TAIL}",
+        0.3,
+    ),
+    # the corner of Bygget 64 and Komel Club
+    Pattern(
+        "corner",
+        rf"\b[Tt]he corner of [^\n,;?!]{{3,60}}? and {_WORD}(?:[ \t]+{_WORD}){{0,3}}",
         0.6,
     ),
     # PO Box 123 / P.O. Box 4567 / PSC 3294, Box 9168 APO AA 61487
@@ -125,10 +151,119 @@ class ZipCodeRecognizer(PatternRecognizer):
     def __init__(self, supported_language: str = "en") -> None:
         super().__init__(
             supported_entity="ZIP_CODE",
-            patterns=[Pattern("zip5", r"\b\d{5}(?:-\d{4})?\b", 0.2)],
+            patterns=[Pattern("zip", r"\b(?:\d{5}(?:-\d{4})?|\d{4}(?:[ ]?[A-Z]{2})?|\d{3}[ ]\d{2})\b", 0.2)],
             context=["zip", "zipcode", "postal", "postcode", "post code"],
             supported_language=supported_language,
             name="VeilZipCodeRecognizer",
+        )
+
+
+def _digit_count_between(low: int, high: int):
+    def check(text: str) -> bool | None:
+        n = sum(c.isdigit() for c in text)
+        return None if low <= n <= high else False  # None keeps the pattern score
+
+    return check
+
+
+class ContextPhoneRecognizer(PatternRecognizer):
+    """Phone numbers the phonenumbers matcher rejects for the configured regions: international
+    numbers with a trunk "(0)" ("+41 (0)96 471 07 95"), and local formats ("655 437 108") that
+    count only next to a word like "call", "mobile" or "fax"."""
+
+    CONTEXT = [
+        "phone",
+        "telephone",
+        "tel",
+        "call",
+        "called",
+        "mobile",
+        "cell",
+        "fax",
+        "office",
+        "desk",
+        "number",
+        "reach",
+        "reached",
+        "answering",
+        "contact",
+        "registered",
+        "dial",
+        "text",
+        "sms",
+        "whatsapp",
+    ]
+
+    def __init__(self, supported_language: str = "en") -> None:
+        super().__init__(
+            supported_entity="PHONE_NUMBER",
+            patterns=[
+                Pattern("intl", r"(?<![\w+])\+\d{1,3}[ .-]?(?:\(0\)[ ]?)?\(?\d{1,4}\)?(?:[ .-]?\d{1,4}){2,5}\b", 0.6),
+                Pattern(
+                    "local",
+                    r"(?<![\w.+/-])(?!\d{3}-\d{2}-\d{4}\b)\(?\d{2,4}\)?(?:[ .-]\d{2,4}){1,4}"
+                    r"(?:[ ]?(?:x|ext\.?)[ ]?\d{1,5})?\b(?![.-]\d)",
+                    0.2,
+                ),
+            ],
+            context=self.CONTEXT,
+            supported_language=supported_language,
+            name="VeilContextPhoneRecognizer",
+        )
+        self._check = _digit_count_between(7, 15)
+
+    def validate_result(self, pattern_text: str) -> bool | None:
+        return self._check(pattern_text)
+
+
+class ContextCardRecognizer(PatternRecognizer):
+    """Card numbers that fail the Luhn check (typos, test data, truncated exports) still identify
+    an account: 12-19 digits count next to a word like "card"."""
+
+    def __init__(self, supported_language: str = "en") -> None:
+        super().__init__(
+            supported_entity="CREDIT_CARD",
+            patterns=[Pattern("digits", r"\b(?:\d[ -]?){11,18}\d\b", 0.2)],
+            context=["card", "credit", "debit", "visa", "mastercard", "amex", "cc", "pan"],
+            supported_language=supported_language,
+            name="VeilContextCardRecognizer",
+        )
+
+
+# "My name is Akinori", "Dear Ms. Földesy", "Dr. Cindy Holinka": a capitalised name after a cue.
+_NAME = r"\p{Lu}[\p{L}'\u2019-]+(?:[ \t]+(?:\p{Lu}\.?|\p{Lu}[\p{L}'\u2019-]+)){0,3}"
+
+
+class CuedPersonRecognizer(PatternRecognizer):
+    """Names after an explicit cue (a title, "my name is", "Dear", "signed"), which the small NER
+    model misses when the name is not English-looking."""
+
+    def __init__(self, supported_language: str = "en") -> None:
+        super().__init__(
+            supported_entity="PERSON",
+            patterns=[
+                Pattern("title", rf"(?<=\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Sir|Madam)\.?[ \t]){_NAME}", 0.7),
+                Pattern(
+                    "cue",
+                    rf"(?<=\b(?:[Mm]y name is|[Nn]ame:|[Dd]ear|[Ss]igned|[Rr]egards,|[Tt]his is|[Cc]all me|[Ii] am|I'm"
+                    r"|[Cc]alled|[Nn]amed|[Dd]irected by|[Ww]ritten by|[Pp]roduced by|[Ss]igned by|[Mm]et with"
+                    r"|[Ss]poke with|[Tt]alked to|[Aa]sk for|[Aa]ttn:?|[Aa]ttention:|[Cc]ontact person:?"
+                    rf"|[Nn]ame\?)[ \t]+){_NAME}",
+                    0.6,
+                ),
+                # a chat transcript's speaker label: "Zuzana: ..." (not "User:", "Note:", "Fax:")
+                Pattern(
+                    "speaker",
+                    r"(?m)^(?!(?:User|Bot|Agent|Customer|Assistant|System|Note|Notes|Subject|Re|Fwd|To|From|Cc|Bcc|"
+                    r"Mobile|Desk|Fax|Phone|Tel|Email|E-mail|Address|When|Where|Date|Time|Name|Title|Company|"
+                    r"Q|A|Question|Answer|Summary|Status|Update|Warning|Error|Info|Tip|PS|NB)\b)"
+                    r"\p{Lu}[\p{L}'\u2019-]+(?:[ \t]\p{Lu}[\p{L}'\u2019-]+)?(?=:[ \t\"])",
+                    0.5,
+                ),
+            ],
+            supported_language=supported_language,
+            name="VeilCuedPersonRecognizer",
+            global_regex_flags=_CASE_SENSITIVE,
         )
 
 
