@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -127,6 +128,7 @@ def main(server: str, n: int, v: int) -> None:
         append_s = time.perf_counter() - t
         verify_s = timed(["audit", "verify", "--database-url", url])
         engine.dispose()
+        shutil.rmtree(out, ignore_errors=True)
         print()
         print(f"| operation ({n:,} events in the month) | wall time s |")
         print("|---|---:|")
