@@ -70,6 +70,7 @@ async def main(runs: int) -> str:
         cold.append((time.perf_counter() - start) * 1000)
         assert r.result == "2"
         await manager.close_session(f"cold-{i}")
+        await manager.settle()  # the previous jail's teardown must not overlap the next start
     warm = []
     await manager.execute("warm", "1 + 1", catalogue=CATALOGUE, call_tool=call_tool)
     for _ in range(runs):
@@ -95,6 +96,7 @@ async def main(runs: int) -> str:
         await pooled_manager.execute(f"pool-{i}", "1 + 1", catalogue=CATALOGUE, call_tool=call_tool)
         pooled.append((time.perf_counter() - start) * 1000)
         await pooled_manager.close_session(f"pool-{i}")
+        await pooled_manager.settle()
     await pooled_manager.aclose()
 
     # (3) Throughput: 100 executions across 20 sessions at once (one tool call each).

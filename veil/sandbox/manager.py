@@ -64,6 +64,7 @@ class SandboxManager:
         # of first calls shares one semaphore).
         self._slots = asyncio.Semaphore(max(2, 2 * (os.cpu_count() or 1)))
         self._init_lock = asyncio.Lock()
+        self._reapers: set[asyncio.Task[int | None]] = set()  # killed sandboxes being reaped
         self._run_as: tuple[int, int] | None = None
         self._ready = False
         self._closed = False
@@ -179,6 +180,12 @@ class SandboxManager:
             await sandbox.wait(2.0)
             await asyncio.to_thread(_remove_tree, sandbox.workspace)
         self._pool.clear()
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Wait until every stopped sandbox has exited (benchmarks, tests, shutdown)."""
+        while self._reapers:
+            await asyncio.gather(*list(self._reapers), return_exceptions=True)
 
     def live_sessions(self) -> list[str]:
         """Sessions whose interpreter is running (for tests and status)."""
@@ -232,7 +239,9 @@ class SandboxManager:
         if session.sandbox is not None:
             sandbox, session.sandbox = session.sandbox, None
             sandbox.kill()
-            asyncio.get_running_loop().create_task(sandbox.wait(5.0))
+            reaper = asyncio.get_running_loop().create_task(sandbox.wait(5.0))
+            self._reapers.add(reaper)
+            reaper.add_done_callback(self._reapers.discard)
 
     def _on_idle(self, session: _Session) -> None:
         if session.lock.locked():
