@@ -294,3 +294,14 @@ def test_unusable_workspace_roots_are_refused_with_the_reason(crm, where, tmp_pa
     with pytest.raises(SandboxError, match=match):
         run(body())
     assert not Path("/var/lib/veil-test-never-created").exists()
+
+
+def test_arguments_must_be_json_values(make_manager, crm):
+    async def body():
+        async with make_manager() as manager:
+            return await execute(manager, crm, "from servers import mailer\nmailer.send_email(to={1, 2}, subject='s', body='b')")
+
+    result = run(body())
+    assert result.outcome == "error"
+    assert "arguments to mailer.send_email must be JSON values" in result.stderr
+    assert crm.calls == []

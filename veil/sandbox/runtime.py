@@ -90,9 +90,10 @@ def call_tool(upstream, tool, args):
         _next_call[0] += 1
         call_id = _next_call[0]
         try:
-            _send({"type": "call", "id": call_id, "upstream": upstream, "tool": tool, "args": args})
-        except TypeError as exc:
+            json.dumps(args)  # strict: a set or an object is an error here, not silently a string
+        except (TypeError, ValueError) as exc:
             raise TypeError(f"arguments to {upstream}.{tool} must be JSON values: {exc}") from None
+        _send({"type": "call", "id": call_id, "upstream": upstream, "tool": tool, "args": args})
         reply = _receive()
         if reply.get("type") != "tool_result" or reply.get("id") != call_id:
             raise RuntimeError("the gateway answered out of order; restart with reset=True")
