@@ -299,7 +299,8 @@ def test_unusable_workspace_roots_are_refused_with_the_reason(crm, where, tmp_pa
 def test_arguments_must_be_json_values(make_manager, crm):
     async def body():
         async with make_manager() as manager:
-            return await execute(manager, crm, "from servers import mailer\nmailer.send_email(to={1, 2}, subject='s', body='b')")
+            code = "from servers import mailer\nmailer.send_email(to={1, 2}, subject='s', body='b')"
+            return await execute(manager, crm, code)
 
     result = run(body())
     assert result.outcome == "error"
