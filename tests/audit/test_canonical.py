@@ -59,3 +59,29 @@ def test_unencodable_values_name_the_field() -> None:
     with pytest.raises(EncodingError, match=r"'detail'.*set"):
         json_value({1, 2}, "detail")
     assert json_value("lone \ud800 surrogate", "x") == "lone ? surrogate"
+
+
+def test_record_encoder_matches_the_documented_record() -> None:
+    import uuid
+    from datetime import UTC, datetime
+
+    from veil.audit.canonical import FIELDS, encode_record, record_document
+
+    rng = random.Random(30)
+    for i in range(300):
+        row = {name: None for name in FIELDS[1:]}
+        row.update(
+            seq=i + 1,
+            ts=datetime(2026, 11, 1, tzinfo=UTC),
+            occurred_at=datetime.now(UTC),
+            id=uuid.uuid4(),
+            kind="tool.call",
+            outcome="ok",
+            roles=["a", "\U0001f600"],
+            tokens=[],
+            entities={"EMAIL_ADDRESS": rng.randint(0, 9), "big": 2**60 + i},  # as jsonb may return it
+            untokenised=[{"token": "[X_1]", "entity_type": "X", "destination": "a__b:c", "rule": "r"}],
+            detail=json_value(random_value(rng), "detail") if i % 3 else {"\ufb33": 1, "\U0001f600": [1e16, 0.5]},
+            duration_ms=rng.random() * 100,
+        )
+        assert encode_record(row) == rfc8785.dumps(record_document(row))

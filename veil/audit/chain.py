@@ -166,7 +166,7 @@ def append(
     for row in rows:
         seq += 1
         full = {**row, "seq": seq, "ts": ts}
-        digest = chain_hash(prev, full, normalised=True)
+        digest = chain_hash(prev, full)
         params.append(
             {
                 **full,
