@@ -79,6 +79,7 @@ def _load_ner_pipeline(configured: str) -> tuple[Language, str]:
     keep = {"ner", "transformer"} if "transformer" in pipeline else {"ner"}
     exclude = [c for c in pipeline if c not in keep]
     nlp = spacy.load(name, exclude=exclude)
+    nlp.max_length = 5_000_000  # NER only: no parser memory blow-up; long tool results still get NER
     return nlp, name
 
 
