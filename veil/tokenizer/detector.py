@@ -92,7 +92,7 @@ _GATE = re.compile(r"[0-9@]|\w\.[A-Za-z]")
 _PHONE_GATE = re.compile(r"(?:\d[^\d\n]{0,3}){7}")  # phonenumbers' matcher is slow: only where 7+ digits are
 _CUE_GATE = re.compile(
     r"(?im)\b(?:mrs?|ms|miss|mx|dr|prof|sir|madam|name|dear|signed|regards|this is|call me|i am|i'm|called|named|"
-    r"by|met with|spoke with|talked to|ask for|attn|attention|contact person)\b|^\w[\w' -]*:[ \t\"]"
+    r"by|met with|spoke with|talked to|ask for|attn|attention|contact person)\b"
 )
 _GATED = {"PHONE_NUMBER": _PHONE_GATE, "PERSON": _CUE_GATE}  # own pass, own cheap pre-check
 _CHUNK_CHARS = 6000

@@ -251,15 +251,6 @@ class CuedPersonRecognizer(PatternRecognizer):
                     rf"|[Nn]ame\?)[ \t]+){_NAME}",
                     0.6,
                 ),
-                # a chat transcript's speaker label: "Zuzana: ..." (not "User:", "Note:", "Fax:")
-                Pattern(
-                    "speaker",
-                    r"(?m)^(?!(?:User|Bot|Agent|Customer|Assistant|System|Note|Notes|Subject|Re|Fwd|To|From|Cc|Bcc|"
-                    r"Mobile|Desk|Fax|Phone|Tel|Email|E-mail|Address|When|Where|Date|Time|Name|Title|Company|"
-                    r"Q|A|Question|Answer|Summary|Status|Update|Warning|Error|Info|Tip|PS|NB)\b)"
-                    r"\p{Lu}[\p{L}'\u2019-]+(?:[ \t]\p{Lu}[\p{L}'\u2019-]+)?(?=:[ \t\"])",
-                    0.5,
-                ),
             ],
             supported_language=supported_language,
             name="VeilCuedPersonRecognizer",

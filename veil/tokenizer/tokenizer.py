@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from spacy.lang.en.stop_words import STOP_WORDS
 
-from veil.tokenizer.detector import Detector, Span, TextItem
+from veil.tokenizer.detector import Detector, TextItem
 from veil.tokenizer.guard import Guard, GuardHit
 from veil.tokenizer.hints import HintTable
 from veil.tokenizer.keyring import Keyring
@@ -110,7 +110,7 @@ class Tokenizer:
             k
             for k, i in enumerate(free)
             if (w.slots[i].ner or (w.slots[i].hint is not None and is_free_text(texts[k])))
-            and _needs_ner(texts[k], [*raw[k], *known[k]], detector.common_words)
+            and _needs_ner(texts[k], [*detector.resolve(texts[k], raw[k]), *known[k]], detector.common_words)
         ]
         ner = detector.ner([TextItem(texts[k], ner=True) for k in ner_at])
         for k, spans in zip(ner_at, ner, strict=True):
@@ -280,4 +280,4 @@ def _substitute(value: Any, values: dict[str, str]) -> Any:
     return value
 
 
-__all__ = ["Span", "Tokenizer"]
+__all__ = ["Tokenizer"]
