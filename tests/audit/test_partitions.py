@@ -75,3 +75,15 @@ def test_rows_stranded_in_default_move_when_the_month_is_created(fresh_engine: s
     for table in ("audit_events_default", "audit_events_y2031m01"):
         assert f"{table}:audit_events_append_only" in triggers
         assert f"{table}:audit_events_no_truncate" in triggers
+
+
+def test_writer_creates_the_next_month_ahead_of_time(fresh_engine: sa.Engine) -> None:
+    late = datetime(2031, 1, 31, 23, 59, tzinfo=UTC)  # the head's ts: later batches never go backwards
+    with fresh_engine.begin() as conn:
+        append_events(conn, [tool_event(0)], clock=late)
+    with AuditWriter(fresh_engine) as writer:
+        appended = writer.record_sync(tool_event(1))
+    assert Month.of(appended.ts) == Month(2031, 1)
+    with fresh_engine.connect() as conn:
+        assert Month(2031, 2) in existing(conn)
+        assert verify(conn).ok
