@@ -3,6 +3,7 @@ real subprocesses) served over Streamable HTTP on loopback, and a real MCP clien
 
 from __future__ import annotations
 
+import tempfile
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +55,10 @@ def workdir(tmp_path: Path) -> Path:
 def make_config(database_url: str, tmp_path: Path) -> Callable[..., VeilConfig]:
     """Build a gateway config over the demo upstreams; keyword overrides replace sections."""
 
+    # The sandbox user must be able to traverse to its workspace: pytest's tmp_path base is 0700.
+    data_dir = Path(tempfile.mkdtemp(prefix="veil-test-"))
+    data_dir.chmod(0o711)
+
     def make(scope: str = "session", policy_text: str | None = None, **overrides: Any) -> VeilConfig:
         policy = tmp_path / f"policy-{scope}.yaml"
         policy.write_text(policy_text or TEST_POLICY.format(scope=scope))
@@ -77,7 +82,7 @@ def make_config(database_url: str, tmp_path: Path) -> Callable[..., VeilConfig]:
             },
             "database_url": database_url,
             "policy": str(policy),
-            "data_dir": str(tmp_path / "data"),
+            "data_dir": str(data_dir),
             "auth": {"required": False},
             "principal": {"name": "alice", "roles": ["support"]},
             "expose": "direct",

@@ -149,7 +149,7 @@ async def test_denied_flow_names_rule_and_type_sends_nothing_and_is_audited(make
             ).all()
     assert outbox(tmp_path / "outbox.jsonl") == []
     assert [r.outcome for r in rows][-2:] == ["denied", "denied"]
-    assert rows[-2].rule == "no-ssn-outside-crm" and rows[-2].decision == "deny"
+    assert rows[-2].rule == "flows[1]:no-ssn-outside-crm" and rows[-2].decision == "deny"
 
 
 @pytest.mark.req("tokens:scope")
@@ -173,7 +173,8 @@ async def test_tokens_stable_within_scope_and_separate_across_scopes(make_config
 
 
 async def test_invalid_arguments_and_unknown_tools_get_clear_errors(make_config) -> None:
-    async with serving(make_config()) as (_gateway, url), Client(url, mode="legacy") as agent:
+    config = make_config(limits={"max_message_bytes": 10_000})
+    async with serving(config) as (_gateway, url), Client(url, mode="legacy") as agent:
         with pytest.raises(MCPError) as missing:
             await agent.call_tool("crm__get_customer", {})
         assert "crm__get_customer" in missing.value.message and "customer_id" in missing.value.message
@@ -184,7 +185,7 @@ async def test_invalid_arguments_and_unknown_tools_get_clear_errors(make_config)
             await agent.call_tool("nowhere__tool", {})
         assert "nowhere" in no_upstream.value.message
         with pytest.raises(MCPError) as oversized:
-            await agent.call_tool("crm__add_note", {"customer_id": "C0001", "note": "x" * (5 * 1024 * 1024)})
+            await agent.call_tool("crm__add_note", {"customer_id": "C0001", "note": "x" * 20_000})
         assert "max_message_bytes" in oversized.value.message
         # The gateway keeps serving after each refusal.
         assert (await agent.call_tool("crm__ping", {})).structured_content == {"ok": True}

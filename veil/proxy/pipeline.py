@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 import jsonschema
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
@@ -31,7 +32,8 @@ from veil.errors import (
     UpstreamError,
     VeilError,
 )
-from veil.proxy.shaping import digest, from_wire, to_wire, withhold_binary
+from veil.audit import digest_args
+from veil.proxy.shaping import from_wire, to_wire, withhold_binary
 
 if TYPE_CHECKING:
     from veil.proxy.session import AgentSession
@@ -96,7 +98,9 @@ class Pipeline:
             log.exception("internal error in the call pipeline for %s__%s", upstream, tool)
             record.fail(VeilError(f"internal error in Veil while calling {upstream}__{tool}; see Veil's log"))
             del exc
-        await self._audit(session, policy, record)
+        # Shielded: a caller cancelled mid-call (e.g. an execute_code timeout) must not skip the audit.
+        with anyio.CancelScope(shield=True):
+            await self._audit(session, policy, record)
         if record.error is not None:
             raise record.error
         assert result is not None
@@ -111,7 +115,7 @@ class Pipeline:
         progress: ProgressRelay | None,
     ) -> types.CallToolResult:
         upstream, tool = record.upstream, record.tool
-        record.args_digest = digest(arguments)
+        record.args_digest = digest_args(arguments)
 
         access = policy.decide_access(session.principal, upstream, tool)
         if not access.allowed:
@@ -146,6 +150,7 @@ class Pipeline:
         try:
             untok = await self.gw.in_thread(self.gw.tokenizer.untokenize, arguments, session.scope, decide)
         except FlowDenied as exc:
+            record.detail["entity_type"] = exc.entity_type
             record.fail(exc, ev.DENIED)
             raise
         except TokenError as exc:

@@ -10,8 +10,6 @@ withheld and replaced by a note saying what was removed: the safe default for a 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -52,9 +50,3 @@ def withhold_binary(value: Any) -> Any:
         }
     return {k: withhold_binary(v) for k, v in value.items()}
 
-
-def digest(value: Any) -> str:
-    """sha256 of the canonical JSON of a (tokenised) value: lets the audit trail tell calls apart
-    without holding their content."""
-    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -127,18 +127,15 @@ class AuthMiddleware:
 
 
 def make_authenticator(gateway: Gateway):
-    """Bearer credentials -> Principal, via API keys or JWTs (``auth`` in the config)."""
-    cfg = gateway.config.auth
-    if not cfg.required:
-        principal = configured_principal(gateway)
+    """Bearer credentials -> Principal, via API keys or JWTs (``auth`` in the config).
 
-        async def anonymous(header: str | None) -> Principal:
-            return principal
-
-        return anonymous
+    With ``auth.required: false`` a request without credentials runs as the configured principal;
+    a request with wrong credentials is still refused."""
     from veil.auth import Authenticator
 
-    authenticator = Authenticator(gateway.engine, cfg)
+    cfg = gateway.config.auth
+    fallback = None if cfg.required else configured_principal(gateway)
+    authenticator = Authenticator(gateway.engine, cfg, fallback=fallback)
 
     async def authenticate(header: str | None) -> Principal:
         return await gateway.in_thread(authenticator.authenticate, header)
@@ -151,7 +148,9 @@ def http_app(gateway: Gateway, host: str) -> Any:
     front = Front(gateway, sessions.resolve)
     app = front.server.streamable_http_app(
         host=host,
-        max_request_body_size=gateway.config.limits.max_message_bytes,
+        # Room for the JSON-RPC envelope, so oversized arguments get Veil's message naming the limit;
+        # far larger bodies are refused by the transport before they are read.
+        max_request_body_size=gateway.config.limits.max_message_bytes + 64 * 1024,
     )
     return AuthMiddleware(app, gateway, make_authenticator(gateway)), app
 

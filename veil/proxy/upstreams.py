@@ -84,7 +84,10 @@ class UpstreamConnection:
         async with self._lock:
             if self._client is None:
                 try:
-                    self._client = await self._tg.start(self._own)
+                    # The timeout lives here, in the caller: a cancel scope around entering the client
+                    # inside _own would be exited out of order with the transport's task groups.
+                    with anyio.fail_after(self._timeout_s):
+                        self._client = await self._tg.start(self._own)
                 except UpstreamError:
                     raise
                 except BaseException as exc:  # transports raise many types (OSError, httpx, MCPError)
@@ -113,8 +116,7 @@ class UpstreamConnection:
                     log_level="debug",
                     cache=None,
                 )
-                with anyio.fail_after(self._timeout_s):
-                    await stack.enter_async_context(client)
+                await stack.enter_async_context(client)
                 task_status.started(client)
                 started = True
                 await closed.wait()
