@@ -28,10 +28,12 @@ from presidio_analyzer.nlp_engine import NlpArtifacts
 from presidio_analyzer.predefined_recognizers import EmailRecognizer, PhoneRecognizer, SpacyRecognizer
 from spacy.lang.en.stop_words import STOP_WORDS
 
+from veil.tokenizer.guard import name_parts
 from veil.tokenizer.nlp import OfflineSpacyNlpEngine, common_words, load_ner_pipeline, pipeline_lock
 from veil.tokenizer.recognizers import (
     ContextCardRecognizer,
     ContextPhoneRecognizer,
+    CuedLocationRecognizer,
     CuedPersonRecognizer,
     OfflineEmailRecognizer,
     StreetAddressRecognizer,
@@ -56,6 +58,7 @@ NER_LABELS = {
     "ORG": "ORGANIZATION",
 }
 NER_SCORE = 0.85  # what Presidio's SpacyRecognizer reports for spaCy entities
+NAME_PART_SCORE = 0.8  # a part of a name found in full elsewhere in the same string
 
 # Entity types used when a policy lists none. ORGANIZATION is off (Presidio ignores it by default:
 # too many false positives in free text); hinted company fields still count when enabled.
@@ -94,7 +97,8 @@ _CUE_GATE = re.compile(
     r"(?im)\b(?:mrs?|ms|miss|mx|dr|prof|sir|madam|name|dear|signed|regards|this is|call me|i am|i'm|called|named|"
     r"by|met with|spoke with|talked to|ask for|attn|attention|contact person)\b"
 )
-_GATED = {"PHONE_NUMBER": _PHONE_GATE, "PERSON": _CUE_GATE}  # own pass, own cheap pre-check
+_PLACE_GATE = re.compile(r"(?i)\b(?:to|from|in|at|visiting|visited|where|city|town):?[ \t]+\w")
+_GATED = {"PHONE_NUMBER": _PHONE_GATE, "PERSON": _CUE_GATE, "LOCATION": _PLACE_GATE}  # own pass, own cheap pre-check
 _CHUNK_CHARS = 6000
 # Between strings in a chunk: a token of its own that context look-behind never crosses.
 _MARK = "\u241e"
@@ -150,6 +154,7 @@ class Detector:
         registry.add_recognizer(ContextPhoneRecognizer(supported_language=settings.language))
         registry.add_recognizer(ContextCardRecognizer(supported_language=settings.language))
         registry.add_recognizer(CuedPersonRecognizer(supported_language=settings.language))
+        registry.add_recognizer(CuedLocationRecognizer(supported_language=settings.language))
         self._custom = custom_recognizers(settings.patterns, settings.deny_lists, settings.language)
         for rec in self._custom:
             registry.add_recognizer(rec)
@@ -294,8 +299,23 @@ class Detector:
                 continue
             taken.append((sp.start, sp.end))
             out.append(sp)
+        out.extend(_name_parts_elsewhere(text, out, taken))
         out.sort(key=lambda s: s.start)
         return out
+
+
+def _name_parts_elsewhere(text: str, found: list[Span], taken: list[tuple[int, int]]) -> list[Span]:
+    """A person named in full once ("directed by Jindrich Holinka") is the same person when a part
+    of the name stands alone later in the same text ("starring Holinka"): the guard's rule, applied
+    within one string, so it also holds where no vault is involved."""
+    parts = {p for sp in found if sp.entity_type == "PERSON" for p in name_parts(text[sp.start : sp.end])}
+    extra: list[Span] = []
+    for part in parts:
+        for m in re.finditer(rf"(?<![\w-]){re.escape(part)}(?![\w-])", text):
+            if not any(m.start() < e and s < m.end() for s, e in taken):
+                taken.append(m.span())
+                extra.append(Span(m.start(), m.end(), "PERSON", NAME_PART_SCORE))
+    return extra
 
 
 def _trim(text: str, sp: Span) -> Span | None:

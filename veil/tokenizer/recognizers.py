@@ -258,6 +258,28 @@ class CuedPersonRecognizer(PatternRecognizer):
         )
 
 
+_PLACE = r"\p{Lu}[\p{L}'\u2019.-]+(?:[ \t](?:\p{Lu}[\p{L}'\u2019.-]+|de|del|la|le|upon|on|am|an|nad))*"
+_PLACE_CUES = (
+    r"flew to|fly to|flying to|moved here from|moved from|moved to|originally from|I'm in|I am in|we're in|live in|"
+    r"lives in|living in|located in|based in|arrived at|arrived in|travell?ed to|travell?ing to|born in|trip to|"
+    r"visiting|visited|holiday in|vacation in|Where:|City:|Town:|from the town of|from the city of"
+)
+
+
+class CuedLocationRecognizer(PatternRecognizer):
+    """Places after an explicit cue ("flew to RYSSBY", "moved here from Tjaereborg", "Where: ..."),
+    which the small NER model misses for non-English or upper-case place names."""
+
+    def __init__(self, supported_language: str = "en") -> None:
+        super().__init__(
+            supported_entity="LOCATION",
+            patterns=[Pattern("cue", rf"(?<=\b(?:{_PLACE_CUES})[ \t]+){_PLACE}", 0.6)],
+            supported_language=supported_language,
+            name="VeilCuedLocationRecognizer",
+            global_regex_flags=_CASE_SENSITIVE,
+        )
+
+
 class OfflineEmailRecognizer(EmailRecognizer):
     """Presidio's e-mail recognizer with a tldextract that never touches the network."""
 
