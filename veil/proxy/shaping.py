@@ -50,3 +50,38 @@ def withhold_binary(value: Any) -> Any:
         }
     return {k: withhold_binary(v) for k, v in value.items()}
 
+
+def protect(value: Any, keys: frozenset[str]) -> tuple[Any, list[Any]]:
+    """Swap the values under ``keys`` (at any depth) for placeholders, so identifiers and schemas
+    (a tool's ``name``, its ``inputSchema``, a resource's ``uri``) are not tokenised: they are the
+    upstream's interface, not data. ``restore`` puts them back after tokenisation."""
+    saved: list[Any] = []
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        if isinstance(v, dict):
+            out = {}
+            for k, x in v.items():
+                if k in keys:
+                    saved.append(x)
+                    out[k] = {_SLOT: len(saved) - 1}
+                else:
+                    out[k] = walk(x)
+            return out
+        return v
+
+    return walk(value), saved
+
+
+def restore(value: Any, saved: list[Any]) -> Any:
+    if isinstance(value, list):
+        return [restore(x, saved) for x in value]
+    if isinstance(value, dict):
+        if set(value) == {_SLOT}:
+            return saved[value[_SLOT]]
+        return {k: restore(x, saved) for k, x in value.items()}
+    return value
+
+
+_SLOT = "__veil_protected__"
