@@ -31,10 +31,12 @@ from spacy.lang.en.stop_words import STOP_WORDS
 from veil.tokenizer.guard import name_parts
 from veil.tokenizer.nlp import OfflineSpacyNlpEngine, common_words, load_ner_pipeline, pipeline_lock
 from veil.tokenizer.recognizers import (
+    _VERBS,
     ContextCardRecognizer,
     ContextPhoneRecognizer,
     CuedLocationRecognizer,
     CuedPersonRecognizer,
+    NameBeforeVerbRecognizer,
     OfflineEmailRecognizer,
     StreetAddressRecognizer,
     ZipCodeRecognizer,
@@ -95,7 +97,8 @@ _GATE = re.compile(r"[0-9@]|\w\.[A-Za-z]")
 _PHONE_GATE = re.compile(r"(?:\d[^\d\n]{0,3}){7}")  # phonenumbers' matcher is slow: only where 7+ digits are
 _CUE_GATE = re.compile(
     r"(?im)\b(?:mrs?|ms|miss|mx|dr|prof|sir|madam|name|dear|signed|regards|this is|call me|i am|i'm|called|named|"
-    r"by|met with|spoke with|talked to|ask for|attn|attention|contact person)\b"
+    r"by|met with|spoke with|talked to|ask for|attn|attention|contact person)\b|\w+ (?:and \w+ )?(?:" + _VERBS + r")\b"
+    r"|^[ \t>]*\w+:"
 )
 _PLACE_GATE = re.compile(r"(?i)\b(?:to|from|in|at|visiting|visited|where|city|town):?[ \t]+\w")
 _GATED = {"PHONE_NUMBER": _PHONE_GATE, "PERSON": _CUE_GATE, "LOCATION": _PLACE_GATE}  # own pass, own cheap pre-check
@@ -155,6 +158,9 @@ class Detector:
         registry.add_recognizer(ContextCardRecognizer(supported_language=settings.language))
         registry.add_recognizer(CuedPersonRecognizer(supported_language=settings.language))
         registry.add_recognizer(CuedLocationRecognizer(supported_language=settings.language))
+        if model_name:
+            lexicon = common_words(model_name, ("noun", "verb", "adj", "adv"))
+            registry.add_recognizer(NameBeforeVerbRecognizer(lexicon, supported_language=settings.language))
         self._custom = custom_recognizers(settings.patterns, settings.deny_lists, settings.language)
         for rec in self._custom:
             registry.add_recognizer(rec)

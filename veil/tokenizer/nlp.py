@@ -132,7 +132,7 @@ _NAME_WORDS = frozenset(
 )
 
 
-def common_words(model_name: str) -> frozenset[str]:
+def common_words(model_name: str, pos: tuple[str, ...] = ("verb", "adj", "adv")) -> frozenset[str]:
     """Verbs, adjectives and adverbs of English (the WordNet index that spaCy's English
     lemmatizer ships with the model), with their irregular forms; empty if the model has none.
 
@@ -149,7 +149,7 @@ def common_words(model_name: str) -> frozenset[str]:
         tables = srsly.msgpack_loads(candidates[0].read_bytes())
     except Exception:  # a model without lookups: no shortcut, NER runs wherever in doubt
         return frozenset()
-    wanted = {spacy.strings.get_string_id(p) for p in ("verb", "adj", "adv")}
+    wanted = {spacy.strings.get_string_id(p) for p in pos}
     words: set[str] = set()
     for pos, lemmas in tables.get("lemma_index", {}).items():
         if pos in wanted:

@@ -16,6 +16,7 @@ import re
 import tldextract
 from presidio_analyzer import Pattern, PatternRecognizer
 from presidio_analyzer.predefined_recognizers import EmailRecognizer
+from spacy.lang.en.stop_words import STOP_WORDS
 
 from veil.tokenizer.settings import CustomPattern, DenyList
 
@@ -256,6 +257,45 @@ class CuedPersonRecognizer(PatternRecognizer):
             name="VeilCuedPersonRecognizer",
             global_regex_flags=_CASE_SENSITIVE,
         )
+
+
+_VERBS = (
+    r"is|was|were|will|has|had|began|begins|lives|lived|said|says|asked|wants|wanted|went|can|could|would|"
+    r"did|does|told|wrote|writes|made|makes|works|worked|joined|left|called|emailed|phoned|replied|agreed"
+)
+
+
+_UNKNOWN_WORD = r"\p{Lu}\p{Ll}[\p{L}'\u2019-]+"
+
+
+class NameBeforeVerbRecognizer(PatternRecognizer):
+    """ "Sunniva is very reliable", "Usamov and Bowers were ...": one or two capitalised words that
+    are not English words (per the WordNet index shipped with the spaCy model), right before a
+    verb. The small NER model misses such unfamiliar names most often at the start of a sentence."""
+
+    def __init__(self, lexicon: frozenset[str], supported_language: str = "en") -> None:
+        super().__init__(
+            supported_entity="PERSON",
+            patterns=[
+                Pattern(
+                    "name_verb",
+                    rf"(?<![\p{{L}}'\u2019-]){_UNKNOWN_WORD}(?:[ \t]{_UNKNOWN_WORD})?(?=[ \t]+(?:{_VERBS})\b)",
+                    0.55,
+                ),
+                # a chat transcript's speaker ("Zuzana: ..."); "Status:" or "Owner:" are English words
+                Pattern("speaker", rf"(?m)^[ \t>]*\K{_UNKNOWN_WORD}(?=:[ \t]*\S)", 0.55),
+            ],
+            supported_language=supported_language,
+            name="VeilNameBeforeVerbRecognizer",
+            global_regex_flags=_CASE_SENSITIVE,
+        )
+        self._lexicon = lexicon
+
+    def validate_result(self, pattern_text: str) -> bool | None:
+        words = pattern_text.lower().split()
+        if not self._lexicon or any(w in self._lexicon or w in STOP_WORDS for w in words):
+            return False
+        return None
 
 
 _PLACE = r"\p{Lu}[\p{L}'\u2019.-]+(?:[ \t](?:\p{Lu}[\p{L}'\u2019.-]+|de|del|la|le|upon|on|am|an|nad))*"
