@@ -61,3 +61,30 @@ def test_allow_values_are_never_pii(tokenizer):
     relaxed = Detector(replace(d.settings, allow_values=("support@acme.example",)), nlp=d.nlp, model_name=d.model_name)
     [spans] = relaxed.detect([TextItem("write to support@acme.example or bob@x.org")])
     assert [s.start for s in spans] == [len("write to support@acme.example or ")]
+
+
+@pytest.mark.req("tokenize:patterns")
+@pytest.mark.parametrize(
+    "text, entity, value",
+    [
+        ("They're not answering at 655 437 108, please call again.", "PHONE_NUMBER", "655 437 108"),
+        ("Desk: +41 (0)96 471 07 95", "PHONE_NUMBER", "+41 (0)96 471 07 95"),
+        ("Please block card no 4415101282806639538", "CREDIT_CARD", "4415101282806639538"),
+        ("My name is Akinori", "PERSON", "Akinori"),
+        ("Please forward it to Dr. Cindy Holinka today.", "PERSON", "Cindy Holinka"),
+        ("Ms. Austin flew to RYSSBY on Sunday morning.", "LOCATION", "RYSSBY"),
+        ("Sunniva is very reliable.", "PERSON", "Sunniva"),
+        ("directed by Jindrich Holinka and starring Holinka", "PERSON", "Holinka"),
+    ],
+)
+def test_veil_recognizers(detector, text, entity, value):
+    assert (entity, value) in found(detector, text)
+
+
+def test_key_value_lines_are_not_people(detector):
+    text = "Status: open\nPriority: high\nInvoice was sent on time."
+    assert [t for t, _ in found(detector, text) if t == "PERSON"] == []
+
+
+def test_order_numbers_without_context_are_not_phones(detector):
+    assert [t for t, _ in found(detector, "Order 2024 1187 shipped") if t == "PHONE_NUMBER"] == []

@@ -298,7 +298,7 @@ class NameBeforeVerbRecognizer(PatternRecognizer):
         return None
 
 
-_PLACE = r"\p{Lu}[\p{L}'\u2019.-]+(?:[ \t](?:\p{Lu}[\p{L}'\u2019.-]+|de|del|la|le|upon|on|am|an|nad))*"
+_PLACE = r"\p{Lu}[\p{L}'\u2019.-]+(?:[ \t](?:\p{Lu}[\p{L}'\u2019.-]+|de|del|la|le|upon|nad))*"
 _PLACE_CUES = (
     r"flew to|fly to|flying to|moved here from|moved from|moved to|originally from|I'm in|I am in|we're in|live in|"
     r"lives in|living in|located in|based in|arrived at|arrived in|travell?ed to|travell?ing to|born in|trip to|"
