@@ -19,8 +19,8 @@ def test_demo_config_names_the_three_demo_servers(name: str) -> None:
         assert upstream.args[0] == f"{upstream_name}_server.py"
 
 
-def test_veil_yaml_uses_the_shipped_policy_and_data_dir() -> None:
+def test_veil_yaml_uses_the_crm_gateway_policy_and_data_dir() -> None:
     config = load_config(EXAMPLES_DIR / "veil.yaml")
-    assert config.policy == EXAMPLES_DIR.parent / "policies" / "default.yaml"
+    assert config.policy == EXAMPLES_DIR.parent / "policies" / "crm-gateway.yaml"
     assert config.data_dir == EXAMPLES_DIR.parent / ".veil"
     assert config.upstreams["mailer"].env["MAILER_OUTBOX"].startswith("../.veil/")
