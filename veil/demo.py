@@ -63,9 +63,11 @@ async def run_demo(config_path: Path) -> None:
 
     config = load_config(config_path)
     data_dir = config.data_dir
-    outbox = data_dir / "mailer-outbox.jsonl"
-    for stale in (outbox, data_dir / "crm-calls.jsonl", data_dir / "tickets-calls.jsonl"):
-        stale.unlink(missing_ok=True)
+    logs = {name: _call_log(up) for name, up in config.upstreams.items()}
+    outbox = logs.get("mailer") or data_dir / "mailer-outbox.jsonl"
+    for stale in logs.values():
+        if stale is not None:
+            stale.unlink(missing_ok=True)
 
     click.secho("Veil demo: an agent works with a CRM through the gateway.", bold=True)
     click.echo(f"config: {config_path}   policy: {config.policy}   data: {data_dir}")
@@ -146,6 +148,16 @@ async def run_demo(config_path: Path) -> None:
         "\nNext: `veil serve --config examples/veil.yaml` for a real agent, `veil report` for compliance, "
         "`veil audit verify` to check the chain."
     )
+
+
+def _call_log(upstream: Any) -> Path | None:
+    """Where a demo upstream logs the calls it received (its *_LOG / *_OUTBOX variable)."""
+    env = getattr(upstream, "env", {}) or {}
+    for key, value in env.items():
+        if key.endswith(("_LOG", "_OUTBOX")):
+            path = Path(value)
+            return path if path.is_absolute() else (upstream.cwd or Path.cwd()) / path
+    return None
 
 
 def _database_url(config: Any) -> str:
