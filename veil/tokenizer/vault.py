@@ -2,7 +2,7 @@
 
 Per entry: a random 256-bit data key encrypts the value with AES-GCM; the associated data binds
 the scope, token and entity type, so a row copied onto another token or scope fails to decrypt.
-The data key is wrapped (AES-GCM) by the master key named by ``key_id``. Erasing an entry nulls
+The data key is wrapped (AES-GCM) by the master key named by ``key_id`` (``crypto.py``). Erasing an entry nulls
 the wrapped key, nonce and ciphertext: the value is gone for good (crypto-shredding), while the
 row keeps the token "erased" instead of "unknown".
 
@@ -23,10 +23,7 @@ always asks the database, so an erased or expired token never turns back into a 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -35,11 +32,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.dialects import postgresql as pg
 
 from veil.errors import DatabaseError, TokenError
+from veil.tokenizer.crypto import EntryCrypto
 from veil.tokenizer.guard import Guard, Guards
 from veil.tokenizer.keyring import Keyring
 from veil.tokenizer.tokens import format_token, normal_forms, normalise
@@ -133,10 +129,6 @@ class _ScopeCache:
             self.version += 1
 
 
-def _ad(scope: str, token: str, entity_type: str) -> bytes:
-    return "\x1f".join(("veil-vault-v1", scope, token, entity_type)).encode()
-
-
 def _with_source(source: str):
     """``sources`` with ``source`` added once (SQL expression for UPDATE and ON CONFLICT)."""
     return sa.case(
@@ -166,44 +158,16 @@ class Vault:
         self.ttl_seconds = ttl_seconds
         self.refresh_seconds = refresh_seconds
         self.max_scopes = max_scopes
-        self._wrappers = {kid: AESGCM(key) for kid, key in keyring.keys.items()}
+        self._crypto = EntryCrypto(keyring)
         self._scopes: OrderedDict[str, _ScopeCache] = OrderedDict()
         self._scopes_lock = threading.Lock()
 
-    # -- crypto -------------------------------------------------------------------------------
     def value_hmac(self, normalised: str) -> bytes:
-        return hmac.new(self.keyring.hmac_key, normalised.encode(), hashlib.sha256).digest()
-
-    def _seal(self, scope: str, token: str, entity_type: str, value: str) -> tuple[str, bytes, bytes, bytes]:
-        kid = self.keyring.current_id
-        dek = AESGCM.generate_key(bit_length=256)
-        nonce = os.urandom(12)
-        ad = _ad(scope, token, entity_type)
-        ciphertext = AESGCM(dek).encrypt(nonce, value.encode(), ad)
-        wrap_nonce = os.urandom(12)
-        wrapped = wrap_nonce + self._wrappers[kid].encrypt(wrap_nonce, dek, b"dek\x1f" + kid.encode() + ad)
-        return kid, wrapped, nonce, ciphertext
-
-    def _open(self, scope: str, token: str, entity_type: str, kid: str, wrapped: bytes, nonce: bytes, ct: bytes) -> str:
-        wrapper = self._wrappers.get(kid)
-        if wrapper is None:
-            raise TokenError(
-                f"token {token} was encrypted with master key id {kid}, which is not loaded; "
-                "add that key to VEIL_MASTER_KEY or the key file (older keys after the current one)"
-            )
-        ad = _ad(scope, token, entity_type)
-        try:
-            dek = wrapper.decrypt(wrapped[:12], wrapped[12:], b"dek\x1f" + kid.encode() + ad)
-            return AESGCM(dek).decrypt(nonce, ct, ad).decode()
-        except InvalidTag:
-            raise TokenError(
-                f"the vault entry for token {token} failed its integrity check (the row was altered, or "
-                "the master key is wrong); it cannot be used. Restore the vault from a backup."
-            ) from None
+        return self._crypto.value_hmac(normalised)
 
     def _entry_from_row(self, scope: str, row, value: str | None = None) -> Entry:
         if value is None:
-            value = self._open(
+            value = self._crypto.open(
                 scope, row.token, row.entity_type, row.key_id, row.wrapped_key, row.nonce, row.ciphertext
             )
         return Entry(row.id, row.token, row.entity_type, value, row.value_hmac, frozenset(row.sources), row.expires_at)
@@ -390,7 +354,7 @@ class Vault:
         }
         for k, (h, value) in enumerate(values, start=start + 1):
             token = format_token(entity_type, k)
-            kid, wrapped, nonce, ct = self._seal(scope, token, entity_type, value)
+            kid, wrapped, nonce, ct = self._crypto.seal(scope, token, entity_type, value)
             plain[h] = value
             for name, v in zip(cols, (k, token, h, kid, wrapped, nonce, ct), strict=True):
                 cols[name].append(v)
