@@ -112,8 +112,9 @@ async def test_no_raw_value_reaches_the_agent_on_any_vector(make_config, tmp_pat
 
 
 @pytest.mark.req("tokenize:roundtrip")
-async def test_tokens_become_real_values_only_at_the_upstream(make_config, tmp_path: Path) -> None:
-    async with serving(make_config()) as (_gateway, url), Client(url, mode="legacy") as agent:
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_tokens_become_real_values_only_at_the_upstream(make_config, tmp_path: Path, mode: str) -> None:
+    async with serving(make_config()) as (_gateway, url), Client(url, mode=mode) as agent:
         got = await agent.call_tool("crm__get_customer", {"customer_id": "C0001"})
         record = got.structured_content
         assert TOKEN_RE.fullmatch(record["email"]) and TOKEN_RE.fullmatch(record["full_name"])
