@@ -6,7 +6,8 @@ One Aho-Corasick automaton (pyahocorasick) per scope finds all known values in o
 string. Full values match case-insensitively on word boundaries. The given and family names of a
 known PERSON value also match when they appear alone ("Maria" after "Maria Lopez"), but only with
 their original capitalisation, at least two letters, and never when the part is an English stop
-word ("Will", "May"), so that ordinary words are not swallowed.
+word ("Will", "May"), so that ordinary words are not swallowed. One-word values ("Denver", a
+first name) follow the same rule: original capitalisation, never a stop word.
 """
 
 from __future__ import annotations
@@ -68,22 +69,34 @@ class Guard:
                 for part in name_parts(v):
                     parts.setdefault(part, "PERSON")
         for key, payload in full.items():
+            value = payload[0]
+            if value.replace("-", "").replace("'", "").isalpha() and " " not in value:
+                # a one-word value ("May", "Denver") is matched with its capitalisation only, and
+                # never when it is also a stop word: "may" in a sentence is not Ms. May
+                if key not in STOP_WORDS:
+                    self._cs.add_word(value, ("full", len(value), *payload))
+                continue
             self._ci.add_word(key, ("full", len(key), *payload))
-            self._cs.add_word(payload[0], ("full", len(payload[0]), *payload))
+            self._cs.add_word(value, ("full", len(value), *payload))
         for part, entity_type in parts.items():
             if part.lower() not in full:
                 self._cs.add_word(part, ("part", len(part), part, None, entity_type))
         self.empty = not full
+        self._ci_empty = len(self._ci) == 0
         if full:
-            self._ci.make_automaton()
-            self._cs.make_automaton()
+            if not self._ci_empty:
+                self._ci.make_automaton()
+            if len(self._cs):
+                self._cs.make_automaton()
+            else:
+                self.empty = True
 
     def find(self, text: str) -> list[GuardHit]:
         if self.empty:
             return []
         hits: list[GuardHit] = []
         lowered = text.lower()
-        if len(lowered) == len(text):
+        if len(lowered) == len(text) and not self._ci_empty:
             for end, (_kind, n, value, token, entity_type) in self._ci.iter(lowered):
                 start = end - n + 1
                 if _bounded(text, start, end + 1):
