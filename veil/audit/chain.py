@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import sqlalchemy as sa
 
-from veil.audit.canonical import EncodingError, _text, chain_hash, json_value, to_json_text
+from veil.audit.canonical import FIELDS, EncodingError, _text, chain_hash, json_value, to_json_text
 from veil.audit.events import AuditEvent
 from veil.audit.partitions import Month, PartitionCache, ensure_partition
 
@@ -39,32 +39,7 @@ _TEXT_FIELDS = (
     "policy_version",
 )
 
-COLUMNS = (
-    "seq",
-    "ts",
-    "occurred_at",
-    "id",
-    "kind",
-    "outcome",
-    "principal",
-    "roles",
-    "tenant",
-    "session_id",
-    "scope",
-    "upstream",
-    "tool",
-    "args_digest",
-    "entities",
-    "tokens",
-    "untokenised",
-    "decision",
-    "rule",
-    "duration_ms",
-    "policy_version",
-    "detail",
-    "prev_hash",
-    "hash",
-)
+COLUMNS = (*(f for f in FIELDS if f != "v"), "prev_hash", "hash")  # the canonical record, stored
 _JSONB = ("entities", "untokenised", "detail")
 
 INSERT = sa.text(

@@ -217,29 +217,27 @@ class _Relay:
     async def on_sampling(
         self, upstream: str, params: types.CreateMessageRequestParams
     ) -> types.CreateMessageResult | types.ErrorData:
-        tokenised, front = await self._tokenize_request(upstream, params, "sampling/createMessage")
-        if front is None:
-            return _cannot_relay("sampling")
-        try:
-            request = types.CreateMessageRequest(params=tokenised)
-            return await front.request(request, types.CreateMessageResult)
-        except Exception as exc:
-            return types.ErrorData(
-                code=types.INTERNAL_ERROR,
-                message=f"the agent did not answer the sampling request ({type(exc).__name__})",
-            )
+        return await self._relay_request(
+            upstream, params, "sampling/createMessage", types.CreateMessageRequest, types.CreateMessageResult
+        )
 
     async def on_elicitation(
         self, upstream: str, params: types.ElicitRequestParams
     ) -> types.ElicitResult | types.ErrorData:
-        tokenised, front = await self._tokenize_request(upstream, params, "elicitation/create")
+        return await self._relay_request(
+            upstream, params, "elicitation/create", types.ElicitRequest, types.ElicitResult
+        )
+
+    async def _relay_request(self, upstream: str, params: Any, what: str, request_type: Any, result_type: Any) -> Any:
+        """Tokenise a server-to-client request, audit it, and ask the agent; errors go back as ErrorData."""
+        tokenised, front = await self._tokenize_request(upstream, params, what)
         if front is None:
-            return _cannot_relay("elicitation")
+            return _cannot_relay(what)
         try:
-            return await front.request(types.ElicitRequest(params=tokenised), types.ElicitResult)
+            return await front.request(request_type(params=tokenised), result_type)
         except Exception as exc:
             return types.ErrorData(
-                code=types.INTERNAL_ERROR, message=f"the agent did not answer the elicitation ({type(exc).__name__})"
+                code=types.INTERNAL_ERROR, message=f"the agent did not answer the {what} request ({type(exc).__name__})"
             )
 
 
@@ -250,7 +248,7 @@ _RELAYED_NOTIFICATIONS = {
 }
 
 
-def _cannot_relay(what: str) -> types.ErrorData:
+def _cannot_relay(what: str) -> types.ErrorData:  # what: the MCP method
     return types.ErrorData(
         code=types.METHOD_NOT_FOUND,
         message=f"the agent connected to Veil cannot answer {what} requests on its connection "
