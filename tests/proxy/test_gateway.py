@@ -269,3 +269,21 @@ async def test_audit_rows_and_logs_hold_no_raw_values(make_config, caplog: pytes
     dump = "\n".join(rows)
     assert leaks(dump) == [] and leaks(caplog.text) == []
     assert re.search(r'"entities": ?\{[^}]*"EMAIL_ADDRESS"', dump)
+
+
+async def test_ending_the_mcp_session_closes_the_agent_session_and_its_upstreams(make_config) -> None:
+    import anyio
+
+    async with serving(make_config()) as (gateway, url):
+        async with Client(url, mode="legacy") as agent:
+            await agent.call_tool("crm__ping", {})
+            (session,) = gateway.sessions.values()
+        with anyio.fail_after(10):
+            while gateway.sessions:  # the transport's teardown runs just after the client's DELETE
+                await anyio.sleep(0.05)
+        with gateway.engine.connect() as conn:
+            closed = conn.execute(
+                sa.text("SELECT count(*) FROM audit_events WHERE kind = 'session.close' AND session_id = :s"),
+                {"s": session.id},
+            ).scalar()
+    assert closed == 1 and session.closed

@@ -79,7 +79,21 @@ class HttpSessions:
             if session is None or session.closed:
                 session = await self.gw.open_session(principal, session_id=None)
                 self._by_key[key] = session
+                if transport_id:
+                    self._close_with_transport(ctx, key, session)
         return session
+
+    def _close_with_transport(self, ctx: ServerRequestContext[Any, Any], key: str, session: AgentSession) -> None:
+        """End the agent session (and its upstream processes) when its MCP transport session ends."""
+        connection = getattr(ctx.session, "_connection", None)  # the SDK exposes no public accessor
+        if connection is None:
+            return
+
+        async def close() -> None:
+            self._by_key.pop(key, None)
+            await self.gw.close_session(session)
+
+        connection.exit_stack.push_async_callback(close)
 
 
 class AuthMiddleware:
