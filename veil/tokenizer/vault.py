@@ -23,11 +23,12 @@ always asks the database, so an erased or expired token never turns back into a 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -226,11 +227,20 @@ class Vault:
             cache.guard_version = cache.version
             return cache.guards
 
-    def _connect(self):
+    @contextlib.contextmanager
+    def _connect(self, *, write: bool = False) -> Iterator[sa.Connection]:
+        """A connection (a transaction when ``write``) whose driver errors become DatabaseError
+        without SQL parameters in the message; deadlocks pass through for ``assign`` to retry."""
         try:
-            return self.engine.connect()
-        except sa.exc.OperationalError as exc:
-            raise DatabaseError(f"the token vault's database is unreachable: {type(exc.orig).__name__}") from None
+            with self.engine.begin() if write else self.engine.connect() as conn:
+                yield conn
+        except sa.exc.DBAPIError as exc:
+            if _is_deadlock(exc):
+                raise
+            state = getattr(exc.orig, "sqlstate", None) or type(exc.orig).__name__
+            raise DatabaseError(
+                f"the token vault's database failed ({state}); check database_url and that the server is up"
+            ) from None
 
     # -- tokenise side ------------------------------------------------------------------------
     def assign(self, scope: str, items: list[tuple[str, str]], source: str) -> list[Entry]:
@@ -284,7 +294,7 @@ class Vault:
         out: list[Entry | None],
     ) -> None:
         results: dict[bytes, Entry] = {}
-        with self.engine.begin() as conn:
+        with self._connect(write=True) as conn:
             if missing:
                 # Rows another process created since our last refresh: take them as they are.
                 rows = conn.execute(
@@ -447,7 +457,7 @@ class Vault:
 
         Their tokens then fail with "erased". The value itself, seen again later from an upstream,
         gets a new token (it must still never reach the agent raw)."""
-        with self.engine.begin() as conn:
+        with self._connect(write=True) as conn:
             rows = conn.execute(
                 VAULT_TABLE.update()
                 .where(_T.value_hmac.in_(self._hmacs_for(value)), _T.erased_at.is_(None))
@@ -468,7 +478,7 @@ class Vault:
 
     def purge_expired(self) -> int:
         """Crypto-shred entries whose TTL has passed (their tokens then report "erased")."""
-        with self.engine.begin() as conn:
+        with self._connect(write=True) as conn:
             n = conn.execute(
                 VAULT_TABLE.update()
                 .where(_T.erased_at.is_(None), _T.expires_at <= sa.func.now())
