@@ -247,3 +247,17 @@ def assert_no_duplicates(engine, scope: str, expected: int) -> None:
             {"s": scope},
         ).one()
     assert n == tokens == hmacs == expected
+
+
+def test_database_failure_is_a_database_error(database_url, keyring):
+    from sqlalchemy.engine import make_url
+
+    from veil import db
+    from veil.errors import DatabaseError
+
+    url = make_url(db.normalise_url(database_url)).set(database="veil_no_such_database")
+    broken = Vault(sa.create_engine(url), keyring)
+    with pytest.raises(DatabaseError, match="database_url"):
+        broken.assign(new_scope(), [("Someone Unreachable", "PERSON")], "crm")
+    with pytest.raises(DatabaseError):
+        broken.resolve(new_scope(), ["[PERSON_1]"])
