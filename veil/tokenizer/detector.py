@@ -39,6 +39,7 @@ from veil.tokenizer.recognizers import (
     NameBeforeVerbRecognizer,
     OfflineEmailRecognizer,
     StreetAddressRecognizer,
+    UpperCasePlaceRecognizer,
     ZipCodeRecognizer,
     custom_recognizers,
 )
@@ -161,6 +162,7 @@ class Detector:
         if model_name:
             lexicon = common_words(model_name, ("noun", "verb", "adj", "adv"))
             registry.add_recognizer(NameBeforeVerbRecognizer(lexicon, supported_language=settings.language))
+            registry.add_recognizer(UpperCasePlaceRecognizer(lexicon, supported_language=settings.language))
         self._custom = custom_recognizers(settings.patterns, settings.deny_lists, settings.language)
         for rec in self._custom:
             registry.add_recognizer(rec)

@@ -302,7 +302,7 @@ _PLACE = r"\p{Lu}[\p{L}'\u2019.-]+(?:[ \t](?:\p{Lu}[\p{L}'\u2019.-]+|de|del|la|l
 _PLACE_CUES = (
     r"flew to|fly to|flying to|moved here from|moved from|moved to|originally from|I'm in|I am in|we're in|live in|"
     r"lives in|living in|located in|based in|arrived at|arrived in|travell?ed to|travell?ing to|born in|trip to|"
-    r"visiting|visited|holiday in|vacation in|Where:|City:|Town:|from the town of|from the city of"
+    r"visiting|visited|holiday in|vacation in|grew up in|Where:|City:|Town:|from the town of|from the city of"
 )
 
 
@@ -318,6 +318,34 @@ class CuedLocationRecognizer(PatternRecognizer):
             name="VeilCuedLocationRecognizer",
             global_regex_flags=_CASE_SENSITIVE,
         )
+
+
+class UpperCasePlaceRecognizer(PatternRecognizer):
+    """An upper-case word after "in", "to", "from" or "at" that is not an English word ("in
+    KATRINEHOLM", "to RYSSBY"): addresses and travel notes write towns that way; acronyms
+    ("in USD") are too short and words ("in SALES") are in the lexicon."""
+
+    def __init__(self, lexicon: frozenset[str], supported_language: str = "en") -> None:
+        super().__init__(
+            supported_entity="LOCATION",
+            patterns=[
+                Pattern(
+                    "upper_place",
+                    r"(?<=\b(?:in|to|from|at|near)[ \t]+)\p{Lu}{4,}(?:[ -]\p{Lu}{2,}){0,2}\b(?!\p{Ll})",
+                    0.55,
+                )
+            ],
+            supported_language=supported_language,
+            name="VeilUpperCasePlaceRecognizer",
+            global_regex_flags=_CASE_SENSITIVE,
+        )
+        self._lexicon = lexicon
+
+    def validate_result(self, pattern_text: str) -> bool | None:
+        words = pattern_text.lower().replace("-", " ").split()
+        if not self._lexicon or any(w in self._lexicon or w in STOP_WORDS for w in words):
+            return False
+        return None
 
 
 class OfflineEmailRecognizer(EmailRecognizer):
