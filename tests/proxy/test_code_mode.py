@@ -134,15 +134,32 @@ async def test_code_sees_tokens_and_its_calls_take_the_policy_path(make_config, 
 
 @pytest.mark.req("sandbox:state")
 @pytest.mark.req("sandbox:isolation")
-async def test_state_persists_reset_clears_and_timeout_is_reported(make_config) -> None:
+async def test_expose_code_offers_code_tools_and_stubs_keeps_state_and_survives_timeouts(make_config) -> None:
     async with serving(make_config(expose="code")) as (gateway, url), agent(url) as client:
+        # Only Veil's own tools are listed; the upstream APIs are the sandbox's stub modules.
+        tools = await client.list_tools()
+        assert sorted(t.name for t in tools.tools) == ["execute_code", "search_tools"]
+
+        listed = await client.list_resources()
+        stubs = sorted(str(r.uri) for r in listed.resources if str(r.uri).startswith("veil://servers/"))
+        stub_uri = next(u for u in stubs if u.endswith("/crm/get_customer.py"))
+        index_uri = next(u for u in stubs if u.endswith("INDEX.md"))
+        source = (await client.read_resource(stub_uri)).contents[0].text
+        assert "def get_customer" in source and "customer_id" in source
+        index = (await client.read_resource(index_uri)).contents[0].text
+        assert "mailer" in index and "send_email" in index
+        with pytest.raises(MCPError) as missing:
+            await client.read_resource("veil://servers/servers/nope/none.py")
+        assert "veil://servers/servers/nope/none.py" in missing.value.message
+
+        # Interpreter state persists between executions in one MCP session; reset clears it.
         assert not (await execute(client, "counter = 41")).is_error
         kept = await execute(client, "counter + 1")
         assert not kept.is_error and kept.structured_content["result"] == "42"
-
         cleared = await execute(client, "'counter' in globals()", reset=True)
         assert not cleared.is_error and cleared.structured_content["result"] == "False"
 
+        # A runaway loop is stopped and reported in plain words.
         stuck = await execute(client, "while True: pass", timeout_s=1)
         assert stuck.is_error and stuck.structured_content["outcome"] == "timeout"
         text = stuck.content[0].text
@@ -155,28 +172,6 @@ async def test_state_persists_reset_clears_and_timeout_is_reported(make_config) 
         executions = audit_rows(gateway, "code.execute")
     assert [r.outcome for r in executions] == ["ok", "ok", "ok", "timeout", "ok"]
     assert [r.detail["reset"] for r in executions] == [False, False, True, False, False]
-
-
-async def test_expose_code_lists_code_tools_and_stub_resources(make_config) -> None:
-    async with serving(make_config(expose="code")) as (_gateway, url), agent(url) as client:
-        tools = await client.list_tools()
-        assert sorted(t.name for t in tools.tools) == ["execute_code", "search_tools"]
-
-        listed = await client.list_resources()
-        stubs = {str(r.uri) for r in listed.resources if str(r.uri).startswith("veil://servers/")}
-        assert any(u.endswith("/crm/get_customer.py") for u in stubs), sorted(stubs)
-        assert any(u.endswith("INDEX.md") for u in stubs), sorted(stubs)
-
-        stub_uri = next(u for u in sorted(stubs) if u.endswith("/crm/get_customer.py"))
-        stub = await client.read_resource(stub_uri)
-        source = stub.contents[0].text
-        assert "def get_customer" in source and "customer_id" in source
-        index = await client.read_resource(next(u for u in sorted(stubs) if u.endswith("INDEX.md")))
-        assert "mailer" in index.contents[0].text and "send_email" in index.contents[0].text
-
-        with pytest.raises(MCPError) as missing:
-            await client.read_resource("veil://servers/servers/nope/none.py")
-        assert "veil://servers/servers/nope/none.py" in missing.value.message
 
 
 NO_CODE_FOR_SUPPORT = TEST_POLICY.format(scope="session").replace(

@@ -188,3 +188,38 @@ async def test_jwt_valid_and_expired(make_config, signing_key, tmp_path: Path) -
             assert (await carol.call_tool("crm__ping", {})).structured_content == {"ok": True}
         calls = events_since(gateway, start, "tool.call")
         assert [(r.principal, list(r.roles), r.tool) for r in calls] == [("carol", ["support"], "ping")]
+
+
+@pytest.mark.req("auth:http")
+async def test_an_mcp_session_presented_by_another_principal_is_refused(make_config, tmp_path: Path) -> None:
+    async with serving(make_config(auth={"required": True})) as (gateway, url):
+        _, bob = await gateway.in_thread(create_key, gateway.engine, "bob", ["support"])
+        _, eve = await gateway.in_thread(create_key, gateway.engine, "eve", ["support"])
+        headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+        async with httpx.AsyncClient(timeout=30) as http:
+
+            async def post(credential: str, message: dict[str, Any], session: str | None = None) -> httpx.Response:
+                extra = {"authorization": f"Bearer {credential}", "mcp-protocol-version": "2025-06-18"}
+                if session is not None:
+                    extra["mcp-session-id"] = session
+                return await http.post(url, json=message, headers={**headers, **extra})
+
+            opened = await post(bob, INITIALIZE)
+            assert opened.status_code == 200
+            session = opened.headers["mcp-session-id"]
+            await post(bob, {"jsonrpc": "2.0", "method": "notifications/initialized"}, session)
+            get = {"name": "crm__get_customer", "arguments": {"customer_id": "C0001"}}
+            as_bob = await post(bob, {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": get}, session)
+            assert '"result"' in as_bob.text and "[EMAIL_ADDRESS_1]" in as_bob.text
+
+            # Eve has a valid key but presents Bob's MCP session: she gets neither his tools nor his tokens.
+            mail = {"name": "mailer__send_email", "arguments": {"to": "[EMAIL_ADDRESS_1]", "subject": "s", "body": "b"}}
+            for n, (method, params) in enumerate([("tools/call", mail), ("tools/call", get), ("tools/list", {})]):
+                as_eve = await post(eve, {"jsonrpc": "2.0", "id": 10 + n, "method": method, "params": params}, session)
+                assert '"error"' in as_eve.text and "another principal" in as_eve.text, as_eve.text
+                assert '"result"' not in as_eve.text
+        principals = {s.principal.name for s in gateway.sessions.values()}
+    assert principals == {"bob"}
+    assert not (tmp_path / "outbox.jsonl").exists()
+    crm_calls = (tmp_path / "crm-calls.jsonl").read_text().splitlines()
+    assert len(crm_calls) == 1  # Bob's call only
