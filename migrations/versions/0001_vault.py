@@ -47,7 +47,8 @@ def upgrade() -> None:
         CREATE UNIQUE INDEX vault_entries_live_value ON vault_entries (scope, value_hmac) WHERE erased_at IS NULL;
         CREATE INDEX vault_entries_hmac ON vault_entries (value_hmac);
         CREATE INDEX vault_entries_numbering ON vault_entries (scope, entity_type, n);
-        CREATE INDEX vault_entries_expiry ON vault_entries (expires_at) WHERE expires_at IS NOT NULL AND erased_at IS NULL;
+        CREATE INDEX vault_entries_expiry ON vault_entries (expires_at)
+            WHERE expires_at IS NOT NULL AND erased_at IS NULL;
         """
     )
 
