@@ -193,6 +193,7 @@ async def test_jwt_valid_and_expired(make_config, signing_key, tmp_path: Path) -
 @pytest.mark.req("auth:http")
 async def test_an_mcp_session_presented_by_another_principal_is_refused(make_config, tmp_path: Path) -> None:
     async with serving(make_config(auth={"required": True})) as (gateway, url):
+        start = last_seq(gateway)
         _, bob = await gateway.in_thread(create_key, gateway.engine, "bob", ["support"])
         _, eve = await gateway.in_thread(create_key, gateway.engine, "eve", ["support"])
         headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
@@ -218,7 +219,11 @@ async def test_an_mcp_session_presented_by_another_principal_is_refused(make_con
                 as_eve = await post(eve, {"jsonrpc": "2.0", "id": 10 + n, "method": method, "params": params}, session)
                 assert '"error"' in as_eve.text and "another principal" in as_eve.text, as_eve.text
                 assert '"result"' not in as_eve.text
+                assert '"code":-32004' in as_eve.text.replace(" ", "")  # AuthError's code
         principals = {s.principal.name for s in gateway.sessions.values()}
+        refusals = events_since(gateway, start, "auth.failed")
+    assert [(r.principal, r.outcome) for r in refusals] == [("eve", "denied")] * 3
+    assert all("another principal" in r.detail["reason"] for r in refusals)
     assert principals == {"bob"}
     assert not (tmp_path / "outbox.jsonl").exists()
     crm_calls = (tmp_path / "crm-calls.jsonl").read_text().splitlines()

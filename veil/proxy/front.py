@@ -83,7 +83,10 @@ class Front:
         )
 
     async def _session(self, ctx: ServerRequestContext[Any, Any]) -> AgentSession:
-        session = await self._resolve(ctx)
+        try:
+            session = await self._resolve(ctx)
+        except VeilError as exc:  # e.g. AuthError: an MCP session id presented by another principal
+            raise _error(exc) from None
         session.front = FrontChannel(ctx.session, ctx.request_id)
         return session
 

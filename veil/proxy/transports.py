@@ -75,6 +75,16 @@ class HttpSessions:
             session = self._by_key.get(key)
             if session is not None and session.principal.name != principal.name:
                 # A session id presented by someone else: never hand over another principal's tokens.
+                await self.gw.record(
+                    ev.AuditEvent(
+                        kind=ev.AUTH_FAILED,
+                        outcome=ev.DENIED,
+                        principal=principal.name,
+                        roles=sorted(principal.roles),
+                        policy_version=self.gw.policy.version,
+                        detail={"reason": "MCP session of another principal", "path": request.url.path},
+                    )
+                )
                 raise AuthError("this MCP session belongs to another principal")
             if session is None or session.closed:
                 session = await self.gw.open_session(principal, session_id=None)
