@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import anyio
 import mcp_types as types
 import pytest
 import sqlalchemy as sa
@@ -98,6 +99,12 @@ async def test_no_raw_value_reaches_the_agent_on_any_vector(make_config, tmp_pat
         rec.add(await agent.list_resource_templates())
         rec.add(await agent.get_prompt("crm__draft_followup", {"customer_id": "C0008"}))
         rec.add(await agent.call_tool("search_tools", {"query": "customer", "detail": "full"}))
+        before = len(rec.seen)
+        await agent.call_tool("crm__notify_change", {})
+        with anyio.fail_after(10):  # the upstream announces it on its change stream; Veil relays it
+            while not any("notifications/tools/list_changed" in s for s in rec.seen[before:]):
+                await anyio.sleep(0.05)
+        assert "crm__crm_extra_report" in {t.name for t in (await agent.list_tools()).tools}
 
     everything = "\n".join(rec.seen)
     assert leaks(everything) == []

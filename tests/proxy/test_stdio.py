@@ -11,10 +11,10 @@ import anyio
 import pytest
 import sqlalchemy as sa
 import yaml
-from examples.crm_data import generate_customers
 from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters
 
+from examples.crm_data import generate_customers
 from veil import db
 from veil.tokenizer import TOKEN_RE
 
@@ -72,8 +72,7 @@ async def test_two_veil_processes_on_one_database_agree_on_tokens(make_config, t
     with engine.connect() as conn:
         dupes = conn.execute(
             sa.text(
-                "SELECT count(*) FROM (SELECT scope, value_hmac FROM vault_entries "
-                "GROUP BY 1, 2 HAVING count(*) > 1) d"
+                "SELECT count(*) FROM (SELECT scope, value_hmac FROM vault_entries GROUP BY 1, 2 HAVING count(*) > 1) d"
             )
         ).scalar()
     engine.dispose()

@@ -30,6 +30,8 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import event_to_notification
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from veil.config import HttpUpstream, StdioUpstream, UpstreamConfig
 from veil.errors import UpstreamError
@@ -119,7 +121,11 @@ class UpstreamConnection:
                 await stack.enter_async_context(client)
                 task_status.started(client)
                 started = True
-                await closed.wait()
+                async with anyio.create_task_group() as tg:
+                    if client.protocol_version in MODERN_PROTOCOL_VERSIONS:
+                        tg.start_soon(self._listen, client)
+                    await closed.wait()
+                    tg.cancel_scope.cancel()
         except Exception as exc:
             if not started:
                 raise
@@ -129,6 +135,18 @@ class UpstreamConnection:
             if self._closed is closed:
                 self._client = None
                 self._closed = None
+
+    async def _listen(self, client: Client) -> None:
+        """2026-07-28 upstreams announce list changes on a subscriptions/listen stream, not as
+        notifications: listen, and relay each event as the equivalent notification."""
+        try:
+            async with client.listen(
+                tools_list_changed=True, prompts_list_changed=True, resources_list_changed=True
+            ) as subscription:
+                async for event in subscription:
+                    await self._relay.on_notification(self.name, event_to_notification(event, {}))
+        except Exception as exc:  # no listen support, or the stream dropped: the calls still work
+            log.info("upstream '%s': no change notifications (%s)", self.name, type(exc).__name__)
 
     async def _transport(self, stack: AsyncExitStack) -> Any:
         cfg = self.config
