@@ -37,16 +37,18 @@ POLICY = textwrap.dedent(
         entities: [EMAIL_ADDRESS]
         to: ["mailer__send_email"]
         effect: {effect}
-    access:
+    access:{extra_access}
       - id: everyone
         tools: ["*"]
         effect: allow
     """
 )
-DENYING = POLICY.format(rule="no-mail-yet", effect="deny")
-ALLOWING = POLICY.format(rule="mail-now-allowed", effect="allow")
+NO_TICKETS = "\n  - id: no-tickets\n    tools: ['tickets__*']\n    effect: deny"
+DENYING = POLICY.format(rule="no-mail-yet", effect="deny", extra_access="")
+# The new version allows the e-mail and withdraws the tickets tools.
+ALLOWING = POLICY.format(rule="mail-now-allowed", effect="allow", extra_access=NO_TICKETS)
 # Fails to load: an unknown effect.
-BROKEN = POLICY.format(rule="broken", effect="perhaps")
+BROKEN = POLICY.format(rule="broken", effect="perhaps", extra_access="")
 
 
 def replace_atomically(path: Path, text: str) -> str:
@@ -75,13 +77,15 @@ def last_seq(gateway: Any) -> int:
 
 async def until(predicate: Any, what: str, *, timeout_s: float = 10.0) -> Any:
     """Poll ``predicate`` (bounded) until it returns something truthy."""
-    with anyio.fail_after(timeout_s):
-        while True:
-            value = await predicate()
-            if value:
-                return value
-            await anyio.sleep(0.05)
-    raise AssertionError(what)  # pragma: no cover - fail_after raises first
+    try:
+        with anyio.fail_after(timeout_s):
+            while True:
+                value = await predicate()
+                if value:
+                    return value
+                await anyio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"{what} within {timeout_s:g} s") from None
 
 
 @pytest.mark.req("policy:hot-reload")
@@ -96,6 +100,7 @@ async def test_policy_change_takes_effect_without_dropping_the_session(make_conf
         with pytest.raises(MCPError) as refused:
             await agent.call_tool("mailer__send_email", mail)
         assert "no-mail-yet" in refused.value.message
+        assert "tickets__create_ticket" in {t.name for t in (await agent.list_tools()).tools}
         (session_id,) = gateway.sessions
         start = last_seq(gateway)
 
@@ -134,6 +139,8 @@ async def test_policy_change_takes_effect_without_dropping_the_session(make_conf
         assert background["failed"] == 0 and background["ok"] > 0
         assert gateway.policy.version == new_version != old_version
         assert list(gateway.sessions) == [session_id]  # the same agent session throughout
+        names = {t.name for t in (await agent.list_tools()).tools}
+        assert "mailer__send_email" in names and not any(n.startswith("tickets__") for n in names)
         sent = outbox(tmp_path / "outbox.jsonl")
         assert [m["arguments"]["to"] for m in sent] == [CUSTOMERS[0]["email"]]
 
