@@ -30,7 +30,7 @@ CRM = ROOT / "examples" / "crm_server.py"
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def main(calls: int, database_url: str | None) -> None:
@@ -51,9 +51,10 @@ async def main(calls: int, database_url: str | None) -> None:
         env={**os.environ},
     )
     timings: dict[str, list[float]] = {"direct": [], "veil": []}
-    async with Client(direct_params, mode="legacy") as direct, Client(
-        veil_params, mode="legacy", read_timeout_seconds=120
-    ) as veil:
+    async with (
+        Client(direct_params, mode="legacy") as direct,
+        Client(veil_params, mode="legacy", read_timeout_seconds=120) as veil,
+    ):
         for _ in range(20):  # warm-up: connections, caches, the upstream behind Veil
             await direct.call_tool("ping", {})
             await veil.call_tool("crm__ping", {})
@@ -70,8 +71,10 @@ async def main(calls: int, database_url: str | None) -> None:
     print(f"{'path':<8}{'p50 ms':>10}{'p99 ms':>10}")
     for name, values in timings.items():
         print(f"{name:<8}{statistics.median(values):>10.2f}{pct(values, 99):>10.2f}")
-    print(f"added by Veil: p50 {v50 - d50:.2f} ms, p99 {pct(timings['veil'], 99) - pct(timings['direct'], 99):.2f} ms;"
-          f" ratio of medians {v50 / d50:.2f}x")
+    print(
+        f"added by Veil: p50 {v50 - d50:.2f} ms, p99 {pct(timings['veil'], 99) - pct(timings['direct'], 99):.2f} ms;"
+        f" ratio of medians {v50 / d50:.2f}x"
+    )
 
 
 if __name__ == "__main__":

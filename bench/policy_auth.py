@@ -13,6 +13,7 @@ is the median of 5 rounds, rounds alternating between configurations.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import sys
@@ -53,10 +54,10 @@ def _rules(with_when: bool) -> str:
     for i in range(19):
         lines.append(f"  - id: r{i}\n    entities: [PERSON]\n    to: ['x{i}__*']\n    effect: allow")
         if with_when:
-            lines.append("    when: '\"support\" in principal.roles && principal.tenant == \"acme\"'")
+            lines.append('    when: \'"support" in principal.roles && principal.tenant == "acme"\'')
     lines.append("  - id: last\n    entities: [EMAIL_ADDRESS]\n    to: [mailer__send_email]\n    effect: allow")
     if with_when:
-        lines.append("    when: '\"support\" in principal.roles && principal.tenant == \"acme\"'")
+        lines.append('    when: \'"support" in principal.roles && principal.tenant == "acme"\'')
     return "\n".join(lines) + "\n"
 
 
@@ -136,10 +137,8 @@ def bench_auth(url: str, tmp: Path) -> list[tuple[str, float]]:
 
 
 def _swallow(auth: Authenticator, header: str) -> None:
-    try:
+    with contextlib.suppress(Exception):
         auth.authenticate(header)
-    except Exception:
-        pass
 
 
 def main() -> int:

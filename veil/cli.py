@@ -56,6 +56,4 @@ class LazyGroup(click.Group):
 def main(verbose: int) -> None:
     """Veil: a privacy-preserving MCP gateway."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

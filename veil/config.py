@@ -209,9 +209,7 @@ def load_config(path: str | Path) -> VeilConfig:
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{path}:{exc.lineno}:{exc.colno}: config file is not valid JSON ({exc.msg})."
-        ) from None
+        raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: config file is not valid JSON ({exc.msg}).") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

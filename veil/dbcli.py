@@ -23,9 +23,7 @@ def db_group() -> None:
 
 
 @db_group.command("upgrade")
-@click.option(
-    "--config", "config", type=click.Path(dir_okay=False), help="veil.yaml to take database_url from."
-)
+@click.option("--config", "config", type=click.Path(dir_okay=False), help="veil.yaml to take database_url from.")
 @click.option("--database-url", envvar="VEIL_DATABASE_URL", help="PostgreSQL URL (overrides the config).")
 @click.option("--revision", default="head", show_default=True)
 def upgrade(config: str | None, database_url: str | None, revision: str) -> None:

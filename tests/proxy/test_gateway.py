@@ -211,14 +211,16 @@ async def test_unreachable_upstream_is_reported_and_others_keep_working(make_con
     config = make_config()
     upstreams = dict(config.upstreams)
     upstreams["ghost"] = upstreams["crm"].model_copy(update={"command": str(tmp_path / "missing-binary")})
-    async with serving(config.model_copy(update={"upstreams": upstreams})) as (_, url):
-        async with Client(url, mode="legacy") as agent:
-            names = {t.name for t in (await agent.list_tools()).tools}
-            assert "crm__ping" in names and not any(n.startswith("ghost__") for n in names)
-            with pytest.raises(MCPError) as down:
-                await agent.call_tool("ghost__ping", {})
-            assert "ghost" in down.value.message and "unreachable" in down.value.message
-            assert (await agent.call_tool("crm__ping", {})).structured_content == {"ok": True}
+    async with (
+        serving(config.model_copy(update={"upstreams": upstreams})) as (_, url),
+        Client(url, mode="legacy") as agent,
+    ):
+        names = {t.name for t in (await agent.list_tools()).tools}
+        assert "crm__ping" in names and not any(n.startswith("ghost__") for n in names)
+        with pytest.raises(MCPError) as down:
+            await agent.call_tool("ghost__ping", {})
+        assert "ghost" in down.value.message and "unreachable" in down.value.message
+        assert (await agent.call_tool("crm__ping", {})).structured_content == {"ok": True}
 
 
 async def test_upstream_that_dies_is_restarted_on_the_next_call(make_config) -> None:
