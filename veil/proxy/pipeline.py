@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -95,7 +96,16 @@ class Pipeline:
             if record.error is None:
                 record.fail(exc)
         except Exception as exc:  # a bug: audit it as an internal error, tell the agent nothing more
-            log.exception("internal error in the call pipeline for %s__%s", upstream, tool)
+            # Exception messages may quote data: log where it failed and the type, never the message.
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error(
+                "internal error in the call pipeline for %s__%s: %s at %s:%s",
+                upstream,
+                tool,
+                type(exc).__name__,
+                frame.filename,
+                frame.lineno,
+            )
             record.fail(VeilError(f"internal error in Veil while calling {upstream}__{tool}; see Veil's log"))
             del exc
         # Shielded: a caller cancelled mid-call (e.g. an execute_code timeout) must not skip the audit.
