@@ -16,6 +16,7 @@ match — which is what ``veil policy explain`` prints and what audit records on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -174,54 +175,40 @@ class Policy:
         where = f"{dest}:{arg_path}" if arg_path else dest
         etype = ref.entity_type
         sources = sorted(ref.sources)
-        steps: list[Step] = []
-        act: dict[str, Any] | None = None
-        for rule in self.flows:
-            if not trace and _flow_miss(rule, etype, sources, dest, arg_path, principal):
-                continue  # decide_flow: skip building reasons for rules that cannot match
-            why = None
+
+        def why_not(rule: Any) -> str | None:
             if rule.entities is not None and etype not in rule.entities:
-                why = f"entity type {etype} is not one of [{', '.join(sorted(rule.entities))}]"
-            elif rule.sources is not None and not any(rule.sources.matches(s) for s in sources):
-                why = f"value came from [{', '.join(sources) or 'nowhere known'}], not from [{rule.sources}]"
-            elif not rule.tools.matches(dest):
-                why = f"destination {dest} does not match [{rule.tools}]"
-            elif rule.args is not None and not rule.args.matches(arg_path):
-                why = f"argument '{arg_path}' does not match [{rule.args}]"
-            else:
-                why = _who(rule, principal)
-            if why is None and rule.when is not None:
-                if act is None:
-                    act = activation(
-                        principal_name=principal.name,
-                        roles=principal.roles,
-                        tenant=principal.tenant,
-                        upstream=upstream,
-                        tool=tool,
-                        now=now,
-                        arg=arg_path,
-                        token_type=etype,
-                        sources=sources,
-                    )
-                ok, text = _condition(rule, act)
-                if ok is None:
-                    steps.append(Step(rule.ref, True, f"{text}; a rule whose condition fails denies"))
-                    return Decision(
-                        False,
-                        rule.ref,
-                        f"rule {rule.ref} could not evaluate its condition ({text}), so the flow is denied",
-                    ), steps
-                if not ok:
-                    why = text
-            if why is not None:
-                steps.append(Step(rule.ref, False, why))
-                continue
-            verb = "allows" if rule.effect == "allow" else "denies"
-            reason = f"rule {rule.ref} {verb} {etype} to {where}"
-            if rule.description:
-                reason += f" ({rule.description})"
-            steps.append(Step(rule.ref, True, f"matches: {verb} {etype} to {where}"))
-            return Decision(rule.effect == "allow", rule.ref, reason), steps
+                return f"entity type {etype} is not one of [{', '.join(sorted(rule.entities))}]"
+            if rule.sources is not None and not any(rule.sources.matches(s) for s in sources):
+                return f"value came from [{', '.join(sources) or 'nowhere known'}], not from [{rule.sources}]"
+            if not rule.tools.matches(dest):
+                return f"destination {dest} does not match [{rule.tools}]"
+            if rule.args is not None and not rule.args.matches(arg_path):
+                return f"argument '{arg_path}' does not match [{rule.args}]"
+            return _who(rule, principal)
+
+        found, steps = _first_match(
+            self.flows,
+            trace=trace,
+            miss=lambda rule: _flow_miss(rule, etype, sources, dest, arg_path, principal),
+            why_not=why_not,
+            make_activation=lambda: activation(
+                principal_name=principal.name,
+                roles=principal.roles,
+                tenant=principal.tenant,
+                upstream=upstream,
+                tool=tool,
+                now=now,
+                arg=arg_path,
+                token_type=etype,
+                sources=sources,
+            ),
+            denied="the flow is denied",
+            subject=f"{etype} to {where}",
+            matched=f"{etype} to {where}",
+        )
+        if found is not None:
+            return found, steps
         if upstream in ref.sources:
             decision = Decision(
                 True, "default:same-upstream", f"no rule matched; {etype} goes back to {upstream}, where it came from"
@@ -257,43 +244,27 @@ class Policy:
                 True, "default:allow-all", "the policy has no access section: every principal may use every tool"
             )
             return decision, [Step(decision.rule, True, decision.reason)]
-        steps: list[Step] = []
-        act: dict[str, Any] | None = None
-        for rule in self.access:
-            if not trace and (not rule.tools.matches(dest) or _who_miss(rule, principal)):
-                continue
-            why = None if rule.tools.matches(dest) else f"tool {dest} does not match [{rule.tools}]"
-            if why is None:
-                why = _who(rule, principal)
-            if why is None and rule.when is not None:
-                if act is None:
-                    act = activation(
-                        principal_name=principal.name,
-                        roles=principal.roles,
-                        tenant=principal.tenant,
-                        upstream=upstream,
-                        tool=tool,
-                        now=now,
-                    )
-                ok, text = _condition(rule, act)
-                if ok is None:
-                    steps.append(Step(rule.ref, True, f"{text}; a rule whose condition fails denies"))
-                    return Decision(
-                        False,
-                        rule.ref,
-                        f"rule {rule.ref} could not evaluate its condition ({text}), so access is denied",
-                    ), steps
-                if not ok:
-                    why = text
-            if why is not None:
-                steps.append(Step(rule.ref, False, why))
-                continue
-            verb = "allows" if rule.effect == "allow" else "denies"
-            reason = f"rule {rule.ref} {verb} {principal.name} to use {dest}"
-            if rule.description:
-                reason += f" ({rule.description})"
-            steps.append(Step(rule.ref, True, f"matches: {verb} {dest}"))
-            return Decision(rule.effect == "allow", rule.ref, reason), steps
+        found, steps = _first_match(
+            self.access,
+            trace=trace,
+            miss=lambda rule: not rule.tools.matches(dest) or _who_miss(rule, principal),
+            why_not=lambda rule: (
+                _who(rule, principal) if rule.tools.matches(dest) else f"tool {dest} does not match [{rule.tools}]"
+            ),
+            make_activation=lambda: activation(
+                principal_name=principal.name,
+                roles=principal.roles,
+                tenant=principal.tenant,
+                upstream=upstream,
+                tool=tool,
+                now=now,
+            ),
+            denied="access is denied",
+            subject=f"{principal.name} to use {dest}",
+            matched=dest,
+        )
+        if found is not None:
+            return found, steps
         decision = Decision(
             False,
             "default:deny",
@@ -301,3 +272,48 @@ class Policy:
         )
         steps.append(Step(decision.rule, True, decision.reason))
         return decision, steps
+
+
+def _first_match(
+    rules: Any,
+    *,
+    trace: bool,
+    miss: Callable[[Any], bool],
+    why_not: Callable[[Any], str | None],
+    make_activation: Callable[[], dict[str, Any]],
+    denied: str,
+    subject: str,
+    matched: str,
+) -> tuple[Decision | None, list[Step]]:
+    """First-match-wins over ``rules``, shared by flows and access.
+
+    Without ``trace`` (the decide_* fast path) rules that cannot match are skipped before any
+    reason is built. A ``when:`` condition that cannot be evaluated denies (fail closed). Returns
+    the deciding rule's decision, or None when no rule matched, and the steps for ``explain``.
+    """
+    steps: list[Step] = []
+    act: dict[str, Any] | None = None
+    for rule in rules:
+        if not trace and miss(rule):
+            continue
+        why = why_not(rule)
+        if why is None and rule.when is not None:
+            if act is None:
+                act = make_activation()
+            ok, text = _condition(rule, act)
+            if ok is None:
+                steps.append(Step(rule.ref, True, f"{text}; a rule whose condition fails denies"))
+                reason = f"rule {rule.ref} could not evaluate its condition ({text}), so {denied}"
+                return Decision(False, rule.ref, reason), steps
+            if not ok:
+                why = text
+        if why is not None:
+            steps.append(Step(rule.ref, False, why))
+            continue
+        verb = "allows" if rule.effect == "allow" else "denies"
+        reason = f"rule {rule.ref} {verb} {subject}"
+        if rule.description:
+            reason += f" ({rule.description})"
+        steps.append(Step(rule.ref, True, f"matches: {verb} {matched}"))
+        return Decision(rule.effect == "allow", rule.ref, reason), steps
+    return None, steps
