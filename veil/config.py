@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from veil import yamlsafe
 from veil.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -201,13 +202,22 @@ def load_config(path: str | Path) -> VeilConfig:
     """Read a YAML or JSON config file; every failure names the file and what to do."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = yamlsafe.read_limited(path).decode("utf-8")
+        if path.suffix != ".json":
+            yamlsafe.check(text)  # alias bombs, deep nesting: refused before anything expands them
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found. Pass --config with an existing file.") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror}).") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: config file is not UTF-8 text.") from None
+    except yamlsafe.YamlLimitError as exc:
+        where = f"{path}:{exc.line}:{exc.column}" if exc.line else str(path)
+        raise ConfigError(f"{where}: config file refused: {exc.message}.") from None
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: config file nests too deeply.") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: config file is not valid JSON ({exc.msg}).") from None
     except yaml.YAMLError as exc:

@@ -15,6 +15,7 @@ from typing import Any
 
 import jsonschema
 
+from veil import yamlsafe
 from veil.errors import PolicyError
 from veil.policies.cel import Condition, ConditionError
 from veil.policies.matching import ArgSet, GlobSet
@@ -246,7 +247,9 @@ def read_document(path: str | Path) -> tuple[bytes, Located, str]:
     path = Path(path)
     file = str(path)
     try:
-        data = path.read_bytes()
+        data = yamlsafe.read_limited(path)
+    except yamlsafe.YamlLimitError as exc:
+        raise PolicyError(exc.message, file=file) from None
     except FileNotFoundError:
         raise PolicyError("policy file not found; check the 'policy' setting or the path given", file=file) from None
     except OSError as exc:
@@ -255,6 +258,10 @@ def read_document(path: str | Path) -> tuple[bytes, Located, str]:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise PolicyError("policy file is not UTF-8 text", file=file) from None
+    try:
+        yamlsafe.check(text)  # alias bombs, deep nesting: refused before anything expands them
+    except yamlsafe.YamlLimitError as exc:
+        raise PolicyError(exc.message, file=file, line=exc.line, column=exc.column) from None
     located = load_yaml(text, file)
     if not isinstance(located.data, dict):
         raise PolicyError(
