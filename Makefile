@@ -19,7 +19,13 @@ system-deps:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq firejail; }
 
+# execute_code (step 5) needs root, firejail and the sandbox user: installed here when run as root.
 demo: $(STAMP)
+	@if [ "$$(id -u)" = 0 ]; then \
+		$(MAKE) --no-print-directory system-deps && $(VENV)/bin/python -m veil.sandbox.setup; \
+	else \
+		echo "note: execute_code (step 5) needs root, firejail and the sandbox user; 'sudo make demo' installs them and runs the demo"; \
+	fi
 	$(VENV)/bin/veil demo
 
 test: $(STAMP) system-deps

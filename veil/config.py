@@ -27,9 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from veil import yamlsafe
 from veil.errors import ConfigError
+from veil.resources import shipped_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_POLICY = REPO_ROOT / "policies" / "default.yaml"
+DEFAULT_POLICY = shipped_file("policies", "default.yaml")  # package data in a wheel, see veil/resources.py
 UPSTREAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
@@ -120,6 +121,8 @@ class AuditConfig(_Strict):
     # Signed checkpoints over the chain head (Ed25519 key in DATA_DIR/audit_signing.key).
     checkpoint_every_events: int | None = 1000
     checkpoint_every_s: float | None = 900.0
+    # Signed checkpoints are also appended here, outside the database (default DATA_DIR/audit-checkpoints.jsonl).
+    checkpoint_file: Path | None = None
 
 
 class VeilConfig(_Strict):
@@ -127,6 +130,8 @@ class VeilConfig(_Strict):
 
     upstreams: dict[str, Annotated[UpstreamConfig, Field(union_mode="left_to_right")]] = {}
     database_url: str | None = None
+    # The schema owner, for migrations (docs/deployment.md); database_url is then the runtime role.
+    migration_database_url: str | None = None
     policy: Path = DEFAULT_POLICY
     data_dir: Path = Path(".veil")
     expose: Literal["direct", "code", "both"] = "both"
@@ -187,6 +192,10 @@ def parse_config(raw: Any, source: Path | None = None) -> VeilConfig:
         updates["data_dir"] = (base / config.data_dir).resolve()
     if config.key_file is not None and not config.key_file.is_absolute():
         updates["key_file"] = (base / config.key_file).resolve()
+    if config.audit.checkpoint_file is not None and not config.audit.checkpoint_file.is_absolute():
+        updates["audit"] = config.audit.model_copy(
+            update={"checkpoint_file": (base / config.audit.checkpoint_file).resolve()}
+        )
     upstreams = {}
     for name, up in config.upstreams.items():
         if isinstance(up, StdioUpstream) and up.cwd is not None and not up.cwd.is_absolute():

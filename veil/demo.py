@@ -9,18 +9,24 @@ their call logs), and the audit rows Veil wrote.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import click
 import sqlalchemy as sa
+import yaml
 
-from veil.config import REPO_ROOT, load_config
+from veil import db
+from veil.config import VeilConfig, load_config
+from veil.resources import shipped_file
 
-DEMO_CONFIG = REPO_ROOT / "examples" / "veil.yaml"
+DEMO_CONFIG = shipped_file("examples", "veil.yaml")
 WIDTH = 100
 
 
@@ -56,7 +62,9 @@ def _last_call(log: Path) -> dict[str, Any] | None:
     return json.loads(lines[-1]) if lines else None
 
 
-async def run_demo(config_path: Path) -> None:
+async def run_demo(config_path: Path, database_url: str) -> None:
+    """Drive the scripted session against a gateway serving ``config_path``; ``database_url`` is
+    where that gateway writes (read back for the audit table)."""
     from mcp.client.client import Client
     from mcp.client.stdio import StdioServerParameters
     from mcp.shared.exceptions import MCPError
@@ -71,10 +79,14 @@ async def run_demo(config_path: Path) -> None:
 
     click.secho("Veil demo: an agent works with a CRM through the gateway.", bold=True)
     click.echo(f"config: {config_path}   policy: {config.policy}   data: {data_dir}")
-    click.echo("Starting `veil serve` (embedded PostgreSQL on first run takes a few seconds)…")
+    click.echo("Starting `veil serve`…")
 
     params = StdioServerParameters(
-        command=sys.executable, args=["-m", "veil", "serve", "--config", str(config_path)], env=None
+        # Veil's own environment (the SDK's default passes only a few variables, dropping e.g.
+        # PYTHONPATH, so a source checkout would serve another installed copy).
+        command=sys.executable,
+        args=["-m", "veil", "serve", "--config", str(config_path)],
+        env=dict(os.environ),
     )
     async with Client(params, mode="legacy", read_timeout_seconds=120) as agent:
         tools = await agent.list_tools()
@@ -128,7 +140,7 @@ async def run_demo(config_path: Path) -> None:
             "5. execute_code: 400 records filtered in the sandbox, only the answer returns", code + "\n\n" + code_view
         )
 
-    engine = sa.create_engine(_database_url(config))
+    engine = sa.create_engine(db.normalise_url(database_url))
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
@@ -145,7 +157,7 @@ async def run_demo(config_path: Path) -> None:
         )
     _show("6. Audit rows written (no raw values: tokens, digests, counts, rules)", "\n".join(table))
     click.echo(
-        "\nNext: `veil serve --config examples/veil.yaml` for a real agent, `veil report` for compliance, "
+        f"\nNext: `veil serve --config {config_path}` for a real agent, `veil report` for compliance, "
         "`veil audit verify` to check the chain."
     )
 
@@ -160,10 +172,49 @@ def _call_log(upstream: Any) -> Path | None:
     return None
 
 
-def _database_url(config: Any) -> str:
-    from veil import db
+def effective_config(
+    config_path: Path | None, data_dir: Path | None, database_url: str | None
+) -> tuple[VeilConfig, dict[str, Any]]:
+    """The config the demo serves: ``config_path`` (default: the bundled one) with the data
+    directory and database URL overridden, and the demo upstreams' call logs moved into the
+    data directory whenever the data directory moves."""
+    bundled = config_path is None
+    config = load_config(config_path or DEMO_CONFIG)
+    if bundled and data_dir is None:
+        data_dir = Path(".veil")
+    raw = config.model_dump(mode="json", exclude={"source"})
+    if data_dir is not None:
+        data_dir = data_dir.resolve()
+        raw["data_dir"] = str(data_dir)
+        for upstream in raw["upstreams"].values():
+            env = upstream.get("env") or {}
+            for key, value in env.items():
+                if key.endswith(("_LOG", "_OUTBOX")):
+                    env[key] = str(data_dir / Path(value).name)
+    if database_url:
+        raw["database_url"] = database_url
+    return config, raw
 
-    return db.normalise_url(db.resolve_url(config.database_url, config.data_dir))
+
+@contextmanager
+def demo_database(raw: dict[str, Any]) -> Iterator[str]:
+    """The URL the demo uses; an embedded server the demo had to start is stopped on the way out."""
+    if raw.get("database_url"):
+        yield raw["database_url"]
+        return
+    data_dir = Path(raw["data_dir"])
+    was_running = db.embedded_status(data_dir).running
+    click.echo(f"Starting the embedded PostgreSQL in {data_dir / 'pg'} (the first run takes a few seconds)…")
+    url = db.start_embedded(data_dir)
+    try:
+        yield url
+    finally:
+        if was_running:
+            click.echo(
+                f"\nThe embedded PostgreSQL was already running: left running (`veil db stop --data-dir {data_dir}`)."
+            )
+        elif db.stop_embedded(data_dir):
+            click.echo("\nStopped the embedded PostgreSQL the demo started.")
 
 
 @click.command("demo")
@@ -171,10 +222,27 @@ def _database_url(config: Any) -> str:
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=DEMO_CONFIG,
-    show_default=True,
-    help="Gateway config with the demo upstreams.",
+    help="Gateway config with the demo upstreams [default: the bundled examples/veil.yaml].",
 )
-def demo(config_path: Path) -> None:
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the demo keeps its keys, call logs and embedded database [default: ./.veil with the "
+    "bundled config, else the config's data_dir].",
+)
+@click.option(
+    "--database-url",
+    envvar="VEIL_DATABASE_URL",
+    help="PostgreSQL to use instead of the embedded server (overrides the config).",
+)
+def demo(config_path: Path | None, data_dir: Path | None, database_url: str | None) -> None:
     """Run a scripted agent session against the demo CRM and show what each side saw."""
-    anyio.run(run_demo, config_path.resolve())
+    _, raw = effective_config(config_path, data_dir, database_url)
+    target = Path(raw["data_dir"])
+    target.mkdir(parents=True, exist_ok=True)
+    # Without database_url the gateway attaches to the embedded server started below (same data_dir),
+    # and the written config stays usable after the demo: `veil serve --config` starts it again.
+    effective = target / "demo.veil.yaml"
+    effective.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    with demo_database(raw) as url:
+        anyio.run(run_demo, effective, url)

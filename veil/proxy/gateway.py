@@ -60,7 +60,7 @@ class Gateway:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.database_url = await anyio.to_thread.run_sync(db.resolve_url, cfg.database_url, cfg.data_dir)
-        await anyio.to_thread.run_sync(db.upgrade, self.database_url)
+        await anyio.to_thread.run_sync(db.prepare_schema, self.database_url, cfg.migration_database_url)
         self.engine = await anyio.to_thread.run_sync(db.create_engine, self.database_url)
         self._stack.callback(self.engine.dispose)
 
