@@ -32,10 +32,19 @@ from veil.resources import shipped_file
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_POLICY = shipped_file("policies", "default.yaml")  # package data in a wheel, see veil/resources.py
 UPSTREAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+# What an upstream's tool and prompt names are prefixed with. MCP tool names are letters, digits
+# and ``_-.``; the prefix is part of such a name, so it uses the same characters (or is empty).
+TOOL_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_prefix(prefix: str | None) -> str | None:
+    if prefix is not None and not TOOL_PREFIX.match(prefix):
+        raise ValueError("a prefix is at most 64 letters, digits, '_', '-' or '.' (or empty)")
+    return prefix
 
 
 class StdioUpstream(_Strict):
@@ -45,6 +54,12 @@ class StdioUpstream(_Strict):
     args: list[str] = []
     env: dict[str, str] = {}
     cwd: Path | None = None
+    prefix: str | None = None  # None: ``NAME__``; see VeilConfig.prefix
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_chars(cls, prefix: str | None) -> str | None:
+        return _check_prefix(prefix)
 
 
 class HttpUpstream(_Strict):
@@ -52,6 +67,12 @@ class HttpUpstream(_Strict):
 
     url: str
     headers: dict[str, str] = {}
+    prefix: str | None = None  # None: ``NAME__``; see VeilConfig.prefix
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_chars(cls, prefix: str | None) -> str | None:
+        return _check_prefix(prefix)
 
     @field_validator("url")
     @classmethod
@@ -153,7 +174,30 @@ class VeilConfig(_Strict):
                     f"upstream name {name!r} must be lowercase letters, digits and '_' "
                     "(it becomes a tool prefix NAME__TOOL and a Python module name)"
                 )
+        # Two upstreams with one prefix would make every shared tool name ambiguous: refused here.
+        # Prefixes that merely overlap ("" and "crm__") are allowed; a tool name that really
+        # collides is refused when the tools are listed (veil.proxy.catalogue).
+        seen: dict[str, str] = {}
+        for name, upstream in upstreams.items():
+            prefix = f"{name}__" if upstream.prefix is None else upstream.prefix
+            if prefix in seen:
+                raise ValueError(
+                    f"upstreams '{seen[prefix]}' and '{name}' both use the tool prefix {prefix!r}; "
+                    "give one of them another 'prefix' (the empty prefix can serve one upstream only)"
+                )
+            seen[prefix] = name
         return upstreams
+
+    def prefix(self, upstream: str) -> str:
+        """What the agent sees before this upstream's tool and prompt names: the upstream's
+        ``prefix`` field, by default ``NAME__``. Policies always name tools ``NAME__TOOL`` whatever
+        the prefix, so renaming what agents see never changes what a rule matches."""
+        prefix = self.upstreams[upstream].prefix
+        return f"{upstream}__" if prefix is None else prefix
+
+    def prefixes(self) -> dict[str, str]:
+        """Every upstream's prefix, by upstream name."""
+        return {name: self.prefix(name) for name in self.upstreams}
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -172,7 +216,7 @@ def parse_config(raw: Any, source: Path | None = None) -> VeilConfig:
             raise ConfigError(f"{where}: give either 'upstreams' or 'mcpServers', not both")
         servers = raw.pop("mcpServers") or {}
         raw["upstreams"] = {
-            name: {k: v for k, v in entry.items() if k in {"command", "args", "env", "cwd", "url", "headers"}}
+            name: {k: v for k, v in entry.items() if k in {"command", "args", "env", "cwd", "url", "headers", "prefix"}}
             for name, entry in servers.items()
             if isinstance(entry, dict)
         }

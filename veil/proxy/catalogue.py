@@ -1,49 +1,191 @@
 """The tool catalogue: upstream tools under gateway names, and ``search_tools``.
 
-Upstream tools are exposed as ``NAME__TOOL`` (two underscores) so an agent sees one server and
-every name says which system it reaches. ``search_tools`` lets an agent discover tools
-progressively instead of loading every schema up front.
+Upstream tools (and prompts) are exposed under their upstream's prefix, by default ``NAME__``
+(two underscores), so an agent sees one server and every name says which system it reaches. A
+per-upstream ``prefix`` in the config changes that; an empty prefix lets an unmodified client
+or test suite that expects an upstream's own names work. Prefixes are distinct (config
+validation), but one may start another (``""`` and ``crm__``): a name then may mean more than one
+upstream's tool, and is resolved by asking which of those upstreams has it. A name two upstreams
+really both have is a collision: refused when the gateway starts (``check_names``), and left out
+of listings and refused by name in a session (an upstream may add tools later).
+
+Policies always name tools ``NAME__TOOL``, whatever the prefix: renaming what agents see never
+changes what a rule matches.
+
+``search_tools`` lets an agent discover tools progressively instead of loading every schema up
+front.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
+import anyio
 import mcp_types as types
+from anyio.abc import TaskGroup
+from mcp.shared.exceptions import MCPError
 
-from veil.errors import ToolNotFound
+from veil.errors import ConfigError, ToolNotFound, VeilError
+
+log = logging.getLogger(__name__)
 
 SEPARATOR = "__"
 Detail = Literal["name", "summary", "full"]
+# Veil's own tools: no upstream tool may be listed under these names.
+RESERVED = frozenset({"search_tools", "execute_code"})
 
 
 @dataclass(frozen=True)
 class CatalogueEntry:
     upstream: str
     tool: types.Tool  # the upstream's definition (descriptions already tokenised)
+    prefix: str | None = None  # what the agent sees before the tool's name; None: ``NAME__``
 
     @property
     def name(self) -> str:
-        return gateway_name(self.upstream, self.tool.name)
+        return gateway_name(self.upstream, self.tool.name, self.prefix)
 
 
-def gateway_name(upstream: str, tool: str) -> str:
-    return f"{upstream}{SEPARATOR}{tool}"
+def gateway_name(upstream: str, tool: str, prefix: str | None = None) -> str:
+    """The name an agent sees: the upstream's prefix (default ``NAME__``) and the tool's own name."""
+    return (f"{upstream}{SEPARATOR}" if prefix is None else prefix) + tool
 
 
-def split_name(name: str, upstreams: set[str] | frozenset[str]) -> tuple[str, str]:
-    """``crm__find_customers`` -> (``crm``, ``find_customers``), or ToolNotFound naming the tool."""
-    upstream, sep, tool = name.partition(SEPARATOR)
-    if not sep or not tool:
+def candidates(name: str, prefixes: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Every (upstream, tool) a gateway name could mean, the longest matching prefix first."""
+    found = [(up, name[len(p) :]) for up, p in prefixes.items() if name.startswith(p) and len(name) > len(p)]
+    found.sort(key=lambda option: -len(prefixes[option[0]]))
+    return found
+
+
+async def resolve(
+    name: str, prefixes: Mapping[str, str], has: Callable[[str, str], Awaitable[bool]], *, kind: str = "tool"
+) -> tuple[str, str]:
+    """The (upstream, name) a gateway name means, or ToolNotFound naming the name and the fix.
+
+    ``has(upstream, name)`` is asked only when prefixes overlap; an upstream that cannot be asked
+    does not count. Two upstreams that both have the name: refused, naming both (never guessed).
+    """
+    options = candidates(name, prefixes)
+    if not options:
+        shown = ", ".join(repr(p) for p in prefixes.values()) or "none: no upstream is configured"
         raise ToolNotFound(
-            f"unknown tool '{name}': gateway tools are named UPSTREAM__TOOL "
-            "(use search_tools or tools/list to see them)"
+            f"unknown {kind} '{name}': gateway {kind}s start with an upstream's prefix ({shown}); "
+            f"use {'search_tools or tools/list' if kind == 'tool' else 'prompts/list'} to see them"
         )
-    if upstream not in upstreams:
-        raise ToolNotFound(f"unknown tool '{name}': no upstream named '{upstream}' is configured")
-    return upstream, tool
+    if len(options) == 1:
+        return options[0]
+    found = []
+    for upstream, own in options:
+        try:
+            if await has(upstream, own):
+                found.append((upstream, own))
+        except (VeilError, MCPError):  # cannot be asked: does not count
+            continue
+    if len(found) > 1:
+        raise ToolNotFound(collision_message(name, found, kind))
+    if not found:
+        raise ToolNotFound(
+            f"unknown {kind} '{name}': none of the upstreams "
+            f"{', '.join(repr(up) for up, _ in options)} whose prefix it starts with has it"
+        )
+    return found[0]
+
+
+def collision_message(name: str, owners: list[tuple[str, str]], kind: str = "tool") -> str:
+    owned = " and ".join(f"upstream '{up}' ({kind} '{own}')" for up, own in owners)
+    return (
+        f"{kind} name '{name}' is ambiguous: {owned} both appear under it. "
+        f"Give one of these upstreams another 'prefix' in the config."
+    )
+
+
+def visible(entries: list[CatalogueEntry]) -> tuple[list[CatalogueEntry], dict[str, str]]:
+    """The entries an agent may see, without names that collide (with each other or Veil's own
+    tools); each collision is reported under the name, naming both upstreams."""
+    by_name: dict[str, list[CatalogueEntry]] = {}
+    for entry in entries:
+        by_name.setdefault(entry.name, []).append(entry)
+    shown: list[CatalogueEntry] = []
+    problems: dict[str, str] = {}
+    for name, same in by_name.items():
+        if name in RESERVED:
+            problems[name] = (
+                f"upstream '{same[0].upstream}' has a tool '{same[0].tool.name}' listed as '{name}', "
+                "which is Veil's own tool; give the upstream a 'prefix' in the config"
+            )
+        elif len(same) > 1:
+            problems[name] = collision_message(name, [(e.upstream, e.tool.name) for e in same])
+        else:
+            shown.append(same[0])
+    return shown, problems
+
+
+def overlapping(prefixes: Mapping[str, str]) -> set[str]:
+    """Upstreams whose names may collide: one's prefix starts another's (or a reserved name)."""
+    out: set[str] = set()
+    for a, pa in prefixes.items():
+        if any(reserved.startswith(pa) for reserved in RESERVED):
+            out.add(a)
+        for b, pb in prefixes.items():
+            if a != b and pb.startswith(pa):
+                out.update((a, b))
+    return out
+
+
+class _Mute:
+    """The relay of a start-up probe: no agent is there to receive anything."""
+
+    async def on_log(self, upstream: str, params: Any) -> None:
+        return None
+
+    async def on_notification(self, upstream: str, notification: Any) -> None:
+        return None
+
+    async def on_sampling(self, upstream: str, params: Any) -> types.ErrorData:
+        return types.ErrorData(code=types.METHOD_NOT_FOUND, message="veil is checking tool names at start-up")
+
+    async def on_elicitation(self, upstream: str, params: Any) -> types.ErrorData:
+        return types.ErrorData(code=types.METHOD_NOT_FOUND, message="veil is checking tool names at start-up")
+
+
+async def check_names(
+    upstreams: Mapping[str, Any], prefixes: Mapping[str, str], task_group: TaskGroup, *, log_dir: Path, timeout_s: float
+) -> None:
+    """At start: list the tools of upstreams whose prefixes overlap; a name two of them (or one of
+    them and Veil) would share stops start-up with a ConfigError naming both and the tool.
+
+    Only names are compared (they are the upstreams' interface, not data). An upstream that
+    cannot be reached now is skipped with a warning; sessions refuse collisions by name later.
+    """
+    from veil.proxy.upstreams import UpstreamConnection
+
+    names = overlapping(prefixes)
+    if not names:
+        return
+    entries: list[CatalogueEntry] = []
+    for upstream in sorted(names):
+        conn = UpstreamConnection(
+            upstream, upstreams[upstream], _Mute(), task_group, log_dir=log_dir, timeout_s=timeout_s
+        )
+        try:
+            listed = await conn.request("tools/list", lambda c: c.list_tools())
+            entries.extend(CatalogueEntry(upstream, tool, prefixes[upstream]) for tool in listed.tools)
+        except Exception as exc:  # unreachable now: sessions still refuse collisions by name
+            log.warning(
+                "upstream '%s' could not be asked for its tool names at start (%s)", upstream, type(exc).__name__
+            )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await conn.aclose()
+    _, problems = visible(entries)
+    if problems:
+        raise ConfigError("; ".join(problems[name] for name in sorted(problems)))
 
 
 def _words(text: str) -> set[str]:

@@ -103,6 +103,7 @@ class Front:
         problems: dict[str, str] = {}
         if self.gw.config.expose in ("direct", "both"):
             entries, problems = await session.catalogue()
+            entries, _collisions = cat.visible(entries)
             for entry in entries:
                 if self.gw.policy.decide_access(session.principal, entry.upstream, entry.tool.name).allowed:
                     tools.append(entry.tool.model_copy(update={"name": entry.name}))
@@ -125,7 +126,7 @@ class Front:
                 return await self._search_tools(session, args)
             if name == "execute_code" and self._code_mode():
                 return await self._execute_code(session, args)
-            upstream, tool = cat.split_name(name, frozenset(self.gw.config.upstreams))
+            upstream, tool = await cat.resolve(name, self.gw.config.prefixes(), session.has_tool)
             progress = _progress_relay(ctx)
             return await self.gw.pipeline.call_tool(session, upstream, tool, args, progress=progress)
         except VeilError as exc:
@@ -140,6 +141,8 @@ class Front:
                 "search_tools takes query (string), detail ('name' | 'summary' | 'full') and limit (integer)"
             )
         entries, problems = await session.catalogue()
+        entries, collisions = cat.visible(entries)
+        problems.update(collisions)
         allowed = [
             e for e in entries if self.gw.policy.decide_access(session.principal, e.upstream, e.tool.name).allowed
         ]
@@ -263,7 +266,10 @@ class Front:
             except (VeilError, MCPError):
                 continue
             tokenised, _ = await self.gw.pipeline.tokenize_model(session, listed, upstream, keep=LISTING_KEYS)
-            prompts.extend(p.model_copy(update={"name": cat.gateway_name(upstream, p.name)}) for p in tokenised.prompts)
+            prefix = self.gw.config.prefix(upstream)
+            prompts.extend(
+                p.model_copy(update={"name": cat.gateway_name(upstream, p.name, prefix)}) for p in tokenised.prompts
+            )
         return types.ListPromptsResult(prompts=prompts)
 
     async def get_prompt(
@@ -272,7 +278,9 @@ class Front:
         session = await self._session(ctx)
         started = time.perf_counter()
         try:
-            upstream, prompt = cat.split_name(params.name, frozenset(self.gw.config.upstreams))
+            upstream, prompt = await cat.resolve(
+                params.name, self.gw.config.prefixes(), session.has_prompt, kind="prompt"
+            )
             access = self.gw.policy.decide_access(session.principal, upstream, prompt)
             if not access.allowed:
                 raise AccessDenied(

@@ -127,7 +127,8 @@ class AgentSession:
                 conn = await self.connection(upstream)
                 listed = await conn.request("tools/list", lambda c: c.list_tools())
                 tokenised, _ = await self.gw.pipeline.tokenize_model(self, listed, upstream, keep=LISTING_KEYS)
-                self._tools[upstream] = [CatalogueEntry(upstream, tool) for tool in tokenised.tools]
+                prefix = self.gw.config.prefix(upstream)
+                self._tools[upstream] = [CatalogueEntry(upstream, tool, prefix) for tool in tokenised.tools]
             return self._tools[upstream]
 
     async def catalogue(self) -> tuple[list[CatalogueEntry], dict[str, str]]:
@@ -141,13 +142,23 @@ class AgentSession:
                 problems[name] = exc.message
         return entries, problems
 
+    async def has_tool(self, upstream: str, tool: str) -> bool:
+        """Whether the upstream lists this tool (asked when tool prefixes overlap)."""
+        return any(entry.tool.name == tool for entry in await self.upstream_tools(upstream))
+
+    async def has_prompt(self, upstream: str, prompt: str) -> bool:
+        """Whether the upstream lists this prompt (asked when prefixes overlap)."""
+        conn = await self.connection(upstream)
+        listed = await conn.request("prompts/list", lambda c: c.list_prompts())
+        return any(p.name == prompt for p in listed.prompts)
+
     async def find_tool(self, upstream: str, tool: str) -> CatalogueEntry:
         for entry in await self.upstream_tools(upstream):
             if entry.tool.name == tool:
                 return entry
+        shown = gateway_name(upstream, tool, self.gw.config.prefix(upstream))
         raise ToolNotFound(
-            f"unknown tool '{gateway_name(upstream, tool)}': upstream '{upstream}' has no tool '{tool}' "
-            "(use search_tools to find tools)"
+            f"unknown tool '{shown}': upstream '{upstream}' has no tool '{tool}' (use search_tools to find tools)"
         )
 
     async def aclose(self) -> None:
