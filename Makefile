@@ -1,6 +1,7 @@
 # Two commands work on a fresh clone (see README):
 #   make demo   install into .venv, then run `veil demo` on the embedded PostgreSQL
 #   make test   install into .venv (and firejail), then run the whole test suite
+#               (PYTEST_ARGS=tests/conformance runs a part of it)
 PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed
@@ -30,7 +31,7 @@ demo: $(STAMP)
 
 test: $(STAMP) system-deps
 	$(VENV)/bin/python -m veil.sandbox.setup
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check veil tests migrations examples bench
