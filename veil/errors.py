@@ -8,6 +8,7 @@
     ├── AccessDenied               the principal may not use this tool
     ├── FlowDenied                 policy forbids a real value reaching this destination
     ├── TokenError                 a token is unknown to the scope, expired or erased
+    │   └── SubstitutionRefused    a token stands where its value cannot be written safely
     ├── UpstreamError              an upstream server failed, died or is unreachable
     ├── ToolNotFound               the agent named a tool that does not exist
     ├── InvalidArguments           arguments do not match the tool's schema
@@ -90,6 +91,16 @@ class FlowDenied(VeilError):
 
 class TokenError(VeilError):
     code = -32007
+
+
+class SubstitutionRefused(TokenError):
+    """A token stands where its value cannot be written safely (outside a SQL literal, in a shell
+    comment, ...): the call is refused and audited as denied. Names the argument and token only."""
+
+    def __init__(self, message: str, *, token: str, argument: str) -> None:
+        super().__init__(message)
+        self.token = token
+        self.argument = argument
 
 
 class UpstreamError(VeilError):

@@ -240,4 +240,13 @@ def test_schema_command_prints_the_schema():
     assert result.exit_code == 0
     schema = json.loads(result.output)
     assert schema["title"] == "Veil policy document"
-    assert set(schema["properties"]) == {"metadata", "detection", "tokens", "flows", "access", "sandbox", "audit"}
+    assert set(schema["properties"]) == {
+        "metadata",
+        "detection",
+        "tokens",
+        "flows",
+        "access",
+        "substitution",
+        "sandbox",
+        "audit",
+    }

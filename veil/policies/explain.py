@@ -7,6 +7,7 @@ document order, each with MATCH or "no" and the reason.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -83,7 +84,31 @@ def explain_call(
         lines += ["", f"token {token} ({etype} from {src}) in argument '{path}':"]
         lines += _steps(fsteps)
         lines.append(f"  => {_verdict(flow)}")
+        lines += _substitution(policy, name, upstream, tool, args, token, path)
     return "\n".join(lines) + "\n"
+
+
+def _substitution(policy: Policy, name: str, upstream: str, tool: str, args: Any, token: str, path: str) -> list[str]:
+    """How the value would be written (shown only for sql, json and shell arguments)."""
+    from veil.errors import SubstitutionRefused
+    from veil.tokenizer.substitute import Where, plan
+
+    context, rule = policy.substitute_context(upstream, tool, path)
+    if context == "raw":
+        return []
+    text: Any = args
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        if part.startswith("[") and isinstance(text, list) and int(part[1:-1]) < len(text):
+            text = text[int(part[1:-1])]
+        else:
+            text = text.get(part) if isinstance(text, dict) else None
+    out = [f"  written as {context} ({rule})"]
+    if isinstance(text, str):
+        try:
+            plan(text, context, Where(name, f"$.{path}"))
+        except SubstitutionRefused as exc:
+            out.append(f"  => REFUSED: {exc.message}")
+    return out
 
 
 def explain_detection(policy: Policy, detector: Any, value: Any) -> str:

@@ -132,7 +132,7 @@ def _compile_conditions(doc: dict[str, Any], located: Located, file: str) -> tup
 
 
 def _duplicate_ids(doc: dict[str, Any], located: Located, file: str) -> Iterable[Problem]:
-    for section in ("flows", "access"):
+    for section in ("flows", "access", "substitution"):
         seen: dict[str, int] = {}
         for i, rule in enumerate(doc.get(section) or []):
             rid = rule["id"]
@@ -147,9 +147,11 @@ def _covers(earlier: dict[str, Any], later: dict[str, Any], section: str) -> boo
     """True when ``earlier`` (unconditional) matches everything ``later`` can match."""
     if "when" in earlier:
         return False
-    tools_key = "to" if section == "flows" else "tools"
+    tools_key = "tools" if section == "access" else "to"
     if not GlobSet(earlier[tools_key]).covers(GlobSet(later[tools_key])):
         return False
+    if section == "substitution":
+        return ArgSet(earlier["args"]).covers(ArgSet(later["args"]))
     for key in ("principals", "from"):
         if key in earlier and (key not in later or not GlobSet(earlier[key]).covers(GlobSet(later[key]))):
             return False
@@ -167,7 +169,7 @@ def _covers(earlier: dict[str, Any], later: dict[str, Any], section: str) -> boo
 
 
 def _shadowing(doc: dict[str, Any], located: Located, file: str) -> Iterable[Problem]:
-    for section in ("flows", "access"):
+    for section in ("flows", "access", "substitution"):
         rules = doc.get(section) or []
         for j, later in enumerate(rules):
             for i in range(j):
@@ -186,7 +188,7 @@ def _shadowing(doc: dict[str, Any], located: Located, file: str) -> Iterable[Pro
 def _destination_checks(
     doc: dict[str, Any], located: Located, file: str, tools: list[str] | None, upstreams: list[str] | None
 ) -> Iterable[Problem]:
-    for section, key in (("flows", "to"), ("access", "tools")):
+    for section, key in (("flows", "to"), ("access", "tools"), ("substitution", "to")):
         for i, rule in enumerate(doc.get(section) or []):
             for j, glob in enumerate(rule[key]):
                 path = (section, i, key, j)

@@ -21,6 +21,7 @@ from veil.policies.cel import Condition, ConditionError
 from veil.policies.matching import ArgSet, GlobSet
 from veil.policies.model import FlowRule, Policy, Rule
 from veil.policies.schema import POLICY_SCHEMA
+from veil.policies.substitution import SubstitutionRule
 from veil.policies.yamlmarks import Located, load_yaml
 from veil.tokenizer.settings import CustomPattern, DenyList, DetectionSettings, TokenSettings
 
@@ -226,6 +227,18 @@ def build_policy(located: Located, file: str, digest: str, path: Path) -> Policy
             )
             for i, r in enumerate(doc["access"] or [])
         ]
+    substitution = [
+        SubstitutionRule(
+            index=i,
+            id=r["id"],
+            tools=GlobSet(r["to"]),
+            args=ArgSet(r["args"]),
+            context=r["substitute"],
+            description=r.get("description"),
+            line=located.at(("substitution", i))[0],
+        )
+        for i, r in enumerate(doc.get("substitution") or [])
+    ]
     audit = {"retention_months": None, "record": [], **doc.get("audit", {})}
     metadata = {"purposes": [], **doc.get("metadata", {})}
     return Policy(
@@ -239,6 +252,7 @@ def build_policy(located: Located, file: str, digest: str, path: Path) -> Policy
         flows=flows,
         access=access,
         raw=doc,
+        substitution=substitution,
     )
 
 

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from veil.policies.cel import Condition, ConditionError, activation
 from veil.policies.matching import ArgSet, GlobSet, normalise_arg_path
+from veil.policies.substitution import SubstitutionRule, substitution_context
 from veil.tokenizer.settings import DetectionSettings, TokenSettings
 
 EXECUTE_UPSTREAM = "veil"
@@ -138,10 +139,16 @@ class Policy:
     flows: list[FlowRule]
     access: list[Rule] | None  # None: no access section (everyone may do everything)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    substitution: list[SubstitutionRule] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         return str(self.metadata.get("name", self.path.stem))
+
+    def substitute_context(self, upstream: str, tool: str, arg_path: str) -> tuple[str, str]:
+        """How real values are written into ``arg_path`` of ``upstream__tool`` (``sql``, ``json``,
+        ``shell``, ``raw``) and the rule that says so (``substitution[N]:ID`` or ``default:…``)."""
+        return substitution_context(self.substitution, upstream, tool, arg_path)
 
     # -- flows ---------------------------------------------------------------------------------
 

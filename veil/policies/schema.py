@@ -98,6 +98,24 @@ _ACCESS_RULE = {
     },
 }
 
+_SUBSTITUTION_RULE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["id", "to", "args", "substitute"],
+    "properties": {
+        "id": RULE_ID,
+        "description": {"type": "string"},
+        "to": {**GLOBS, "description": "Globs on the destination tool, written UPSTREAM__TOOL."},
+        "args": {**GLOBS, "description": "Argument paths such as 'sql', 'query', 'payload.filter'."},
+        "substitute": {
+            "type": "string",
+            "enum": ["sql", "json", "shell", "raw"],
+            "description": "How real values are written into the argument: escaped for a PostgreSQL string "
+            "literal, as JSON strings, quoted for a shell, or verbatim.",
+        },
+    },
+}
+
 POLICY_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": SCHEMA_ID,
@@ -156,6 +174,12 @@ POLICY_SCHEMA: dict[str, Any] = {
         },
         "flows": {"type": "array", "items": _FLOW_RULE},
         "access": {"type": "array", "items": _ACCESS_RULE},
+        "substitution": {
+            "type": "array",
+            "items": _SUBSTITUTION_RULE,
+            "description": "How values are written into tool arguments; default: sql for arguments named "
+            "sql, query or statement, raw for the rest.",
+        },
         "sandbox": {
             "type": "object",
             "additionalProperties": False,

@@ -11,6 +11,7 @@ fails closed: the agent gets an error, never an unaudited result.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import traceback
@@ -158,7 +159,10 @@ class Pipeline:
             decisions[ref.token] = (d.rule, path)
 
         try:
-            untok = await self.gw.in_thread(self.gw.tokenizer.untokenize, arguments, session.scope, decide)
+            # Each value is written the way its argument needs (policy `substitution`; subst helper's hunk).
+            untokenize = functools.partial(self.gw.tokenizer.untokenize, destination=f"{upstream}__{tool}")
+            context = lambda path: policy.substitute_context(upstream, tool, path)[0]  # noqa: E731
+            untok = await self.gw.in_thread(untokenize, arguments, session.scope, decide, context)
         except FlowDenied as exc:
             record.detail["entity_type"] = exc.entity_type
             record.fail(exc, ev.DENIED)

@@ -33,6 +33,7 @@ from veil.tokenizer.hints import HintTable
 from veil.tokenizer.keyring import Keyring
 from veil.tokenizer.nlp import is_common_word
 from veil.tokenizer.settings import DetectionSettings, TokenSettings
+from veil.tokenizer.substitute import ContextFor, Render, Where, default_context, plan, splice, substitute_json
 from veil.tokenizer.tokens import TOKEN_RE, Scope, Tokenized, TokenRef, Untokenized
 from veil.tokenizer.vault import Entry, Vault
 from veil.tokenizer.walker import is_free_text, walk
@@ -172,15 +173,30 @@ class Tokenizer:
         ]
 
     # -- untokenise ---------------------------------------------------------------------------
-    def untokenize(self, value: Any, scope: Scope, decide: Callable[[TokenRef, str], None]) -> Untokenized:
-        """Real values for every token in ``value`` (also inside longer strings and JSON text).
+    def untokenize(
+        self,
+        value: Any,
+        scope: Scope,
+        decide: Callable[[TokenRef, str], None],
+        context_for: ContextFor | None = None,
+        *,
+        destination: str = "the upstream tool",
+    ) -> Untokenized:
+        """Real values for every token in ``value`` (also inside longer strings and JSON text),
+        each written the way the place it stands needs (``substitute``).
 
-        Every token must be live in ``scope`` (else TokenError, before any decision), and every
-        occurrence is put to ``decide(ref, path)`` first; if any call raises, nothing is returned."""
+        ``context_for(path)`` names each argument's context (``sql``, ``json``, ``shell``,
+        ``raw``; default: by argument name, see ``default_context``); ``destination`` names the
+        tool in refusals. Order, all before anything is returned: every token's place is checked
+        (``SubstitutionRefused``, before the vault is read), every token must be live in ``scope``
+        (else ``TokenError``, before any decision), every occurrence is put to ``decide(ref, path)``,
+        then all values are written in; if any step raises, nothing is returned."""
         found: list[tuple[str, str]] = []  # (token, path)
-        _collect_tokens(value, "$", found)
+        texts: dict[tuple[str, str], None] = {}  # (path, string) of every string holding a token
+        _collect_tokens(value, "$", found, texts)
         if not found:
             return Untokenized(value, [])
+        renders = _plan(texts, context_for or default_context, destination)
         entries = self.vault.resolve(scope.key, (t for t, _ in found))
         used: list[tuple[TokenRef, str]] = []
         refs = {t: TokenRef(t, e.entity_type, e.sources) for t, e in entries.items()}
@@ -188,7 +204,7 @@ class Tokenizer:
             decide(refs[token], path)
             used.append((refs[token], path))
         values = {t: e.value for t, e in entries.items()}
-        return Untokenized(_substitute(value, values), used)
+        return Untokenized(_substitute(value, values, renders, "$"), used)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -251,32 +267,57 @@ def _embedded_json(text: str) -> Any | None:
     return v if isinstance(v, dict | list) else None
 
 
-def _collect_tokens(value: Any, path: str, out: list[tuple[str, str]]) -> None:
+def _collect_tokens(
+    value: Any, path: str, out: list[tuple[str, str]], texts: dict[tuple[str, str], None] | None = None
+) -> None:
     if isinstance(value, str):
-        out.extend((m.group(0), path) for m in TOKEN_RE.finditer(value))
+        tokens = [(m.group(0), path) for m in TOKEN_RE.finditer(value)]
+        out.extend(tokens)
+        if tokens and texts is not None:
+            texts[(path, value)] = None
     elif isinstance(value, dict):
         for k, v in value.items():
             ks = str(k)
             out.extend((m.group(0), f"{path}.<key>") for m in TOKEN_RE.finditer(ks))
-            _collect_tokens(v, f"{path}.{ks}", out)
+            _collect_tokens(v, f"{path}.{ks}", out, texts)
     elif isinstance(value, list | tuple):
         for i, v in enumerate(value):
-            _collect_tokens(v, f"{path}[{i}]", out)
+            _collect_tokens(v, f"{path}[{i}]", out, texts)
 
 
-def _substitute(value: Any, values: dict[str, str]) -> Any:
+def _plan(
+    texts: dict[tuple[str, str], None], context_for: ContextFor, destination: str
+) -> dict[tuple[str, str], Render]:
+    """How each string holding a token is written, by (path, string); raw strings are left out."""
+    renders: dict[tuple[str, str], Render] = {}
+    for path, text in texts:
+        render = plan(text, context_for(path), Where(destination, path))
+        if render is not None:
+            renders[(path, text)] = render
+    return renders
+
+
+def _substitute(value: Any, values: dict[str, str], renders: dict[tuple[str, str], Render], path: str) -> Any:
     if isinstance(value, str):
         if not TOKEN_RE.search(value):
             return value
+        render = renders.get((path, value))
+        if render is not None:
+            return render(values)
         embedded = _embedded_json(value)
         if embedded is not None:  # keep the document valid JSON whatever the real value holds
             indent = 2 if "\n" in value else None
-            return json.dumps(_substitute(embedded, values), ensure_ascii=False, indent=indent)
-        return TOKEN_RE.sub(lambda m: values[m.group(0)], value)
+            return json.dumps(substitute_json(embedded, values), ensure_ascii=False, indent=indent)
+        return splice(value, values)
     if isinstance(value, dict):
-        return {_substitute(k, values) if isinstance(k, str) else k: _substitute(v, values) for k, v in value.items()}
+        return {
+            (_substitute(k, values, {}, "") if isinstance(k, str) else k): _substitute(
+                v, values, renders, f"{path}.{k}"
+            )
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
-        return [_substitute(v, values) for v in value]
+        return [_substitute(v, values, renders, f"{path}[{i}]") for i, v in enumerate(value)]
     return value
 
 

@@ -1,0 +1,390 @@
+"""Safe substitution: a real value is written into an argument the way the place it stands needs.
+
+Untokenisation used to splice values verbatim, so a stored e-mail ``x' OR '1'='1`` turned an
+agent's ``WHERE email = '[EMAIL_ADDRESS_1]'`` into a query matching every row (second-order SQL
+injection). Each argument now has a *context* (declared in the policy's ``substitution`` section,
+with defaults by argument name) that says how a value is written into it:
+
+``sql``
+    The string is PostgreSQL, lexed by PostgreSQL's own scanner (``pglast``, libpg_query). A
+    token must stand inside a standard string literal ``'...'``; anywhere else (outside any
+    literal, in an identifier, a comment, an ``E''``/``U&''``/dollar-quoted string) it is refused
+    with a message saying how to write it. A literal holding a token is re-encoded whole: as it
+    was when every character is harmless, else as ``E'...'`` with quotes, backslashes, ``;`` and
+    comment characters written as ``\\xHH``, so the value adds no quote, backslash, separator or
+    comment opener that any reader of the text (PostgreSQL with either ``standard_conforming_strings``
+    setting, or a client-side statement splitter such as dbhub's) could misread. A SQL argument
+    carrying tokens whose string literals hold a backslash is refused, because such literals read
+    differently under ``standard_conforming_strings = off`` and by naive splitters. The result is
+    lexed again and must have the same shape as the agent's text.
+``json``
+    A string argument must be one JSON document; values are written as JSON strings (escaped by
+    the encoder). Structured arguments are JSON already.
+``shell``
+    A shell command line: a token outside quotes becomes ``shlex.quote(value)``; inside double
+    quotes ``$ ` \\ "`` are backslash-escaped; inside single quotes ``'`` becomes ``'\\''``. Command
+    substitution, backticks, ``${...}``, here-documents, ``$'...'``, comments and a backslash
+    right before the token are refused: quoting cannot be reasoned about there.
+``raw``
+    Verbatim, as before (a string that is itself a JSON document stays valid JSON).
+
+Every refusal is a ``SubstitutionRefused`` naming tool, argument and token, never the value, and
+happens before anything is sent: ``plan`` runs before the vault is read and before any flow
+decision, ``render`` after every decision and before the call leaves, for all strings or none.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from veil.errors import SubstitutionRefused
+from veil.tokenizer.tokens import TOKEN_RE
+
+Context = Literal["sql", "json", "shell", "raw"]
+CONTEXTS: tuple[str, ...] = ("sql", "json", "shell", "raw")
+#: Arguments with these names are SQL unless the policy says otherwise.
+DEFAULT_SQL_NAMES = frozenset({"sql", "query", "statement"})
+
+ContextFor = Callable[[str], str]
+Render = Callable[[Mapping[str, str]], str]
+
+_LAST_KEY = re.compile(r"([^.\[\]]+)(?:\[\d+\])*$")
+
+
+def default_context(path: str) -> Context:
+    """The context of an argument no policy rule names: ``sql`` for ``sql``/``query``/``statement``
+    (the argument's own name, at any depth), ``raw`` for everything else."""
+    m = _LAST_KEY.search(path.lstrip("$").lstrip("."))
+    return "sql" if m and m.group(1) in DEFAULT_SQL_NAMES else "raw"
+
+
+@dataclass(frozen=True)
+class Where:
+    """Names for messages: the destination tool and the argument (never the value)."""
+
+    tool: str
+    path: str
+
+    @property
+    def arg(self) -> str:
+        return self.path[2:] if self.path.startswith("$.") else self.path.lstrip("$") or "(arguments)"
+
+    def refuse(self, token: str, why: str, fix: str) -> SubstitutionRefused:
+        return SubstitutionRefused(
+            f"{self.tool}: token {token} in argument '{self.arg}' cannot be written safely: {why}. {fix} "
+            "Nothing was sent upstream.",
+            token=token,
+            argument=self.arg,
+        )
+
+
+def plan(text: str, context: str, where: Where) -> Render | None:
+    """Check where every token in ``text`` stands; return how to write the values in (or None for
+    ``raw``, which the caller splices as before). Raises ``SubstitutionRefused``; reads no value."""
+    if context == "sql":
+        return _plan_sql(text, where)
+    if context == "shell":
+        return _plan_shell(text, where)
+    if context == "json":
+        return _plan_json(text, where)
+    if context == "raw":
+        return None
+    raise ValueError(f"unknown substitution context {context!r} (known: {', '.join(CONTEXTS)})")
+
+
+def splice(text: str, values: Mapping[str, str]) -> str:
+    """Raw substitution: every token replaced by its value, in one pass (a value that looks like a
+    token is not substituted again)."""
+    return TOKEN_RE.sub(lambda m: values[m.group(0)], text)
+
+
+# -- SQL --------------------------------------------------------------------------------------------
+
+#: Characters written as themselves in a re-encoded literal; everything else ASCII becomes \\xHH.
+#: Not in it: quotes, backslash, ``;``, comment openers, ``$``, and placeholder characters of client
+#: libraries (``%``, ``?``, ``:``, ``{``), so no reader of the statement can misplace a boundary.
+_SQL_SAFE = re.compile(r"[A-Za-z0-9 @._+,=&~^!()<>|\[\]]|[^\x00-\x7f]")
+_STANDARD_LITERAL = re.compile(r"'((?:[^']|'')*)'", re.S)
+_HOW_SQL = "Put the token inside a quoted string literal, e.g. WHERE email = '{token}'."
+
+
+def _scan(sql: str) -> list[Any] | None:
+    from pglast import parser  # imported on first SQL argument: lint and the CLI never need it
+
+    try:
+        return list(parser.scan(sql))
+    except parser.ParseError:
+        return None
+
+
+def sql_literal(parts: Sequence[str]) -> str:
+    """A PostgreSQL string literal that every reader of the statement splits the same way.
+
+    ``parts`` alternate the agent's own text, exactly as written between the quotes (doubled
+    quotes, no backslash: checked by the caller), and values (odd items). When every character of
+    every value is harmless the literal is ``'...'`` with the values as they are; otherwise it is
+    ``E'...'`` and each ASCII character of a value outside a small safe set is written ``\\xHH``
+    (exactly two hex digits, so nothing after it can extend the escape); the agent's text means
+    the same in both forms. Raises ValueError for NUL, which PostgreSQL text cannot hold."""
+    values = parts[1::2]
+    if any("\x00" in v for v in values):
+        raise ValueError("NUL")
+    if all(_SQL_SAFE.fullmatch(c) for v in values for c in v):
+        return "'" + "".join(parts) + "'"
+    body = "".join(
+        "".join(c if _SQL_SAFE.fullmatch(c) else f"\\x{ord(c):02x}" for c in p) if i % 2 else p
+        for i, p in enumerate(parts)
+    )
+    return "E'" + body + "'"
+
+
+@dataclass(frozen=True)
+class _Literal:
+    start: int  # position of the literal's first character in the text
+    end: int  # one past its last character
+    parts: tuple[str, ...]  # the text between the quotes as written, split so that odd items are tokens
+
+
+def _plan_sql(text: str, where: Where) -> Render:
+    matches = list(TOKEN_RE.finditer(text))
+    first = matches[0].group(0)
+    lexemes = _scan(text)
+    if lexemes is None:
+        raise where.refuse(
+            first,
+            "the argument is SQL and does not lex as PostgreSQL (an unterminated string, identifier or comment?)",
+            "Fix the statement.",
+        )
+    literals: dict[int, list[re.Match[str]]] = {}
+    for m in matches:
+        token = m.group(0)
+        lex = next((x for x in lexemes if x.start <= m.start() and m.end() <= x.end + 1), None)
+        if lex is None or lex.name not in {"SCONST", "USCONST", "SQL_COMMENT", "C_COMMENT", "IDENT"}:
+            raise where.refuse(token, "it stands outside any string literal", _HOW_SQL.format(token=token))
+        raw = text[lex.start : lex.end + 1]
+        if lex.name in {"SQL_COMMENT", "C_COMMENT"}:
+            raise where.refuse(token, "it stands in a comment", "Remove it from the comment.")
+        if lex.name == "IDENT":
+            raise where.refuse(
+                token, "it stands in an identifier (a name in double quotes)", _HOW_SQL.format(token=token)
+            )
+        if not raw.startswith("'"):
+            prefix = raw.split("'")[0].upper()
+            kind = (
+                "a dollar-quoted string"
+                if raw.startswith("$")
+                else f"{'an' if prefix == 'E' else 'a'} {prefix}'...' string"
+            )
+            raise where.refuse(
+                token,
+                f"it stands in {kind}",
+                f"Write it in a standard literal '{token}'; Veil writes E'...' itself when the value needs it.",
+            )
+        if not _STANDARD_LITERAL.fullmatch(raw):
+            raise where.refuse(
+                token,
+                "its string literal continues over a line break ('a'<newline>'b')",
+                "Write the literal in one piece.",
+            )
+        literals.setdefault(lex.start, []).append(m)
+    for lex in lexemes:
+        raw = text[lex.start : lex.end + 1]
+        if lex.name == "SCONST" and raw[:1] in {"'", "E", "e"} and "\\" in raw:
+            raise where.refuse(
+                first,
+                "a string literal in this statement holds a backslash, which PostgreSQL reads differently "
+                "when standard_conforming_strings is off and some statement splitters misread",
+                "Write the statement without backslashes in its string literals.",
+            )
+    plans: list[_Literal] = []
+    for start, ms in sorted(literals.items()):
+        lex = next(x for x in lexemes if x.start == start)
+        parts: list[str] = []
+        pos = start + 1
+        for m in ms:
+            parts += [text[pos : m.start()], m.group(0)]
+            pos = m.end()
+        parts.append(text[pos : lex.end])
+        plans.append(_Literal(start, lex.end + 1, tuple(parts)))
+    shape = [x.name for x in lexemes]
+
+    def render(values: Mapping[str, str]) -> str:
+        out: list[str] = []
+        pos = 0
+        for lit in plans:
+            try:
+                encoded = sql_literal([values[p] if i % 2 else p for i, p in enumerate(lit.parts)])
+            except ValueError:
+                token = next(p for i, p in enumerate(lit.parts) if i % 2 and "\x00" in values[p])
+                raise where.refuse(
+                    token,
+                    "its value holds a NUL character, which PostgreSQL text cannot carry",
+                    "It cannot be used in SQL.",
+                ) from None
+            out += [text[pos : lit.start], encoded]
+            pos = lit.end
+        out.append(text[pos:])
+        result = "".join(out)
+        again = _scan(result)
+        if again is None or [x.name for x in again] != shape:  # belt and braces: same statement shape
+            raise where.refuse(
+                first,
+                "the statement would not keep its shape with the value written in "
+                "(is the literal glued to a name, as in N'...'?)",
+                "Write the token in a plain '...' literal with a space before it.",
+            )
+        return result
+
+    return render
+
+
+# -- shell ------------------------------------------------------------------------------------------
+
+_SHELL_FORBIDDEN = (("$(", "command substitution $(...)"), ("`", "backticks"), ("${", "${...} expansion"))
+
+
+def _shell_states(text: str) -> tuple[list[str], str]:
+    """The quoting state of each character and the state after the last one: ``u`` unquoted,
+    ``s`` in '...', ``d`` in "...", ``e`` escaped by a backslash, ``c`` in a comment, ``a`` in
+    $'...' (ANSI-C quoting). A quote character carries the state it opens or closes from."""
+    states: list[str] = []
+    state = "u"
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if state in {"u", "d"} and c == "\\":
+            states += [state, "e"]
+            i += 2
+            continue
+        if state == "a" and c == "\\":
+            states += ["a", "a"]
+            i += 2
+            continue
+        states.append(state)
+        if state == "u":
+            if c == "'":
+                state = "s"
+            elif c == '"':
+                state = "d"
+            elif c == "$" and text[i + 1 : i + 2] == "'":
+                states.append("a")
+                state = "a"
+                i += 1
+            elif c == "#" and (i == 0 or text[i - 1] in " \t\n;&|()<>"):
+                state = "c"
+        elif (state, c) in {("c", "\n"), ("s", "'"), ("d", '"'), ("a", "'")}:
+            state = "u"
+        i += 1
+    if len(states) > n:  # a trailing backslash
+        return states[:n], "e"
+    return states, state
+
+
+def _plan_shell(text: str, where: Where) -> Render:
+    matches = list(TOKEN_RE.finditer(text))
+    first = matches[0].group(0)
+    for needle, name in (*_SHELL_FORBIDDEN, ("<<", "a here-document")):
+        if needle in text:
+            raise where.refuse(
+                first,
+                f"the argument is a shell command and uses {name}, where quoting cannot be checked",
+                "Write the command without it.",
+            )
+    states, final = _shell_states(text)
+    if final not in {"u", "c"}:
+        raise where.refuse(first, "the shell command ends inside a quote or after a backslash", "Close the quote.")
+    modes: list[str] = []
+    for m in matches:
+        state = states[m.start()]
+        token = m.group(0)
+        if state == "e":
+            raise where.refuse(token, "a backslash stands right before it", "Remove the backslash.")
+        if state == "c":
+            raise where.refuse(token, "it stands in a shell comment", "Remove it from the comment.")
+        if state == "a":
+            raise where.refuse(token, "it stands in a $'...' string", f"Write it unquoted: {token}.")
+        if state in {"u", "d"} and text[m.start() - 1 : m.start()] == "$":
+            raise where.refuse(token, "a $ stands right before it", "Remove the $ or put a space after it.")
+        modes.append(state)
+
+    def render(values: Mapping[str, str]) -> str:
+        out: list[str] = []
+        pos = 0
+        for m, mode in zip(matches, modes, strict=True):
+            value = values[m.group(0)]
+            if "\x00" in value:
+                raise where.refuse(
+                    m.group(0),
+                    "its value holds a NUL character, which no command line can carry",
+                    "It cannot be used in a command.",
+                )
+            out += [text[pos : m.start()], shell_escape(value, mode)]
+            pos = m.end()
+        out.append(text[pos:])
+        return "".join(out)
+
+    return render
+
+
+def shell_escape(value: str, mode: str) -> str:
+    """``value`` written where the quoting state is ``mode`` (``u``, ``s`` or ``d``)."""
+    if mode == "u":
+        return shlex.quote(value)
+    if mode == "s":
+        return value.replace("'", "'\\''")
+    if mode == "d":
+        return re.sub(r'([$`\\"])', r"\\\1", value)
+    raise ValueError(f"no shell escaping for state {mode!r}")
+
+
+# -- JSON -------------------------------------------------------------------------------------------
+
+
+def _plan_json(text: str, where: Where) -> Render:
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        token = TOKEN_RE.search(text).group(0)  # type: ignore[union-attr]
+        raise where.refuse(
+            token,
+            "the argument is declared JSON and is not a JSON document (a token outside a JSON string?)",
+            f'Write the token inside a JSON string, e.g. {{"email": "{token}"}}.',
+        ) from None
+    indent = 2 if "\n" in text.strip() else None
+
+    def render(values: Mapping[str, str]) -> str:
+        return json.dumps(substitute_json(doc, values), ensure_ascii=False, indent=indent)
+
+    return render
+
+
+def substitute_json(value: Any, values: Mapping[str, str]) -> Any:
+    """Values spliced into every string (and key) of a parsed JSON value; the encoder escapes them."""
+    if isinstance(value, str):
+        return splice(value, values) if TOKEN_RE.search(value) else value
+    if isinstance(value, dict):
+        return {substitute_json(k, values): substitute_json(v, values) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [substitute_json(v, values) for v in value]
+    return value
+
+
+__all__ = [
+    "CONTEXTS",
+    "DEFAULT_SQL_NAMES",
+    "Context",
+    "ContextFor",
+    "Render",
+    "Where",
+    "default_context",
+    "plan",
+    "shell_escape",
+    "splice",
+    "sql_literal",
+    "substitute_json",
+]
