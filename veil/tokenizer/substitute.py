@@ -9,20 +9,21 @@ with defaults by argument name) that says how a value is written into it:
     The string is PostgreSQL, lexed by PostgreSQL's own scanner (``pglast``, libpg_query). A
     token must stand inside a standard string literal ``'...'``; anywhere else (outside any
     literal, in an identifier, a comment, an ``E''``/``U&''``/dollar-quoted string) it is refused
-    with a message saying how to write it. A literal holding a token is re-encoded whole: as it
-    was when every character is harmless, else as ``E'...'`` with quotes, backslashes, ``;`` and
-    comment characters written as ``\\xHH``, so the value adds no quote, backslash, separator or
-    comment opener that any reader of the text (PostgreSQL with either ``standard_conforming_strings``
-    setting, or a client-side statement splitter such as dbhub's) could misread. A SQL argument
-    carrying tokens whose string literals hold a backslash is refused, because such literals read
-    differently under ``standard_conforming_strings = off`` and by naive splitters. The result is
-    lexed again and must have the same shape as the agent's text.
+    with a message saying how to write it. A literal holding a token stays ``'...'`` when no value
+    holds a quote or backslash, and is otherwise rewritten whole as a dollar-quoted string with a
+    tag its content does not contain: literal under every setting, and the value stays verbatim,
+    so an upstream that echoes the statement (dbhub does) echoes a value the return path knows.
+    Refused too, because PostgreSQL with ``standard_conforming_strings = off`` or a client-side
+    statement splitter (dbhub splits on ``;`` itself) would read literal boundaries differently: a
+    string literal with a backslash, a ``$`` in a name, a dollar-quote tag that is not ASCII. The
+    result is lexed again and must keep the agent's statement's shape.
 ``json``
     A string argument must be one JSON document; values are written as JSON strings (escaped by
     the encoder). Structured arguments are JSON already.
 ``shell``
-    A shell command line: a token outside quotes becomes ``shlex.quote(value)``; inside double
-    quotes ``$ ` \\ "`` are backslash-escaped; inside single quotes ``'`` becomes ``'\\''``. Command
+    A shell command line. The value is written as one word, quoted so that it stays verbatim
+    where it can (``'v'``, or ``"v"`` for a value with a single quote; inside ``'...'`` a value
+    with a quote is written ``'"v"'``), else with ``shlex.quote`` / backslash escapes. Command
     substitution, backticks, ``${...}``, here-documents, ``$'...'``, comments and a backslash
     right before the token are refused: quoting cannot be reasoned about there.
 ``raw``
@@ -105,10 +106,11 @@ def splice(text: str, values: Mapping[str, str]) -> str:
 
 # -- SQL --------------------------------------------------------------------------------------------
 
-#: Characters written as themselves in a re-encoded literal; everything else ASCII becomes \\xHH.
-#: Not in it: quotes, backslash, ``;``, comment openers, ``$``, and placeholder characters of client
-#: libraries (``%``, ``?``, ``:``, ``{``), so no reader of the statement can misplace a boundary.
-_SQL_SAFE = re.compile(r"[A-Za-z0-9 @._+,=&~^!()<>|\[\]]|[^\x00-\x7f]")
+#: Characters a value cannot carry into a standard literal as they are: the quote, and the
+#: backslash (an escape when the server's standard_conforming_strings is off).
+_NOT_PLAIN = re.compile(r"['\\]")
+#: Dollar-quote tags every statement splitter agrees on (PostgreSQL also takes non-ASCII letters).
+_ASCII_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
 _STANDARD_LITERAL = re.compile(r"'((?:[^']|'')*)'", re.S)
 _HOW_SQL = "Put the token inside a quoted string literal, e.g. WHERE email = '{token}'."
 
@@ -123,24 +125,28 @@ def _scan(sql: str) -> list[Any] | None:
 
 
 def sql_literal(parts: Sequence[str]) -> str:
-    """A PostgreSQL string literal that every reader of the statement splits the same way.
+    """A PostgreSQL string literal holding the agent's text with the values written in.
 
     ``parts`` alternate the agent's own text, exactly as written between the quotes (doubled
     quotes, no backslash: checked by the caller), and values (odd items). When every character of
-    every value is harmless the literal is ``'...'`` with the values as they are; otherwise it is
-    ``E'...'`` and each ASCII character of a value outside a small safe set is written ``\\xHH``
-    (exactly two hex digits, so nothing after it can extend the escape); the agent's text means
-    the same in both forms. Raises ValueError for NUL, which PostgreSQL text cannot hold."""
+    every value is harmless the literal stays ``'...'`` with the values as they are. Otherwise it
+    becomes a dollar-quoted string ``$veil$...$veil$`` (a tag that the content does not contain):
+    its content is literal, so no quote or backslash needs escaping under any setting, and the
+    value stays verbatim, so when an upstream echoes the statement the return path finds the value
+    it knows and tokenises it again (an escaped form such as ``O''Connor`` it would not recognise).
+    Raises ValueError for NUL, which PostgreSQL text cannot hold."""
     values = parts[1::2]
     if any("\x00" in v for v in values):
         raise ValueError("NUL")
-    if all(_SQL_SAFE.fullmatch(c) for v in values for c in v):
+    if not any(_NOT_PLAIN.search(v) for v in values):
         return "'" + "".join(parts) + "'"
-    body = "".join(
-        "".join(c if _SQL_SAFE.fullmatch(c) else f"\\x{ord(c):02x}" for c in p) if i % 2 else p
-        for i, p in enumerate(parts)
-    )
-    return "E'" + body + "'"
+    content = "".join(p if i % 2 else p.replace("''", "'") for i, p in enumerate(parts))
+    n = 0
+    while True:
+        delim = f"$veil{n or ''}$"
+        if (content + delim).find(delim) == len(content):
+            return delim + content + delim
+        n += 1
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,19 @@ def _plan_sql(text: str, where: Where) -> Render:
         literals.setdefault(lex.start, []).append(m)
     for lex in lexemes:
         raw = text[lex.start : lex.end + 1]
+        if lex.name == "SCONST" and raw.startswith("$") and not _ASCII_TAG.match(raw):
+            raise where.refuse(
+                first,
+                "a dollar-quoted string in this statement has a non-ASCII tag, which some statement splitters "
+                "do not read as PostgreSQL does",
+                "Use an ASCII tag such as $body$.",
+            )
+        if lex.name not in {"SCONST", "PARAM", "SQL_COMMENT", "C_COMMENT"} and "$" in raw:
+            raise where.refuse(
+                first,
+                "a name in this statement holds a $, which some statement splitters read as a dollar quote",
+                "Write the statement without $ in names.",
+            )
         if lex.name == "SCONST" and raw[:1] in {"'", "E", "e"} and "\\" in raw:
             raise where.refuse(
                 first,
@@ -331,11 +350,20 @@ def _plan_shell(text: str, where: Where) -> Render:
     return render
 
 
+_DQ_SPECIAL = re.compile(r'[$`\\"!]')
+
+
 def shell_escape(value: str, mode: str) -> str:
-    """``value`` written where the quoting state is ``mode`` (``u``, ``s`` or ``d``)."""
+    """``value`` written where the quoting state is ``mode`` (``u``, ``s`` or ``d``), verbatim
+    between quotes when possible (an upstream that echoes the command then echoes the value the
+    return path knows), escaped only when the value holds both kinds of special characters."""
     if mode == "u":
+        if "'" in value and not _DQ_SPECIAL.search(value):
+            return f'"{value}"'
         return shlex.quote(value)
     if mode == "s":
+        if "'" in value and not _DQ_SPECIAL.search(value):
+            return f"'\"{value}\"'"
         return value.replace("'", "'\\''")
     if mode == "d":
         return re.sub(r'([$`\\"])', r"\\\1", value)
