@@ -13,7 +13,8 @@
     ├── ToolNotFound               the agent named a tool that does not exist
     ├── InvalidArguments           arguments do not match the tool's schema
     ├── AuditUnavailable           an audit event could not be made durable (fail closed)
-    └── SandboxError               code execution could not run safely
+    ├── SandboxError               code execution could not run safely
+    └── TokenizeBudgetExceeded     tokenising a result ran out of its time budget (fail closed)
 
 Messages name the file, field, tool, rule or token type and say what to do. They never carry
 raw values from upstream payloads: a message may reach the agent, the logs and the audit table.
@@ -121,3 +122,10 @@ class AuditUnavailable(VeilError):
 
 class SandboxError(VeilError):
     code = -32010
+
+
+class TokenizeBudgetExceeded(VeilError):
+    """Detection did not finish within the call's time budget: the result is withheld, never
+    passed on partly tokenised."""
+
+    code = -32011

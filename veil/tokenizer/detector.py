@@ -20,26 +20,40 @@ from __future__ import annotations
 import bisect
 import logging
 import re
+import time
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, RecognizerResult
 from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
 from presidio_analyzer.nlp_engine import NlpArtifacts
-from presidio_analyzer.predefined_recognizers import EmailRecognizer, PhoneRecognizer, SpacyRecognizer
+from presidio_analyzer.predefined_recognizers import (
+    EmailRecognizer,
+    PhoneRecognizer,
+    SpacyRecognizer,
+    UrlRecognizer,
+)
 from spacy.lang.en.stop_words import STOP_WORDS
 
+from veil.errors import TokenizeBudgetExceeded
 from veil.tokenizer.guard import name_parts
+from veil.tokenizer.hints import HINTABLE_TYPES
 from veil.tokenizer.nlp import OfflineSpacyNlpEngine, common_words, load_ner_pipeline, pipeline_lock
 from veil.tokenizer.recognizers import (
     _VERBS,
+    CandidatePhoneRecognizer,
     ContextCardRecognizer,
     ContextPhoneRecognizer,
     CuedLocationRecognizer,
     CuedPersonRecognizer,
+    DateOfBirthRecognizer,
     NameBeforeVerbRecognizer,
     OfflineEmailRecognizer,
+    SsnDigitsRecognizer,
     StreetAddressRecognizer,
     UpperCasePlaceRecognizer,
+    VeilUrlRecognizer,
     ZipCodeRecognizer,
     custom_recognizers,
 )
@@ -94,16 +108,28 @@ DEFAULT_ENTITIES = frozenset(
 # Presidio's base scores that sit below a 0.5 threshold although the match is usually right.
 BUILTIN_THRESHOLDS = {"PHONE_NUMBER": 0.4, "US_DRIVER_LICENSE": 0.6, "US_BANK_NUMBER": 0.6, "US_PASSPORT": 0.6}
 
+# Cheap pre-checks, one per group of recognizers, run on each window (every quantifier bounded).
 _GATE = re.compile(r"[0-9@]|\w\.[A-Za-z]")
 _PHONE_GATE = re.compile(r"(?:\d[^\d\n]{0,3}){7}")  # phonenumbers' matcher is slow: only where 7+ digits are
 _CUE_GATE = re.compile(
     r"(?im)\b(?:mrs?|ms|miss|mx|dr|prof|sir|madam|name|dear|signed|regards|this is|call me|i am|i'm|called|named|"
-    r"by|met with|spoke with|talked to|ask for|attn|attention|contact person)\b|\w+ (?:and \w+ )?(?:" + _VERBS + r")\b"
-    r"|^[ \t>]*\w+:"
+    r"by|met with|spoke with|talked to|ask for|attn|attention|contact person)\b"
+    r"|\b\w{1,40} (?:and \w{1,40} )?(?:" + _VERBS + r")\b"
+    r"|^[ \t>]{0,8}\w{1,40}:"
 )
-_PLACE_GATE = re.compile(r"(?i)\b(?:to|from|in|at|visiting|visited|where|city|town):?[ \t]+\w")
+_PLACE_GATE = re.compile(r"(?i)\b(?:to|from|in|at|visiting|visited|where|city|town):?[ \t]{1,8}\w")
 _GATED = {"PHONE_NUMBER": _PHONE_GATE, "PERSON": _CUE_GATE, "LOCATION": _PLACE_GATE}  # own pass, own cheap pre-check
 _CHUNK_CHARS = 6000
+# Linear time whatever the input: a long string is scanned in windows of ``_WINDOW`` characters.
+# Each window's recognizers also see ``_LEAD`` characters before it (look-behinds, context words)
+# and ``MAX_SPAN`` after it; a match is kept by the window it starts in, so a span is at most
+# ``MAX_SPAN`` characters past its window. Every regex sees bounded text, so however a pattern
+# backtracks, its cost per input character is bounded; Veil's own patterns also bound every
+# repetition (tests/tokenizer/test_linear.py checks both).
+_WINDOW = 4096
+_LEAD = 160
+MAX_SPAN = 512
+_NER_PIECE = 20_000  # NER sees long texts in pieces cut at a line break or space
 # Between strings in a chunk: a token of its own that context look-behind never crosses.
 _MARK = "\u241e"
 _SEPARATOR = f"\n{_MARK}\n"
@@ -146,15 +172,20 @@ class Detector:
             registry.load_predefined_recognizers(languages=[settings.language], nlp_engine=engine)
         finally:
             presidio_log.setLevel(level)
-        unwanted = SpacyRecognizer | EmailRecognizer | PhoneRecognizer
+        unwanted = SpacyRecognizer | EmailRecognizer | PhoneRecognizer | UrlRecognizer
         registry.recognizers = [r for r in registry.recognizers if not isinstance(r, unwanted)]
         # phonenumbers' matcher runs once per region: only the configured regions
         registry.add_recognizer(
-            PhoneRecognizer(supported_language=settings.language, supported_regions=tuple(settings.phone_regions))
+            CandidatePhoneRecognizer(
+                supported_language=settings.language, supported_regions=tuple(settings.phone_regions)
+            )
         )
         registry.add_recognizer(OfflineEmailRecognizer(supported_language=settings.language))
         registry.add_recognizer(StreetAddressRecognizer(supported_language=settings.language))
+        registry.add_recognizer(VeilUrlRecognizer(supported_language=settings.language))
         registry.add_recognizer(ZipCodeRecognizer(supported_language=settings.language))
+        registry.add_recognizer(DateOfBirthRecognizer(supported_language=settings.language))
+        registry.add_recognizer(SsnDigitsRecognizer(supported_language=settings.language))
         registry.add_recognizer(ContextPhoneRecognizer(supported_language=settings.language))
         registry.add_recognizer(ContextCardRecognizer(supported_language=settings.language))
         registry.add_recognizer(CuedPersonRecognizer(supported_language=settings.language))
@@ -174,12 +205,19 @@ class Detector:
             context_aware_enhancer=_FastContextEnhancer(),
         )
         self._engine = engine
+        excluded = set(settings.exclude)
         wanted = set(settings.entities) if settings.entities else set(DEFAULT_ENTITIES)
         wanted |= {c.entity_type for c in settings.patterns} | {d.entity_type for d in settings.deny_lists}
         wanted |= set(settings.field_hints.values())  # a policy's own key hints name types it wants
-        self.entities = frozenset(wanted)
+        # What patterns and NER look for in text: the policy's list (or Veil's default).
+        self.detect_entities = frozenset(wanted - excluded)
+        # What counts when a key says so, or when the guard finds a known value: every type a
+        # key can imply, unless the policy excludes it by name (ORGANIZATION only when asked for).
+        hinted = set(HINTABLE_TYPES) - ({"ORGANIZATION"} - wanted)
+        self.entities = frozenset((wanted | hinted) - excluded)
+        self.work: Counter[str] = Counter()  # characters scanned, calls made: see tests/tokenizer/test_linear.py
         supported = set(self.analyzer.get_supported_entities(settings.language))
-        pattern_entities = self.entities & supported
+        pattern_entities = self.detect_entities & supported
         # (entities, gate) groups; None gate: every string (policy patterns can match anything).
         self._groups: list[tuple[list[str], re.Pattern[str] | None]] = []
         custom = {r.supported_entities[0] for r in self._custom}
@@ -218,50 +256,74 @@ class Detector:
         return value.strip().casefold() in self._allow
 
     # -- detection --------------------------------------------------------------------------
-    def detect(self, items: list[TextItem]) -> list[list[Span]]:
-        """Spans per item (patterns everywhere, NER where ``item.ner``), overlaps resolved."""
-        found = self.patterns(items)
-        for spans, more in zip(found, self.ner(items), strict=True):
+    def detect(self, items: list[TextItem], deadline: float | None = None) -> list[list[Span]]:
+        """Spans per item (patterns everywhere, NER where ``item.ner``), overlaps resolved.
+
+        ``deadline`` is a ``time.monotonic()`` value; past it, ``TokenizeBudgetExceeded`` is
+        raised between two batches of work (never with a partial result)."""
+        found = self.patterns(items, deadline)
+        for spans, more in zip(found, self.ner(items, deadline), strict=True):
             spans.extend(more)
         return [self.resolve(item.text, spans) for item, spans in zip(items, found, strict=True)]
 
-    def patterns(self, items: list[TextItem]) -> list[list[Span]]:
+    def patterns(self, items: list[TextItem], deadline: float | None = None) -> list[list[Span]]:
         """Raw pattern-recognizer spans per item (unresolved, unthresholded), batched."""
         found: list[list[Span]] = [[] for _ in items]
-        with self._lock:
-            self._patterns(items, found)
+        with self._locked(deadline):
+            self._patterns(items, found, deadline)
         return found
 
-    def ner(self, items: list[TextItem]) -> list[list[Span]]:
+    def ner(self, items: list[TextItem], deadline: float | None = None) -> list[list[Span]]:
         """Raw NER spans for the items marked ``ner``, in one ``nlp.pipe`` call."""
         found: list[list[Span]] = [[] for _ in items]
-        with self._lock:
-            self._ner(items, found)
+        if not any(it.ner for it in items):
+            return found
+        with self._locked(deadline):
+            self._ner(items, found, deadline)
         return found
 
-    def _patterns(self, items: list[TextItem], found: list[list[Span]]) -> None:
+    @contextmanager
+    def _locked(self, deadline: float | None):
+        """The pipeline lock, waited for no longer than the deadline allows."""
+        if deadline is None:
+            self._lock.acquire()
+        elif not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise TokenizeBudgetExceeded(_BUDGET_MESSAGE)
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _patterns(self, items: list[TextItem], found: list[list[Span]], deadline: float | None) -> None:
+        windows = [_windows(len(item.text)) for item in items]
         for entities, gate in self._groups:
             chunk: list[str] = []
-            where: list[tuple[int, int, int]] = []  # (item index, start in chunk, end in chunk)
+            # (item index, start in chunk, end in chunk, window start in item, core start, core end)
+            where: list[tuple[int, int, int, int, int, int]] = []
             size = 0
             for i, item in enumerate(items):
-                if gate is not None and not gate.search(item.text):
-                    continue
                 prefix = f"{item.context}: " if item.context else ""
-                start = size + len(prefix)
-                piece = prefix + item.text.replace(_MARK, " ") + _SEPARATOR
-                chunk.append(piece)
-                where.append((i, start, start + len(item.text)))
-                size += len(piece)
-                if size >= _CHUNK_CHARS:
-                    self._analyze_chunk("".join(chunk), entities, where, found)
-                    chunk, where, size = [], [], 0
+                for lo, hi, core_lo, core_hi in windows[i]:
+                    piece = item.text[lo:hi]
+                    if gate is not None and not gate.search(piece):
+                        continue
+                    start = size + len(prefix)
+                    chunk.append(prefix + piece.replace(_MARK, " ") + _SEPARATOR)
+                    where.append((i, start, start + len(piece), lo, core_lo, core_hi))
+                    size += len(chunk[-1])
+                    if size >= _CHUNK_CHARS:
+                        _check(deadline)
+                        self._analyze_chunk("".join(chunk), entities, where, found)
+                        chunk, where, size = [], [], 0
             if chunk:
+                _check(deadline)
                 self._analyze_chunk("".join(chunk), entities, where, found)
 
     def _analyze_chunk(
-        self, text: str, entities: list[str], where: list[tuple[int, int, int]], found: list[list[Span]]
+        self, text: str, entities: list[str], where: list[tuple[int, int, int, int, int, int]], found: list[list[Span]]
     ) -> None:
+        self.work["pattern_chars"] += len(text)
+        self.work["analyze_calls"] += 1
         # No tokenisation here: the context enhancer below reads the words before a match itself.
         artifacts = NlpArtifacts(
             entities=[], tokens=[], tokens_indices=[], lemmas=[], nlp_engine=None, language=self.language
@@ -274,68 +336,182 @@ class Detector:
             k = bisect.bisect_right(starts, r.start) - 1
             if k < 0:
                 continue
-            idx, s, e = where[k]
+            idx, s, e, lo, core_lo, core_hi = where[k]
             if r.start >= e:
                 continue
-            found[idx].append(Span(r.start - s, min(r.end, e) - s, r.entity_type, r.score))
+            begin = r.start - s + lo
+            if not core_lo <= begin < core_hi:
+                continue  # the window this match starts in reports it
+            found[idx].append(Span(begin, min(r.end, e) - s + lo, r.entity_type, r.score))
 
-    def _ner(self, items: list[TextItem], found: list[list[Span]]) -> None:
-        targets = [i for i, it in enumerate(items) if it.ner]
-        if not targets:
-            return
-        texts = [items[i].text for i in targets]
-        for i, doc in zip(targets, self.nlp.pipe(texts, batch_size=64), strict=True):
+    def _ner(self, items: list[TextItem], found: list[list[Span]], deadline: float | None) -> None:
+        pieces: list[tuple[int, int]] = []  # (item index, offset of the piece in the item)
+        texts: list[str] = []
+        for i, it in enumerate(items):
+            if not it.ner:
+                continue
+            for lo, hi in _ner_pieces(it.text):
+                pieces.append((i, lo))
+                texts.append(it.text[lo:hi])
+        _check(deadline)
+        self.work["ner_chars"] += sum(len(t) for t in texts)
+        for (i, lo), doc in zip(pieces, self.nlp.pipe(texts, batch_size=64), strict=True):
+            _check(deadline)
             for ent in doc.ents:
                 entity = NER_LABELS.get(ent.label_)
-                if entity is None or entity not in self.entities:
+                if entity is None or entity not in self.detect_entities:
                     continue
-                found[i].append(Span(ent.start_char, ent.end_char, entity, NER_SCORE))
+                found[i].append(Span(lo + ent.start_char, lo + ent.end_char, entity, NER_SCORE))
 
     def resolve(self, text: str, spans: list[Span]) -> list[Span]:
-        """Thresholds, wanted types and allow-list applied; overlaps resolved longest first."""
+        """Thresholds, wanted types and allow-list applied; spans cut at a line break (except
+        address blocks), person names without titles, code read as code; overlaps resolved
+        longest first. Linear in the text and the number of spans (a coverage map, no pairwise
+        overlap tests)."""
         if not spans:
             return spans
-        taken: list[tuple[int, int]] = [m.span() for m in TOKEN_RE.finditer(text)]
+        self.work["resolve_spans"] += len(spans)
+        covered = bytearray(len(text))
+        for m in TOKEN_RE.finditer(text):
+            covered[m.start() : m.end()] = b"\x01" * (m.end() - m.start())
         out: list[Span] = []
-        for sp in sorted(spans, key=lambda s: (-(s.end - s.start), s.score == NER_SCORE, -s.score)):
-            sp = _trim(text, sp)
-            if sp is None or sp.score < self.threshold(sp.entity_type) or not self.wants(sp.entity_type):
+        cleaned = [c for c in (_clean(text, sp) for sp in spans) if c is not None]
+        for sp in sorted(cleaned, key=lambda s: (-(s.end - s.start), s.score == NER_SCORE, -s.score)):
+            if sp.score < self.threshold(sp.entity_type) or not self.wants(sp.entity_type):
                 continue
-            if any(sp.start < e and s < sp.end for s, e in taken):
+            if covered.find(1, sp.start, sp.end) != -1:
                 continue
             if self.allowed_value(text[sp.start : sp.end]):
                 continue
-            taken.append((sp.start, sp.end))
+            covered[sp.start : sp.end] = b"\x01" * (sp.end - sp.start)
             out.append(sp)
-        out.extend(_name_parts_elsewhere(text, out, taken))
+        out.extend(_name_parts_elsewhere(text, out, covered))
         out.sort(key=lambda s: s.start)
         return out
 
 
-def _name_parts_elsewhere(text: str, found: list[Span], taken: list[tuple[int, int]]) -> list[Span]:
+_BUDGET_MESSAGE = (
+    "detection did not finish within the call's time budget; the result was withheld "
+    "(ask for less data, e.g. a narrower query or a smaller page)"
+)
+
+
+def _check(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise TokenizeBudgetExceeded(_BUDGET_MESSAGE)
+
+
+def _windows(n: int) -> list[tuple[int, int, int, int]]:
+    """(start, end, core start, core end) of the windows a string of length ``n`` is scanned in."""
+    if n <= _WINDOW + MAX_SPAN:
+        return [(0, n, 0, n)]
+    out = []
+    for a in range(0, n, _WINDOW):
+        b = min(n, a + _WINDOW)
+        out.append((max(0, a - _LEAD), min(n, b + MAX_SPAN), a, b))
+    return out
+
+
+def _ner_pieces(text: str) -> list[tuple[int, int]]:
+    """Pieces of at most ``_NER_PIECE`` characters, cut after a line break or space when one is
+    near the end of a piece (a name is not cut in two unless a line has no space at all)."""
+    n = len(text)
+    out: list[tuple[int, int]] = []
+    a = 0
+    while n - a > _NER_PIECE:
+        b = a + _NER_PIECE
+        cut = text.rfind("\n", b - 2000, b)
+        if cut == -1:
+            cut = text.rfind(" ", b - 2000, b)
+        b = cut + 1 if cut > a else b
+        out.append((a, b))
+        a = b
+    out.append((a, n))
+    return out
+
+
+_NAME_RUN = re.compile(r"[\w-]{1,200}(?:['\u2019][\w-]{1,200})*")
+
+
+def _name_parts_elsewhere(text: str, found: list[Span], covered: bytearray) -> list[Span]:
     """A person named in full once ("directed by Jindrich Holinka") is the same person when a part
     of the name stands alone later in the same text ("starring Holinka"): the guard's rule, applied
-    within one string, so it also holds where no vault is involved."""
+    within one string, so it also holds where no vault is involved. One pass over the words."""
     parts = {p for sp in found if sp.entity_type == "PERSON" for p in name_parts(text[sp.start : sp.end])}
+    if not parts:
+        return []
     extra: list[Span] = []
-    for part in parts:
-        for m in re.finditer(rf"(?<![\w-]){re.escape(part)}(?![\w-])", text):
-            if not any(m.start() < e and s < m.end() for s, e in taken):
-                taken.append(m.span())
-                extra.append(Span(m.start(), m.end(), "PERSON", NAME_PART_SCORE))
+    for m in _NAME_RUN.finditer(text):
+        word = m.group()
+        # "Holinka's": the part before an apostrophe stands alone too
+        for c in dict.fromkeys((word, re.split("['\u2019]", word, maxsplit=1)[0])):
+            if c in parts:
+                s, e = m.start(), m.start() + len(c)
+                if covered.find(1, s, e) == -1:
+                    covered[s:e] = b"\x01" * (e - s)
+                    extra.append(Span(s, e, "PERSON", NAME_PART_SCORE))
+                break
     return extra
 
 
-def _trim(text: str, sp: Span) -> Span | None:
-    """Strip whitespace and trailing punctuation a regex or NER span may carry."""
+_TITLES = re.compile(
+    r"^(?:(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Sir|Madam|Dame|Lord|Lady|Herr|Frau|Mme|Mlle|Sr|Sra|Rev|Capt|Sgt)\.?[ \t]{1,4})+"
+)
+_EDGE = " \t\r\n,;:\"'`()[]{}<>"
+_CODE_CHARS = frozenset("_()[]{}<>=/\\$@#|`")
+_CODE_WORD = re.compile(r"(?:Error|Exception|Warning|Exit|Interrupt|Iteration|Iterator|Mixin|Type|Dict|List)$")
+_NAMEISH = frozenset({"PERSON", "LOCATION", "NRP", "ORGANIZATION"})
+
+
+def _clean(text: str, sp: Span) -> Span | None:
+    """A span as it should be tokenised, or None: whitespace, quotes and punctuation trimmed;
+    cut at the first line break (an address block excepted); a person without a title or a
+    possessive, so the same person gets the same token from "Dr. Jane Roe" and "Jane Roe's"; and
+    nothing name-like that reads as code (identifiers, exception names, paths, JSON paths)."""
     s, e = sp.start, sp.end
-    while s < e and text[s] in " \t\r\n,;:":
+    while s < e and text[s] in _EDGE:
         s += 1
-    while e > s and text[e - 1] in " \t\r\n,;:":
+    while e > s and text[e - 1] in _EDGE:
         e -= 1
+    if sp.entity_type != "STREET_ADDRESS":
+        nl = text.find("\n", s, e)
+        if nl != -1:
+            e = nl
+            while e > s and text[e - 1] in _EDGE:
+                e -= 1
+    if sp.entity_type in _NAMEISH:
+        if sp.entity_type == "PERSON":
+            m = _TITLES.match(text, s, e)
+            if m and m.end() < e:
+                s = m.end()
+            for tail in ("'s", "\u2019s"):
+                if text.endswith(tail, s, e):
+                    e -= len(tail)
+            while e > s and text[e - 1] in ".!?-":
+                e -= 1
+        if _code_like(text, s, e):
+            return None
     if e - s < 2:
         return None
+    if (s, e) == (sp.start, sp.end):
+        return sp
     return Span(s, e, sp.entity_type, sp.score)
+
+
+def _code_like(text: str, s: int, e: int) -> bool:
+    """Whether a would-be name is code: it holds identifier or path characters or digits, a word
+    ends like an exception or type name ("NameError"), or it is glued to code on either side
+    (``obj.Name``, ``Name(``, ``'$.Name'``, ``/path/Name``)."""
+    value = text[s:e]
+    if any(c in _CODE_CHARS or c.isdigit() for c in value):
+        return True
+    if any(_CODE_WORD.search(w) and not w.istitle() for w in value.split()):
+        return True
+    before = text[s - 1] if s > 0 else " "
+    after = text[e] if e < len(text) else " "
+    if before in "._/\\$@#" or after in "(_/\\[":
+        return True
+    return after == "." and e + 1 < len(text) and (text[e + 1].isalnum() or text[e + 1] == "_")
 
 
 class _FastContextEnhancer(LemmaContextAwareEnhancer):
@@ -369,8 +545,7 @@ class _FastContextEnhancer(LemmaContextAwareEnhancer):
                         break
             words.extend(extra)
             if self._find_supportive_word_in_context(words, rec.context, self.context_matching_mode):
-                result.score = min(
-                    max(result.score + self.context_similarity_factor, self.min_score_with_context_similarity),
-                    self.MAX_SCORE,
-                )
+                # a recognizer whose matches mean nothing without context says what they mean with it
+                floor = max(self.min_score_with_context_similarity, getattr(rec, "context_score", 0.0))
+                result.score = min(max(result.score + self.context_similarity_factor, floor), self.MAX_SCORE)
         return raw_results

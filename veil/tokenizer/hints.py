@@ -50,8 +50,46 @@ BUILTIN_HINTS: list[tuple[str, str]] = [
     ],
     *[(g, "US_PASSPORT") for g in ("passport", "passport_number", "passport_no")],
     *[(g, "US_DRIVER_LICENSE") for g in ("driver_license", "drivers_license", "driving_licence", "license_number")],
-    *[(g, "DATE_OF_BIRTH") for g in ("dob", "date_of_birth", "birth_date", "birthdate", "birthday")],
-    *[(g, "ZIP_CODE") for g in ("zip", "zipcode", "zip_code", "postal_code", "postcode", "post_code")],
+    *[
+        (g, "DATE_OF_BIRTH")
+        for g in (
+            "dob",
+            "date_of_birth",
+            "birth_date",
+            "birthdate",
+            "birthday",
+            "born",
+            "born_on",
+            "birth",
+            "d_o_b",
+            "*_dob",
+            "*_date_of_birth",
+            "*_birth_date",
+            "*_birthdate",
+            "*_birthday",
+            "dob_*",
+        )
+    ],
+    *[
+        (g, "ZIP_CODE")
+        for g in (
+            "zip",
+            "zipcode",
+            "zip_code",
+            "zip4",
+            "zip_plus4",
+            "postal_code",
+            "postalcode",
+            "postcode",
+            "post_code",
+            "postal",
+            "*_zip",
+            "*_zipcode",
+            "*_zip_code",
+            "*_postal_code",
+            "*_postcode",
+        )
+    ],
     *[(g, "LOCATION") for g in ("city", "town", "*_city")],
     *[
         (g, "STREET_ADDRESS")
@@ -106,6 +144,10 @@ BUILTIN_HINTS: list[tuple[str, str]] = [
         )
     ],
 ]
+
+# Every type a key can imply: these count in their field whatever the policy's ``entities`` list
+# says, unless the policy excludes them by name (``detection.exclude``).
+HINTABLE_TYPES: frozenset[str] = frozenset({e for _, e in BUILTIN_HINTS} | {"PERSON"})
 
 # ``*_name`` is a person unless its prefix names a thing.
 _THING_PREFIXES = frozenset(

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import re
 
+import phonenumbers
 import tldextract
-from presidio_analyzer import Pattern, PatternRecognizer
-from presidio_analyzer.predefined_recognizers import EmailRecognizer
+from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer
+from presidio_analyzer.predefined_recognizers import EmailRecognizer, PhoneRecognizer
 from spacy.lang.en.stop_words import STOP_WORDS
 
 from veil.tokenizer.settings import CustomPattern, DenyList
@@ -25,8 +26,8 @@ OFFLINE_TLD = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, fallbac
 
 _CASE_SENSITIVE = re.DOTALL | re.MULTILINE  # capitalisation is evidence for addresses
 
-_WORD = r"\p{Lu}[\p{L}'\u2019.-]*"  # a capitalised word, any script
-_ANYWORD = r"[\p{L}][\p{L}'\u2019.-]*"
+_WORD = r"\p{Lu}[\p{L}'\u2019.-]{0,40}"  # a capitalised word, any script
+_ANYWORD = r"[\p{L}][\p{L}'\u2019.-]{0,40}"
 _SUFFIX = (
     r"(?:Street|St|Avenue|Ave|Av|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Place|Pl|Way|"
     r"Terrace|Ter|Circle|Cir|Parkway|Pkwy|Highway|Hwy|Square|Sq|Trail|Trl|Alley|Plaza|Loop|Row|"
@@ -37,11 +38,11 @@ _PREFIX = (
     r"Praça|ul\.|Ul\.|ulica|Ulica|Aleja|al\.|Strada|Rruga|Odos|Bulevar|Boulevard|Avenue|Place|Chemin)"
 )
 _COMPOUND = (
-    r"\p{Lu}\p{L}*(?:strasse|straße|str\.|straat|gracht|laan|weg|gade|vej|vegen|vägen|veien|gatan|"
+    r"\p{Lu}\p{L}{0,40}(?:strasse|straße|str\.|straat|gracht|laan|weg|gade|vej|vegen|vägen|veien|gatan|"
     r"gata|katu|tie|vegur|stræti|straeti|gasse|allee|platz|utca|út|u\.|ring|damm)"
 )
 _UNIT = (
-    r"(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Flat|Floor|Fl\.|Rm\.?|Room|#)\s?#?\s?[0-9][0-9A-Za-z-]*"
+    r"(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Flat|Floor|Fl\.|Rm\.?|Room|#)\s?#?\s?[0-9][0-9A-Za-z-]{0,12}"
     r"|(?:Apt\.?|Suite|Unit)\s?[A-Z]\b"
 )
 _ZIP = r"\d{5}(?:-\d{4})?|\d{3}\s\d{2}|[A-Z]\d[A-Z]\s?\d[A-Z]\d|[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]{2}"
@@ -50,64 +51,73 @@ _NUM = r"\d{1,6}[A-Za-z]?(?:[-/]\d{1,4}[A-Za-z]?)?"
 # The tail after a street: words finishing its line, units, then up to four comma- or
 # newline-separated lines of place words, state codes and postal codes ("..., Denver, CO 80202",
 # or a letter-style block, also when quoted with "> ").
-_SEP = r"[ \t]*[,\n][ \t>|*?-]*"
+_SEP = r"[ \t]{0,8}[,\n][ \t>|*?-]{0,8}"
 _LINE = (
-    rf"(?:{_WORD}(?:[ \t-]+{_WORD}){{0,3}}(?:[ \t]*,?[ \t]+(?:{_ZIP}|\d{{3,6}}))?"
+    rf"(?:{_WORD}(?:[ \t-]{{1,8}}{_WORD}){{0,3}}(?:[ \t]{{0,8}},?[ \t]{{1,8}}(?:{_ZIP}|\d{{3,6}}))?"
     rf"|(?:{_ZIP})|\d{{3,6}}(?:[ -]\d{{2,3}})?)"
 )
 _TAIL = (
-    rf"(?:[ \t]+{_WORD}(?:[ \t]+{_WORD}){{0,2}}(?=[ \t]*(?:\n|,|$)))?"
-    rf"(?:{_SEP}(?:{_UNIT})|[ \t]+(?:{_UNIT}))*"
-    rf"(?:{_SEP},?[ \t]*{_LINE}){{0,4}}"
-    rf"(?:[ \t]*,?[ \t]+(?:{_ZIP}))?"
+    rf"(?:[ \t]{{1,8}}{_WORD}(?:[ \t]{{1,8}}{_WORD}){{0,2}}(?=[ \t]{{0,8}}(?:\n|,|$)))?"
+    rf"(?:{_SEP}(?:{_UNIT})|[ \t]{{1,8}}(?:{_UNIT})){{0,3}}"
+    rf"(?:{_SEP},?[ \t]{{0,8}}{_LINE}){{0,4}}"
+    rf"(?:[ \t]{{0,8}},?[ \t]{{1,8}}(?:{_ZIP}))?"
 )
 
 ADDRESS_PATTERNS = [
     # 1234 Oak Street / 77 Mission St Apt 4B / 88 Pine Street, Denver, CO 80202
-    Pattern("us_street", rf"\b{_NUM}(?:[ \t]+{_NUM})?[ \t]+(?:{_WORD}[ \t]+){{0,4}}{_SUFFIX}(?![\p{{L}}]){_TAIL}", 0.7),
+    Pattern(
+        "us_street",
+        rf"\b{_NUM}(?:[ \t]{{1,8}}{_NUM})?[ \t]{{1,8}}(?:{_WORD}[ \t]{{1,8}}){{0,4}}{_SUFFIX}(?![\p{{L}}]){_TAIL}",
+        0.7,
+    ),
     # Via Roma 131 / Rue de la Gare 12 / ul. Jarzębinowa 5 (street word first, number after)
     Pattern(
         "street_first",
-        rf"(?:\b{_NUM}[ \t]+)?(?<![\p{{L}}]){_PREFIX}[ \t]+(?:{_ANYWORD}[ \t]+){{0,4}}{_NUM}\b{_TAIL}",
+        rf"(?:\b{_NUM}[ \t]{{1,8}})?(?<![\p{{L}}]){_PREFIX}[ \t]{{1,8}}"
+        rf"(?:{_ANYWORD}[ \t]{{1,8}}){{0,4}}{_NUM}\b{_TAIL}",
         0.6,
     ),
     # Koepenicker Str. 74 / Hafnarstraeti 5 / Rooseveltlaan 110
-    Pattern("compound", rf"(?:\b{_NUM}[ \t]+)?\b(?:{_WORD}[ \t]+)?{_COMPOUND}[ \t]+{_NUM}\b{_TAIL}", 0.6),
+    Pattern(
+        "compound",
+        rf"(?:\b{_NUM}[ \t]{{1,8}})?\b(?:{_WORD}[ \t]{{1,8}})?{_COMPOUND}[ \t]{{1,8}}{_NUM}\b{_TAIL}",
+        0.6,
+    ),
     # Koepenicker Str. 74 / Huntly Street 5 (name, street word, then the number)
     Pattern(
         "suffix_then_number",
-        rf"(?:\b{_NUM}[ \t]+)?\b(?:{_WORD}[ \t]+){{1,3}}"
-        rf"(?:{_SUFFIX}|Str\.|Straße|Strasse|Gasse|Weg|Platz)[ \t]+{_NUM}\b{_TAIL}",
+        rf"(?:\b{_NUM}[ \t]{{1,8}})?\b(?:{_WORD}[ \t]{{1,8}}){{1,3}}"
+        rf"(?:{_SUFFIX}|Str\.|Straße|Strasse|Gasse|Weg|Platz)[ \t]{{1,8}}{_NUM}\b{_TAIL}",
         0.6,
     ),
     # 0138 Brisas 6802 / 971 Kesk 53 (building number, street name, number; common in Europe)
     # followed by a unit or another address line: strong; alone it needs a context word.
     Pattern(
         "number_name_number_block",
-        rf"\b\d{{1,5}}[ \t]+{_WORD}(?:[ \t]+{_ANYWORD}){{0,3}}[ \t]+\d{{1,4}}[A-Za-z]?\b\.?"
-        rf"(?=[ \t]*(?:,|\n)[ \t]*(?:{_UNIT}|\p{{Lu}}))(?:{_TAIL})",
+        rf"\b\d{{1,5}}[ \t]{{1,8}}{_WORD}(?:[ \t]{{1,8}}{_ANYWORD}){{0,3}}[ \t]{{1,8}}\d{{1,4}}[A-Za-z]?\b\.?"
+        rf"(?=[ \t]{{0,8}}(?:,|\n)[ \t]{{0,8}}(?:{_UNIT}|\p{{Lu}}))(?:{_TAIL})",
         0.6,
     ),
     Pattern(
         "number_name_number",
-        rf"\b\d{{1,5}}[ \t]+{_WORD}(?:[ \t]+{_ANYWORD}){{0,3}}[ \t]+\d{{1,4}}[A-Za-z]?\b{_TAIL}",
+        rf"\b\d{{1,5}}[ \t]{{1,8}}{_WORD}(?:[ \t]{{1,8}}{_ANYWORD}){{0,3}}[ \t]{{1,8}}\d{{1,4}}[A-Za-z]?\b{_TAIL}",
         0.3,
     ),
     # the corner of Bygget 64 and Komel Club
     Pattern(
         "corner",
-        rf"\b[Tt]he corner of [^\n,;?!]{{3,60}}? and {_WORD}(?:[ \t]+{_WORD}){{0,3}}",
+        rf"\b[Tt]he corner of [^\n,;?!]{{3,60}}? and {_WORD}(?:[ \t]{{1,8}}{_WORD}){{0,3}}",
         0.6,
     ),
     # PO Box 123 / P.O. Box 4567 / PSC 3294, Box 9168 APO AA 61487
     Pattern(
         "po_box",
-        r"\b(?:P\.?[ \t]?O\.?[ \t]?Box|Post[ \t]Office[ \t]Box|PSC[ \t]\d{3,5},?[ \t]Box)[ \t]+\d{1,6}"
-        r"(?:\s+(?:APO|FPO|DPO)[ \t]+A[AEP][ \t]+\d{5})?",
+        r"\b(?:P\.?[ \t]?O\.?[ \t]?Box|Post[ \t]Office[ \t]Box|PSC[ \t]\d{3,5},?[ \t]Box)[ \t]{1,8}\d{1,6}"
+        r"(?:\s{1,8}(?:APO|FPO|DPO)[ \t]{1,8}A[AEP][ \t]{1,8}\d{5})?",
         0.7,
     ),
     # a unit on its own ("Suite 464", "Apt. 117") is part of an address
-    Pattern("unit", r"\b(?:Apt\.?|Apartment|Suite|Ste\.)[ \t]?#?[0-9][0-9A-Za-z-]*", 0.5),
+    Pattern("unit", r"\b(?:Apt\.?|Apartment|Suite|Ste\.)[ \t]?#?[0-9][0-9A-Za-z-]{0,12}", 0.5),
 ]
 
 ADDRESS_CONTEXT = [
@@ -146,17 +156,128 @@ class StreetAddressRecognizer(PatternRecognizer):
         )
 
 
+_STATES = (
+    "AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|NM|NY|NC|"
+    "ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|PR|GU|VI|AS|MP"
+)
+
+
 class ZipCodeRecognizer(PatternRecognizer):
-    """US ZIP codes; weak alone, so they need a context word ("zip", "postal code") to count."""
+    """US ZIP codes. Alone they look like any number, so they need a context word ("zip",
+    "postal code"), or the place they belong to: a ZIP after "City, ST" is part of an address
+    ("Denver, CO 80202"), a geographic subdivision smaller than a state (HIPAA Safe Harbor)."""
 
     def __init__(self, supported_language: str = "en") -> None:
         super().__init__(
             supported_entity="ZIP_CODE",
-            patterns=[Pattern("zip", r"\b(?:\d{5}(?:-\d{4})?|\d{4}(?:[ ]?[A-Z]{2})?|\d{3}[ ]\d{2})\b", 0.2)],
+            patterns=[
+                Pattern("zip", r"\b(?:\d{5}(?:-\d{4})?|\d{4}(?:[ ]?[A-Z]{2})?|\d{3}[ ]\d{2})\b", 0.2),
+                Pattern(
+                    "city_state_zip",
+                    rf"(?<=\b\p{{Lu}}[\p{{L}}.'\u2019-]{{1,30}},?[ \t]{{1,3}}(?:{_STATES})[ \t]{{1,3}})"
+                    r"\d{5}(?:-\d{4})?\b",
+                    0.6,
+                ),
+            ],
             context=["zip", "zipcode", "postal", "postcode", "post code"],
             supported_language=supported_language,
             name="VeilZipCodeRecognizer",
+            global_regex_flags=_CASE_SENSITIVE,
         )
+
+
+_MONTH = (
+    r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|"
+    r"Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?"
+)
+_DATE = (
+    rf"(?:\d{{4}}-\d{{1,2}}-\d{{1,2}}|\d{{1,2}}[/.-]\d{{1,2}}[/.-](?:\d{{4}}|\d{{2}})"
+    rf"|{_MONTH}[ \t]{{1,3}}\d{{1,2}}(?:st|nd|rd|th)?,?[ \t]{{1,3}}\d{{4}}"
+    rf"|\d{{1,2}}(?:st|nd|rd|th)?[ \t]{{1,3}}(?:of[ \t]{{1,3}})?{_MONTH},?[ \t]{{1,3}}\d{{4}})"
+)
+# "born on", "DOB:", "date of birth", "birthdate", "d.o.b." and a key's own words ("dob: ...").
+_DOB_CUE = (
+    r"(?:born(?:[ \t]{1,3}on)?|dob|d\.o\.b\.?|date[ \t_-]of[ \t_-]birth|birth[ \t_-]?date|birthday|"
+    r"birth[ \t_-]?day|geburtsdatum|geboren(?:[ \t]{1,3}am)?|n[ée]e?[ \t]{1,3}le)"
+)
+
+
+class DateOfBirthRecognizer(PatternRecognizer):
+    """``DATE_OF_BIRTH``: a date right after a cue that says whose birth it is ("born on
+    3 March 1985", "DOB: 03/02/1985", "date_of_birth='1985-03-02'"). A date of birth identifies a
+    person (HIPAA Safe Harbor lists it); any other date stays ``DATE_TIME``."""
+
+    def __init__(self, supported_language: str = "en") -> None:
+        super().__init__(
+            supported_entity="DATE_OF_BIRTH",
+            patterns=[
+                Pattern(
+                    "cued_date",
+                    rf"(?<=\b{_DOB_CUE}[ \t:=\"'\u2019-]{{0,4}}(?:(?:is|was|on|of)[ \t]{{1,3}}){{0,2}}){_DATE}\b",
+                    0.85,
+                )
+            ],
+            supported_language=supported_language,
+            name="VeilDateOfBirthRecognizer",
+        )
+
+
+class SsnDigitsRecognizer(PatternRecognizer):
+    """US SSNs written without dashes ("123456789", "123 45 6789"): nine digits are any number,
+    so they count only next to "ssn" or "social security" (a key's own words count too).
+    ``context_score`` is the score a match gets from that evidence."""
+
+    context_score = 0.8
+
+    def __init__(self, supported_language: str = "en") -> None:
+        super().__init__(
+            supported_entity="US_SSN",
+            patterns=[Pattern("ssn_digits", r"(?<![\d-])\d{3}([ .]?)\d{2}\1\d{4}(?![\d-])", 0.05)],
+            context=["ssn", "ssns", "social", "security", "ss", "taxpayer", "tin"],
+            supported_language=supported_language,
+            name="VeilSsnDigitsRecognizer",
+        )
+
+    def invalidate_result(self, pattern_text: str) -> bool:
+        digits = "".join(c for c in pattern_text if c.isdigit())
+        area, group, serial = digits[:3], digits[3:5], digits[5:]
+        return (
+            len(set(digits)) == 1
+            or digits in ("123456789", "987654321")
+            or area in ("000", "666")
+            or area[0] == "9"
+            or group == "00"
+            or serial == "0000"
+        )
+
+
+# Where a phone number could be: a digit, then up to 28 digits and separators, ending in a digit.
+_DIGIT_GROUPS = re.compile(r"\d{1,30}")
+_PHONE_CANDIDATE = re.compile(r"(?<![\d+])\+?\(?\d[\d \t.()/-]{5,28}\d(?!\d)")
+
+
+class CandidatePhoneRecognizer(PhoneRecognizer):
+    """Presidio's phonenumbers-based recognizer, run only on the stretches of text that could hold
+    a phone number. phonenumbers' matcher tries dozens of sub-matches for every run of digits, so
+    on a long text of digits and spaces it costs ~0.1 s per kilobyte; here a cheap bounded regex
+    finds the candidates (7-15 digits in at most six groups within 30 characters) and the matcher
+    sees only those."""
+
+    def analyze(self, text, entities, nlp_artifacts=None):
+        results = []
+        for cand in _PHONE_CANDIDATE.finditer(text):
+            groups = _DIGIT_GROUPS.findall(cand.group())
+            # 7-15 digits in at most six groups, at most one of them a lone digit ("+1", "(0)")
+            if not 7 <= sum(map(len, groups)) <= 15 or len(groups) > 6 or sum(len(g) == 1 for g in groups) > 1:
+                continue
+            lo = max(0, cand.start() - 1)  # the matcher looks at the characters around a number
+            sub = text[lo : min(len(text), cand.end() + 1)]
+            for region in self.supported_regions:
+                for match in phonenumbers.PhoneNumberMatcher(sub, region, leniency=self.leniency):
+                    match.start += lo
+                    match.end += lo
+                    results.append(self._get_recognizer_result(match, text, region, nlp_artifacts))
+        return EntityRecognizer.remove_duplicates(results)
 
 
 def _digit_count_between(low: int, high: int):
@@ -232,7 +353,7 @@ class ContextCardRecognizer(PatternRecognizer):
 
 
 # "My name is Akinori", "Dear Ms. Földesy", "Dr. Cindy Holinka": a capitalised name after a cue.
-_NAME = r"\p{Lu}[\p{L}'\u2019-]+(?:[ \t]+(?:\p{Lu}\.?|\p{Lu}[\p{L}'\u2019-]+)){0,3}"
+_NAME = r"\p{Lu}[\p{L}'\u2019-]{1,40}(?:[ \t]{1,8}(?:\p{Lu}\.?|\p{Lu}[\p{L}'\u2019-]{1,40})){0,3}"
 
 
 class CuedPersonRecognizer(PatternRecognizer):
@@ -249,7 +370,7 @@ class CuedPersonRecognizer(PatternRecognizer):
                     rf"(?<=\b(?:[Mm]y name is|[Nn]ame:|[Dd]ear|[Ss]igned|[Rr]egards,|[Tt]his is|[Cc]all me|[Ii] am|I'm"
                     r"|[Cc]alled|[Nn]amed|[Dd]irected by|[Ww]ritten by|[Pp]roduced by|[Ss]igned by|[Mm]et with"
                     r"|[Ss]poke with|[Tt]alked to|[Aa]sk for|[Aa]ttn:?|[Aa]ttention:|[Cc]ontact person:?"
-                    rf"|[Nn]ame\?)[ \t]+){_NAME}",
+                    rf"|[Nn]ame\?)[ \t]{{1,8}}){_NAME}",
                     0.6,
                 ),
             ],
@@ -265,7 +386,7 @@ _VERBS = (
 )
 
 
-_UNKNOWN_WORD = r"\p{Lu}\p{Ll}[\p{L}'\u2019-]+"
+_UNKNOWN_WORD = r"\p{Lu}\p{Ll}[\p{L}'\u2019-]{1,40}"
 
 
 class NameBeforeVerbRecognizer(PatternRecognizer):
@@ -279,11 +400,11 @@ class NameBeforeVerbRecognizer(PatternRecognizer):
             patterns=[
                 Pattern(
                     "name_verb",
-                    rf"(?<![\p{{L}}'\u2019-]){_UNKNOWN_WORD}(?:[ \t]{_UNKNOWN_WORD})?(?=[ \t]+(?:{_VERBS})\b)",
+                    rf"(?<![\p{{L}}'\u2019-]){_UNKNOWN_WORD}(?:[ \t]{_UNKNOWN_WORD})?(?=[ \t]{{1,8}}(?:{_VERBS})\b)",
                     0.55,
                 ),
                 # a chat transcript's speaker ("Zuzana: ..."); "Status:" or "Owner:" are English words
-                Pattern("speaker", rf"(?m)^[ \t>]*\K{_UNKNOWN_WORD}(?=:[ \t]*\S)", 0.55),
+                Pattern("speaker", rf"(?m)^[ \t>]{{0,8}}\K{_UNKNOWN_WORD}(?=:[ \t]{{0,8}}\S)", 0.55),
             ],
             supported_language=supported_language,
             name="VeilNameBeforeVerbRecognizer",
@@ -298,7 +419,7 @@ class NameBeforeVerbRecognizer(PatternRecognizer):
         return None
 
 
-_PLACE = r"\p{Lu}[\p{L}'\u2019.-]+(?:[ \t](?:\p{Lu}[\p{L}'\u2019.-]+|de|del|la|le|upon|nad))*"
+_PLACE = r"\p{Lu}[\p{L}'\u2019.-]{1,40}(?:[ \t](?:\p{Lu}[\p{L}'\u2019.-]{1,40}|de|del|la|le|upon|nad)){0,4}"
 _PLACE_CUES = (
     r"flew to|fly to|flying to|moved here from|moved from|moved to|originally from|I'm in|I am in|we're in|live in|"
     r"lives in|living in|located in|based in|arrived at|arrived in|travell?ed to|travell?ing to|born in|trip to|"
@@ -313,7 +434,7 @@ class CuedLocationRecognizer(PatternRecognizer):
     def __init__(self, supported_language: str = "en") -> None:
         super().__init__(
             supported_entity="LOCATION",
-            patterns=[Pattern("cue", rf"(?<=\b(?:{_PLACE_CUES})[ \t]+){_PLACE}", 0.6)],
+            patterns=[Pattern("cue", rf"(?<=\b(?:{_PLACE_CUES})[ \t]{{1,8}}){_PLACE}", 0.6)],
             supported_language=supported_language,
             name="VeilCuedLocationRecognizer",
             global_regex_flags=_CASE_SENSITIVE,
@@ -331,7 +452,7 @@ class UpperCasePlaceRecognizer(PatternRecognizer):
             patterns=[
                 Pattern(
                     "upper_place",
-                    r"(?<=\b(?:in|to|from|at|near)[ \t]+)\p{Lu}{4,}(?:[ -]\p{Lu}{2,}){0,2}\b(?!\p{Ll})",
+                    r"(?<=\b(?:in|to|from|at|near)[ \t]{1,8})\p{Lu}{4,40}(?:[ -]\p{Lu}{2,40}){0,2}\b(?!\p{Ll})",
                     0.55,
                 )
             ],
@@ -349,13 +470,74 @@ class UpperCasePlaceRecognizer(PatternRecognizer):
 
 
 class OfflineEmailRecognizer(EmailRecognizer):
-    """Presidio's e-mail recognizer with a tldextract that never touches the network."""
+    """Presidio's e-mail recognizer with a tldextract that never touches the network, and a
+    pattern of its own: Presidio's lets a local part start with ``'`` or ``=`` (so
+    ``email='jane@x.org'`` became one span that swallowed the label) and has unbounded
+    repetitions (quadratic on long runs of word characters). This one starts a match only
+    where no local-part character precedes it, and every repetition is bounded."""
+
+    PATTERNS = [
+        Pattern(
+            "Email (Medium)",
+            r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9_%+\-][A-Za-z0-9._%+'\-]{0,63}@"
+            r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?){1,8}"
+            r"(?![A-Za-z0-9\-]|\.[A-Za-z0-9])",
+            0.5,
+        )
+    ]
+
+    def __init__(self, supported_language: str = "en") -> None:
+        super().__init__(patterns=self.PATTERNS, supported_language=supported_language)
 
     def validate_result(self, pattern_text: str) -> bool | None:
         # A known public suffix confirms the address (score 1.0). Unlike Presidio, an unknown one
         # (``jw@corp.internal``) keeps the pattern's score instead of being dropped: enterprise
         # data is full of internal domains, and they identify people just as well.
         return True if OFFLINE_TLD(pattern_text).fqdn else None
+
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+# File names in code and tracebacks ("main.py", "README.md") are not web addresses.
+_CODE_SUFFIXES = frozenset({"py", "md", "sh", "rs", "ps"})
+
+
+class VeilUrlRecognizer(PatternRecognizer):
+    r"""URLs, with or without a scheme. Replaces Presidio's recognizer, whose scheme-less pattern
+    (``[a-z0-9.\-]{1,253}`` before a list of ~600 top-level domains, tried at every position)
+    took seconds on a few kilobytes of ``a.a.a.``. Here a host is matched label by label, only
+    where no host character precedes it, and its suffix is checked against the public suffix
+    list bundled with tldextract (``validate_result``)."""
+
+    def __init__(self, supported_language: str = "en") -> None:
+        host = rf"{_LABEL}(?:\.{_LABEL}){{1,10}}"
+        super().__init__(
+            supported_entity="URL",
+            patterns=[
+                Pattern(
+                    "url_scheme",
+                    rf"\b(?:https?|ftp)://(?:[^\s/@]{{1,64}}@)?{host}(?::\d{{1,5}})?(?:[/?#][^\s()<>\"']{{0,2000}})?",
+                    0.6,
+                ),
+                Pattern(
+                    "url_host",
+                    rf"(?<![\w.@/\\-])(?:www\d{{0,3}}\.)?{host}(?![\w@-]|\.[a-z0-9])(?::\d{{1,5}})?"
+                    rf"(?:/[^\s()<>\"']{{0,2000}})?",
+                    0.5,
+                ),
+            ],
+            context=["url", "website", "link", "site", "web"],
+            supported_language=supported_language,
+            name="VeilUrlRecognizer",
+            global_regex_flags=re.IGNORECASE | re.DOTALL | re.MULTILINE,
+        )
+
+    def validate_result(self, pattern_text: str) -> bool | None:
+        ext = OFFLINE_TLD(pattern_text)
+        if not ext.suffix or not ext.domain:
+            return False
+        if "://" not in pattern_text and ext.suffix.lower() in _CODE_SUFFIXES:
+            return False
+        return None
 
 
 def custom_recognizers(patterns: tuple[CustomPattern, ...], deny_lists: tuple[DenyList, ...], language: str):

@@ -31,6 +31,8 @@ class DetectionSettings:
     """What counts as PII. ``entities`` empty means: every type Veil knows."""
 
     entities: tuple[str, ...] = ()
+    # Types never tokenised, not even under a key that implies them (``zip: 80202``).
+    exclude: tuple[str, ...] = ()
     language: str = "en"
     default_threshold: float = 0.5
     thresholds: dict[str, float] = field(default_factory=dict)

@@ -222,7 +222,7 @@ def _needs_ner(text: str, covered: list, common: frozenset[str]) -> bool:
         word = m.group()
         if not word[0].isupper() or any(s <= m.start() < e for s, e in spans):
             continue
-        before = text[: m.start()].rstrip()
+        before = text[max(0, m.start() - 64) : m.start()].rstrip()  # bounded: linear on long texts
         if (not before or before[-1] in _SENTENCE_END) and (
             word.lower() in STOP_WORDS or is_common_word(word.lower(), common)
         ):
