@@ -156,7 +156,6 @@ SHELL_VALUES = [
     "~root",
     "line\nbreak",
     "Zoë 😀",
-    "-n",
     "it's $HOME",
     "",
 ]
@@ -204,6 +203,27 @@ def test_a_shell_token_where_quoting_cannot_be_checked_is_refused(command: str, 
     with pytest.raises(SubstitutionRefused) as err:
         plan(command, "shell", SH)
     assert why in err.value.message and "ops__run" in err.value.message and "[V_1]" in err.value.message
+
+
+@pytest.mark.req("untokenize:shell-json")
+@pytest.mark.parametrize("template", ["rm [V_1]", "rm '[V_1]'", 'rm "[V_1]"', "ls; rm [V_1]"])
+def test_a_shell_value_that_would_be_an_option_is_refused(template: str) -> None:
+    render = plan(template, "shell", SH)
+    assert render is not None
+    assert render({"[V_1]": "plain-file"}) == template.replace("[V_1]", "plain-file")
+    with pytest.raises(SubstitutionRefused) as err:
+        render({"[V_1]": "-rf"})
+    assert "read it as an option" in err.value.message and "-rf" not in err.value.message
+
+
+@pytest.mark.req("untokenize:shell-json")
+@pytest.mark.parametrize(
+    ("template", "expected"), [("printf '%s\\0' -- [V_1]", "-n"), ("printf '%s\\0' x=[V_1]", "x=-n")]
+)
+def test_a_dash_value_after_double_dash_or_inside_a_word_is_an_operand(template: str, expected: str) -> None:
+    render = plan(template, "shell", SH)
+    assert render is not None
+    assert _sh_words(render({"[V_1]": "-n"}))[-1] == expected
 
 
 @pytest.mark.req("untokenize:shell-json")

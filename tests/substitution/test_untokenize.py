@@ -80,6 +80,18 @@ def test_contexts_come_from_the_callback_and_default_by_name(tokenizer, scope) -
     assert sorted(seen) == ["$.body", "$.cmd", "$.note", "$.query"]
 
 
+@pytest.mark.req("untokenize:context")
+def test_strings_inside_a_structured_json_argument_are_values_not_documents(tokenizer, scope) -> None:
+    """A rule ``args: [payload]`` covers ``payload.to``: inside the structure a string is a plain
+    value (the structure is the encoding); a string that *is* the argument must be a document."""
+    (mail,) = assign(tokenizer, scope, ('a"b@example.com', "EMAIL_ADDRESS"))
+    json_payload = lambda p: "json" if p.startswith("$.payload") else "raw"  # noqa: E731
+    out = tokenizer.untokenize({"payload": {"to": [mail]}}, scope, lambda r, p: None, json_payload).value
+    assert out == {"payload": {"to": ['a"b@example.com']}}
+    with pytest.raises(SubstitutionRefused, match="not a JSON document"):
+        tokenizer.untokenize({"payload": f"to {mail}"}, scope, lambda r, p: None, json_payload)
+
+
 def default(path: str) -> str:
     from veil.tokenizer.substitute import default_context
 

@@ -330,11 +330,16 @@ def _plan_shell(text: str, where: Where) -> Render:
         if state in {"u", "d"} and text[m.start() - 1 : m.start()] == "$":
             raise where.refuse(token, "a $ stands right before it", "Remove the $ or put a space after it.")
         modes.append(state)
+    # A value at the start of a word that begins with "-" would be read as an option (rm -rf,
+    # git --upload-pack=...), which quoting cannot prevent; after a "--" word it is an operand.
+    word_start = [
+        _starts_word(text, m.start(), states) and not re.search(r"(?:^|\s)--\s", text[: m.start()]) for m in matches
+    ]
 
     def render(values: Mapping[str, str]) -> str:
         out: list[str] = []
         pos = 0
-        for m, mode in zip(matches, modes, strict=True):
+        for m, mode, starts in zip(matches, modes, word_start, strict=True):
             value = values[m.group(0)]
             if "\x00" in value:
                 raise where.refuse(
@@ -342,12 +347,27 @@ def _plan_shell(text: str, where: Where) -> Render:
                     "its value holds a NUL character, which no command line can carry",
                     "It cannot be used in a command.",
                 )
+            if starts and value.startswith("-"):
+                raise where.refuse(
+                    m.group(0),
+                    "its value begins with '-', so the command would read it as an option",
+                    f"Put '--' before it (grep -- {m.group(0)} file) or join it to an option (--name={m.group(0)}).",
+                )
             out += [text[pos : m.start()], shell_escape(value, mode)]
             pos = m.end()
         out.append(text[pos:])
         return "".join(out)
 
     return render
+
+
+def _starts_word(text: str, at: int, states: list[str]) -> bool:
+    """Whether the character at ``at`` begins a shell word (directly or right after its opening quote)."""
+    if states[at] in {"s", "d"}:
+        if at == 0 or text[at - 1] not in "'\"" or states[at - 1] != "u":
+            return False
+        at -= 1
+    return at == 0 or text[at - 1] in " \t\n;&|("
 
 
 _DQ_SPECIAL = re.compile(r'[$`\\"!]')

@@ -291,10 +291,19 @@ def _plan(
     """How each string holding a token is written, by (path, string); raw strings are left out."""
     renders: dict[tuple[str, str], Render] = {}
     for path, text in texts:
-        render = plan(text, context_for(path), Where(destination, path))
+        context = context_for(path)
+        if context == "json" and context_for(_parent(path)) == "json":
+            continue  # a string inside a structured JSON argument: the structure is the encoding
+        render = plan(text, context, Where(destination, path))
         if render is not None:
             renders[(path, text)] = render
     return renders
+
+
+def _parent(path: str) -> str:
+    """``$.body.to`` -> ``$.body``; ``$.a[2]`` -> ``$.a``; ``$`` -> ``$``."""
+    cut = max(path.rfind("."), path.rfind("["))
+    return path[:cut] if cut > 0 else "$"
 
 
 def _substitute(value: Any, values: dict[str, str], renders: dict[tuple[str, str], Render], path: str) -> Any:
