@@ -1,5 +1,7 @@
 """Run the @modelcontextprotocol/conformance server scenarios against a URL, and start what they
-run against: @modelcontextprotocol/server-everything over Streamable HTTP, and Veil in front of it.
+run against: the upstreams over Streamable HTTP (@modelcontextprotocol/server-everything, and
+``reference_server.py``, which offers the tools, prompts and resources the scenarios ask for), and
+Veil in front of one of them.
 
 Everything is a real subprocess on loopback (Node 22 from ``tests/npm.py`` for the npm packages,
 ``python -m veil serve --http`` for Veil), started and awaited with bounded waits on the line each
@@ -103,6 +105,23 @@ def everything_http(port: int) -> Iterator[str]:
     )
     try:
         _wait_for_line(proc, r"listening on port", "server-everything", START_TIMEOUT_S)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        _stop(proc)
+
+
+@contextmanager
+def reference_http(port: int) -> Iterator[str]:
+    """``reference_server.py`` on Streamable HTTP at ``http://127.0.0.1:PORT/mcp``."""
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "reference_server.py"), "--http", str(port)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for_line(proc, r"listening on port", "reference_server.py", START_TIMEOUT_S)
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         _stop(proc)
