@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from veil.errors import PolicyError, SubstitutionRefused
+from veil.policies.diff import diff_policies
 from veil.policies.explain import explain_call
 from veil.policies.lint import lint_file
 from veil.policies.loader import load_policy
@@ -166,3 +167,18 @@ def test_explain_shows_the_context_and_the_refusal(tmp_path: Path) -> None:
     assert "  => REFUSED: db__execute_sql: token [EMAIL_ADDRESS_1] in argument 'sql'" in bad
     raw = explain_call(policy, 'docs__search {"query": "[EMAIL_ADDRESS_1]"}', who, frozenset({"docs"}))
     assert "written as" not in raw
+
+
+@pytest.mark.req("untokenize:context")
+def test_diff_reports_substitution_changes(tmp_path: Path) -> None:
+    old = load_policy(write(tmp_path, POLICY))
+    changed = POLICY.replace("substitute: raw", "substitute: sql").replace("id: api-json", "id: api-body")
+    new_path = tmp_path / "new.yaml"
+    new_path.write_text(changed)
+    lines = diff_policies(old, load_policy(new_path))
+    assert (
+        "substitution: rule 'search-is-text' changed (substitute): now write values as sql in arguments [query] "
+        "of [docs__search] (was: write values as raw in arguments [query] of [docs__search])"
+    ) in lines
+    assert any(line.startswith("substitution: rule 'api-body' added at position 2") for line in lines)
+    assert any(line.startswith("substitution: rule 'api-json' removed") for line in lines)

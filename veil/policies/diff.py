@@ -22,6 +22,8 @@ def _list(value: Any) -> str:
 
 def summarise_rule(rule: dict[str, Any], section: str) -> str:
     """One line saying what a rule does."""
+    if section == "substitution":
+        return f"write values as {rule['substitute']} in arguments {_list(rule['args'])} of {_list(rule['to'])}"
     parts = [rule["effect"]]
     if section == "flows":
         ents = rule.get("entities", "*")
@@ -148,6 +150,7 @@ def diff_policies(old: Policy, new: Policy) -> list[str]:
     elif old.access is not None and new.access is None:
         out.append("access: section removed: every principal may now use every tool")
     out += _rules_diff("access", a.get("access") or [], b.get("access") or [])
+    out += _rules_diff("substitution", a.get("substitution") or [], b.get("substitution") or [])
     out += _mapping_diff("sandbox", old.sandbox, new.sandbox)
     out += _mapping_diff("audit", a.get("audit", {}), b.get("audit", {}))
     return out

@@ -36,6 +36,7 @@ decision, ``render`` after every decision and before the call leaves, for all st
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import shlex
@@ -167,9 +168,12 @@ def _plan_sql(text: str, where: Where) -> Render:
             "Fix the statement.",
         )
     literals: dict[int, list[re.Match[str]]] = {}
+    starts = [x.start for x in lexemes]
+    by_start = {x.start: x for x in lexemes}
     for m in matches:
         token = m.group(0)
-        lex = next((x for x in lexemes if x.start <= m.start() and m.end() <= x.end + 1), None)
+        i = bisect.bisect_right(starts, m.start()) - 1  # the lexeme the token starts in, if any
+        lex = lexemes[i] if i >= 0 and m.end() <= lexemes[i].end + 1 else None
         if lex is None or lex.name not in {"SCONST", "USCONST", "SQL_COMMENT", "C_COMMENT", "IDENT"}:
             raise where.refuse(token, "it stands outside any string literal", _HOW_SQL.format(token=token))
         raw = text[lex.start : lex.end + 1]
@@ -222,7 +226,7 @@ def _plan_sql(text: str, where: Where) -> Render:
             )
     plans: list[_Literal] = []
     for start, ms in sorted(literals.items()):
-        lex = next(x for x in lexemes if x.start == start)
+        lex = by_start[start]
         parts: list[str] = []
         pos = start + 1
         for m in ms:
