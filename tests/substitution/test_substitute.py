@@ -61,6 +61,28 @@ def test_a_value_written_into_a_literal_reads_back_exactly(pg, value: str, scs: 
 
 
 @pytest.mark.req("untokenize:sql-safe")
+@pytest.mark.parametrize(
+    "sql",
+    [
+        'SELECT "a$b".v FROM (SELECT \'[V_1]\' AS v) AS "a$b"',  # $ in a quoted name is fine
+        "SELECT $body$ it's $body$ AS x, '[V_1]' AS v",  # other dollar strings stay as written
+        "SELECT text '[V_1]' AS v /* a comment */ -- and another",
+        "SELECT v FROM (VALUES ('[V_1]')) AS t(v); SELECT '[V_1]' AS v",
+    ],
+)
+def test_statements_around_the_literal_keep_working(pg, sql: str) -> None:
+    render = plan(sql, "sql", W)
+    assert render is not None
+    with pg.cursor() as cur:
+        cur.execute(render({"[V_1]": "O'Connor $veil$ \\ ;"}))
+        while True:
+            row = cur.fetchone()
+            assert row is not None and row[-1] == "O'Connor $veil$ \\ ;"
+            if not cur.nextset():
+                break
+
+
+@pytest.mark.req("untokenize:sql-safe")
 def test_the_agents_part_of_the_literal_keeps_its_meaning(pg) -> None:
     render = plan("SELECT 'it''s [P_1] and [P_2]!' AS v", "sql", W)
     assert render is not None

@@ -129,8 +129,8 @@ def sql_literal(parts: Sequence[str]) -> str:
     """A PostgreSQL string literal holding the agent's text with the values written in.
 
     ``parts`` alternate the agent's own text, exactly as written between the quotes (doubled
-    quotes, no backslash: checked by the caller), and values (odd items). When every character of
-    every value is harmless the literal stays ``'...'`` with the values as they are. Otherwise it
+    quotes, no backslash: checked by the caller), and values (odd items). When no value holds a
+    quote or a backslash the literal stays ``'...'`` with the values as they are. Otherwise it
     becomes a dollar-quoted string ``$veil$...$veil$`` (a tag that the content does not contain):
     its content is literal, so no quote or backslash needs escaping under any setting, and the
     value stays verbatim, so when an upstream echoes the statement the return path finds the value
@@ -193,7 +193,7 @@ def _plan_sql(text: str, where: Where) -> Render:
             raise where.refuse(
                 token,
                 f"it stands in {kind}",
-                f"Write it in a standard literal '{token}'; Veil writes E'...' itself when the value needs it.",
+                f"Write it in a standard literal '{token}'; Veil quotes the value itself when it needs to.",
             )
         if not _STANDARD_LITERAL.fullmatch(raw):
             raise where.refuse(
@@ -211,7 +211,8 @@ def _plan_sql(text: str, where: Where) -> Render:
                 "do not read as PostgreSQL does",
                 "Use an ASCII tag such as $body$.",
             )
-        if lex.name not in {"SCONST", "PARAM", "SQL_COMMENT", "C_COMMENT"} and "$" in raw:
+        quoted = lex.name == "IDENT" and raw.startswith('"')  # splitters read "..." as PostgreSQL does
+        if lex.name not in {"SCONST", "PARAM", "SQL_COMMENT", "C_COMMENT"} and not quoted and "$" in raw:
             raise where.refuse(
                 first,
                 "a name in this statement holds a $, which some statement splitters read as a dollar quote",
