@@ -219,6 +219,10 @@ def test_a_shell_value_is_one_word_that_reads_back_exactly(value: str, template:
         ("echo $[V_1]", "a $ stands"),
         ('echo "$[V_1]"', "a $ stands"),
         ("echo '[V_1]", "ends inside a quote"),
+        ('bash -c "grep [V_1] f"', "another shell (bash)"),
+        ("ssh host grep [V_1] f", "another shell (ssh)"),
+        ("/bin/sh -c 'echo [V_1]'", "another shell (sh)"),
+        ("x=1; eval echo [V_1]", "another shell (eval)"),
     ],
 )
 def test_a_shell_token_where_quoting_cannot_be_checked_is_refused(command: str, why: str) -> None:

@@ -24,8 +24,10 @@ with defaults by argument name) that says how a value is written into it:
     A shell command line. The value is written as one word, quoted so that it stays verbatim
     where it can (``'v'``, or ``"v"`` for a value with a single quote; inside ``'...'`` a value
     with a quote is written ``'"v"'``), else with ``shlex.quote`` / backslash escapes. Command
-    substitution, backticks, ``${...}``, here-documents, ``$'...'``, comments and a backslash
-    right before the token are refused: quoting cannot be reasoned about there.
+    substitution, backticks, ``${...}``, here-documents, ``$'...'``, comments, a backslash or
+    ``$`` right before the token, and a second shell (``bash -c``, ``ssh``, ``eval``) are refused:
+    quoting cannot be reasoned about there; so is a value that would be read as an option
+    (``-rf`` at the start of a word, unless after ``--``).
 ``raw``
     Verbatim, as before (a string that is itself a JSON document stays valid JSON).
 
@@ -270,6 +272,12 @@ def _plan_sql(text: str, where: Where) -> Render:
 # -- shell ------------------------------------------------------------------------------------------
 
 _SHELL_FORBIDDEN = (("$(", "command substitution $(...)"), ("`", "backticks"), ("${", "${...} expansion"))
+#: Programs that hand their arguments to another shell as text (``bash -c "..."``, ``ssh host
+#: cmd``, ``eval``): one layer of quoting is removed by the first shell and the value would be
+#: code for the second. A heuristic list; the refusal names the program.
+_REEVALUATORS = re.compile(
+    r"(?:^|[\s;&|(/])(eval|sh|bash|dash|zsh|ksh|mksh|fish|csh|tcsh|ssh|su|watch|parallel|script|busybox)(?=\s|$)"
+)
 
 
 def _shell_states(text: str) -> tuple[list[str], str]:
@@ -319,6 +327,13 @@ def _plan_shell(text: str, where: Where) -> Render:
                 f"the argument is a shell command and uses {name}, where quoting cannot be checked",
                 "Write the command without it.",
             )
+    nested = _REEVALUATORS.search(text)
+    if nested:
+        raise where.refuse(
+            first,
+            f"the command hands text to another shell ({nested.group(1)}), which would read the value as code",
+            "Run the program directly instead of through a second shell.",
+        )
     states, final = _shell_states(text)
     if final not in {"u", "c"}:
         raise where.refuse(first, "the shell command ends inside a quote or after a backslash", "Close the quote.")
