@@ -102,6 +102,7 @@ class SandboxConfig(_Strict):
     max_processes: int = 32
     max_output_bytes: int = 64 * 1024
     max_file_mb: int = 64
+    workspace_mb: int = 256  # the session's whole workspace (its own filesystem)
     max_open_files: int = 256
     pool_size: int = 2
     idle_timeout_s: float = 600.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -124,12 +125,20 @@ def crm() -> TokenisedCrm:
     return TokenisedCrm()
 
 
+def mounts_under(root: Path) -> list[str]:
+    """Mount points below ``root`` (workspaces are filesystems of their own)."""
+    points = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    return [p for p in points if p.startswith(str(root) + "/")]
+
+
 @pytest.fixture
 def workspace_root() -> Iterator[Path]:
     """A workspace root the sandbox user can traverse (pytest's tmp dirs are 0700)."""
     root = Path(tempfile.mkdtemp(prefix="veil-ws-"))
     root.chmod(0o711)
     yield root
+    for point in mounts_under(root):  # a failed test must not leave filesystems behind
+        subprocess.run(["umount", "-l", point], check=False)
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -156,5 +165,6 @@ def make_manager(workspace_root: Path) -> Callable[..., Any]:
             yield manager
         finally:
             await manager.aclose()
+        assert mounts_under(workspace_root) == [], "every workspace filesystem is unmounted on close"
 
     return make

@@ -13,10 +13,10 @@ from veil.sandbox.spec import ExecutionResult
 @pytest.mark.parametrize(
     ("done", "ended", "outcome", "words"),
     [
-        (Done(1, "ok", None, "'x'", 0.0, 1), None, "ok", "ran to completion with 2 tool calls"),
-        (Done(1, "error", "KeyError", None, 0.0, 1), None, "error", "raised KeyError after 2 tool calls"),
-        (Done(1, "memory", "MemoryError", None, 0.0, 1), None, "memory", "limit 256 MB"),
-        (Done(1, "cpu", "CPUTimeExceeded", None, 0.0, 1), None, "timeout", "CPU-time limit of 3 s"),
+        (Done(1, "ok", None, "'x'"), None, "ok", "ran to completion with 2 tool calls"),
+        (Done(1, "error", "KeyError", None), None, "error", "raised KeyError after 2 tool calls"),
+        (Done(1, "memory", "MemoryError", None), None, "memory", "limit 256 MB"),
+        (Done(1, "cpu", "CPUTimeExceeded", None), None, "timeout", "CPU-time limit of 3 s"),
         (None, "timeout", "timeout", "within 1.5 s"),
         (None, "flood", "output_limit", "far more output"),
         (None, "violation", "killed", "channel protocol"),
@@ -33,5 +33,14 @@ def test_messages(done, ended, outcome, words):
 
 def test_truncation_is_mentioned():
     result = ExecutionResult(truncated=True)
-    describe(result, Done(1, "ok", None, None, 0.0, 1), None, 1.0, SandboxConfig(max_output_bytes=1000))
+    describe(result, Done(1, "ok", None, None), None, 1.0, SandboxConfig(max_output_bytes=1000))
     assert "Output was cut to 1000 bytes" in result.message
+
+
+def test_what_the_code_left_running_is_reported():
+    result = ExecutionResult(tool_calls=1)
+    describe(result, Done(1, "ok", None, None), None, 1.0, SandboxConfig(), threads=2, strays=3)
+    assert result.outcome == "ok"
+    assert "left 3 processes running, which were stopped" in result.message
+    assert "left 2 threads running, so the interpreter was stopped" in result.message
+    assert "Variables are lost" in result.message

@@ -191,6 +191,7 @@ POLICY_SCHEMA: dict[str, Any] = {
                 "max_processes": {"type": "integer", "minimum": 1},
                 "max_output_bytes": {"type": "integer", "minimum": 1},
                 "max_file_mb": {"type": "integer", "minimum": 1},
+                "workspace_mb": {"type": "integer", "minimum": 8},
                 "max_open_files": {"type": "integer", "minimum": 16},
             },
         },

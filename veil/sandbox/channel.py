@@ -2,8 +2,10 @@
 
 Everything arriving from the sandbox is untrusted (the code shares the runtime's process and can
 write to the channel fd itself), so each message is checked for size, shape, known fields and
-types before the manager acts on it. The channel carries tool calls and execution results only:
-there is no message that asks for real values, configuration or anything else.
+types before the manager acts on it, and a ``done`` is only a claim: the manager ends an execution
+when the host sees the interpreter waiting for its next message (``proctree``), not before. The
+channel carries tool calls and execution results only: there is no message that asks for real
+values, configuration or anything else.
 """
 
 from __future__ import annotations
@@ -41,14 +43,12 @@ class Done:
     status: str  # "ok" | "error" | "memory" | "cpu"
     error_type: str | None
     result: str | None
-    cpu_s: float
-    max_rss_kb: int
 
 
 _FIELDS = {
     "ready": {"type", "pid"},
     "call": {"type", "id", "upstream", "tool", "args"},
-    "done": {"type", "id", "status", "error_type", "result", "cpu_s", "max_rss_kb"},
+    "done": {"type", "id", "status", "error_type", "result"},
 }
 
 
@@ -89,17 +89,7 @@ def parse(line: bytes, max_result_chars: int) -> Ready | Call | Done:
         raise ProtocolViolation("field 'error_type' must be a Python class name")
     if result is not None and (not isinstance(result, str) or len(result) > max_result_chars + 1):
         raise ProtocolViolation("field 'result' must be a string within the output limit")
-    cpu = raw["cpu_s"]
-    if not isinstance(cpu, int | float) or isinstance(cpu, bool) or not 0 <= cpu < 1e7:
-        raise ProtocolViolation("field 'cpu_s' must be a number of seconds")
-    return Done(
-        id=_int(raw["id"], "id"),
-        status=status,
-        error_type=error_type,
-        result=result,
-        cpu_s=float(cpu),
-        max_rss_kb=_int(raw["max_rss_kb"], "max_rss_kb"),
-    )
+    return Done(id=_int(raw["id"], "id"), status=status, error_type=error_type, result=result)
 
 
 def encode(message: dict[str, Any]) -> bytes:

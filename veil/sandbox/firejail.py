@@ -7,9 +7,12 @@ among them), every other home directory, and the workspace root (other sessions)
 are private; the session's workspace, mounted as the user's home, is the only writable place.
 Network: ``--net=none`` (no interfaces but a private loopback, no DNS). Privileges: run as the
 unprivileged sandbox user, ``--noroot`` user namespace, no capabilities, no new privileges, the
-default seccomp blacklist (ptrace, mount, kexec, ...) plus ``--restrict-namespaces``. Limits are
-rlimits; the wall-clock limit is enforced by the host killing the process group (firejail's own
-``--timeout`` adds about two seconds).
+default seccomp blacklist (ptrace, mount, kexec, ...) plus ``--restrict-namespaces``. IPC: its
+own namespace (``--ipc-namespace``), so SysV message queues, semaphores and shared memory are
+invisible to other sandboxes and die with the jail. Per-process limits are rlimits; per-sandbox
+ones (tasks, memory including /tmp, /dev/shm and SysV shm) are the sandbox's cgroup
+(``cgroup.py``); the workspace quota is its own filesystem (``workspace.py``); the wall clock is
+enforced by the host (firejail's own ``--timeout`` adds about two seconds).
 """
 
 from __future__ import annotations
@@ -116,13 +119,13 @@ def command(config: SandboxConfig, paths: JailPaths, chan_fd: int, bootstrap: st
         "--nogroups",
         "--private-dev",
         "--private-tmp",
+        "--ipc-namespace",
         f"--private={paths.workspace}",
         "--deterministic-shutdown",
         "--hostname=sandbox",
         f"--private-etc={ETC_KEEP}",
         f"--rlimit-as={config.memory_mb * mib}",
         f"--rlimit-cpu={config.cpu_s * CPU_LIFETIME_FACTOR}",
-        f"--rlimit-nproc={config.max_processes}",
         f"--rlimit-fsize={config.max_file_mb * mib}",
         f"--rlimit-nofile={config.max_open_files}",
         f"--keep-fd={chan_fd}",

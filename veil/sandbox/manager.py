@@ -1,10 +1,15 @@
 """SandboxManager: sessions, their persistent interpreters, the warm pool and the limits.
 
-One session = one workspace directory (files persist) + at most one live sandboxed interpreter
-(variables persist). An execution takes the session's interpreter, or a pre-started one from the
-warm pool (its fresh workspace is renamed to the session's), or starts one cold. Whatever ends
-an interpreter abnormally (timeout, memory, output flood, crash, protocol violation) kills its
-whole process group; the next execution starts a fresh one and the agent is told in plain words.
+One session = one workspace (its own size-limited filesystem; files persist) + at most one live
+sandboxed interpreter (variables persist). An execution takes the session's interpreter, or a
+pre-started one from the warm pool (with its fresh workspace), or starts one cold. Whatever ends an
+interpreter abnormally (timeout, memory, output flood, crash, protocol violation) kills every
+process of its sandbox; the next execution starts a fresh one and the agent is told in plain words.
+
+The host, not the code, decides when an execution has ended (``_settle``): the runtime's ``done``
+is a claim, accepted once the interpreter is seen waiting on the channel; every other process the
+execution started is then killed, an interpreter with threads left running is replaced, and the
+interpreter is stopped (SIGSTOP) until the next execution. The wall clock covers all of it.
 
 Concurrency: one execution at a time per session (a lock), and at most ``2 x cores`` executions
 across sessions (a semaphore), so a burst of requests queues instead of overwhelming the machine.
@@ -21,7 +26,6 @@ import hashlib
 import os
 import pwd
 import secrets
-import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,7 +34,8 @@ from typing import Any
 
 from veil.config import SandboxConfig
 from veil.errors import SandboxError, VeilError
-from veil.sandbox import firejail
+from veil.sandbox import firejail, proctree, workspace
+from veil.sandbox.cgroup import Layout
 from veil.sandbox.channel import Call, Done
 from veil.sandbox.outcome import describe
 from veil.sandbox.output import cap_output
@@ -40,6 +45,8 @@ from veil.sandbox.stubs import render_stubs, stubs_digest
 from veil.sandbox.user import ensure_sandbox_user
 
 CallTool = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
+# Limits fixed when a jail starts; an interpreter started under other values is replaced.
+JAIL_FIELDS = ("memory_mb", "cpu_s", "max_processes", "max_file_mb", "max_open_files", "user", "shared_skills_dir")
 
 
 @dataclass
@@ -64,12 +71,23 @@ class SandboxManager:
         # of first calls shares one semaphore).
         self._slots = asyncio.Semaphore(max(2, 2 * (os.cpu_count() or 1)))
         self._init_lock = asyncio.Lock()
-        self._reapers: set[asyncio.Task[int | None]] = set()  # killed sandboxes being reaped
+        self._reapers: set[asyncio.Task[Any]] = set()  # killed sandboxes being reaped
         self._run_as: tuple[int, int] | None = None
         self._ready = False
         self._closed = False
         self._exec_ids = 0
         self._stub_cache: tuple[int, str, dict[str, str]] | None = None
+        self._cgroups: Layout | None = None
+
+    def reconfigure(self, config: SandboxConfig) -> None:
+        """New limits (a reloaded policy): per-execution ones apply from the next execution;
+        interpreters and pooled sandboxes started under other jail limits are replaced when next
+        used. A new ``workspace_mb`` applies to workspaces created from now on. Safe to call from
+        another thread (one reference assignment)."""
+        self.config = config
+
+    def _stale(self, sandbox: SandboxProcess) -> bool:
+        return any(getattr(sandbox.config, f) != getattr(self.config, f) for f in JAIL_FIELDS)
 
     # -- public interface -------------------------------------------------------------------
 
@@ -87,6 +105,11 @@ class SandboxManager:
         """firejail, python, root, the sandbox user and a reachable workspace root, or SandboxError."""
         firejail.find_firejail()
         firejail.find_python()
+        if proctree.READ_SYSCALL is None:
+            raise SandboxError(
+                "execute_code does not know this CPU architecture's read() system call number, which the "
+                "host needs to see when an execution has ended; supported: x86_64, aarch64, riscv64."
+            )
         if os.geteuid() != 0:
             raise SandboxError(
                 "execute_code needs Veil to run as root so that sandboxes start as the unprivileged "
@@ -103,6 +126,8 @@ class SandboxManager:
         self.workspace_root.mkdir(parents=True, exist_ok=True)
         os.chown(self.workspace_root, 0, 0)
         os.chmod(self.workspace_root, 0o711)  # the sandbox user may enter its own dir, not list
+        if self._cgroups is None:
+            self._cgroups = await asyncio.to_thread(Layout.detect)
         shared = self.config.shared_skills_dir
         private = {Path("/tmp"), Path("/var/tmp")}
         if shared is not None and (not shared.is_dir() or private & set(shared.resolve().parents)):
@@ -141,7 +166,7 @@ class SandboxManager:
                 session.idle.cancel()
             started = time.monotonic()
             restarted = False
-            if reset and session.sandbox is not None:
+            if session.sandbox is not None and (reset or self._stale(session.sandbox)):
                 self._discard(session)
             if session.sandbox is None or not session.sandbox.alive:
                 self._discard(session)
@@ -158,29 +183,30 @@ class SandboxManager:
     async def close_session(self, session_id: str) -> None:
         """End the session: stop its interpreter and delete its workspace."""
         session = self._sessions.pop(session_id, None)
-        workspace = session.workspace if session else self._workspace_for(session_id)
+        session_workspace = session.workspace if session else self._workspace_for(session_id)
         if session is not None:
             async with session.lock:
                 if session.idle is not None:
                     session.idle.cancel()
                 self._discard(session)
-        await asyncio.to_thread(_remove_tree, workspace)
+        await asyncio.to_thread(workspace.remove, session_workspace)
 
     async def aclose(self) -> None:
         """Stop every interpreter and the pool; workspaces of open sessions are removed too."""
         self._closed = True
-        if self._refilling is not None:
-            self._refilling.cancel()
-            with contextlib.suppress(BaseException):
+        if self._refilling is not None:  # not cancelled: a workspace being mounted in a thread must be removed
+            with contextlib.suppress(Exception):
                 await self._refilling
         for session_id in list(self._sessions):
             await self.close_session(session_id)
         for sandbox in self._pool:
             sandbox.kill()
             await sandbox.wait(2.0)
-            await asyncio.to_thread(_remove_tree, sandbox.workspace)
+            await asyncio.to_thread(workspace.remove, sandbox.workspace)
         self._pool.clear()
         await self.settle()
+        if self._cgroups is not None:
+            self._cgroups.remove()
 
     async def settle(self) -> None:
         """Wait until every stopped sandbox has exited (benchmarks, tests, shutdown)."""
@@ -209,8 +235,7 @@ class SandboxManager:
 
     def _make_workspace(self, path: Path) -> None:
         assert self._run_as is not None
-        path.mkdir(mode=0o700)
-        os.chown(path, *self._run_as)
+        workspace.create(path, quota_mb=self.config.workspace_mb, owner=self._run_as)
 
     def _paths(self, workspace: Path) -> firejail.JailPaths:
         assert self._run_as is not None
@@ -218,19 +243,21 @@ class SandboxManager:
         return firejail.JailPaths(workspace, self.workspace_root, home, self.config.shared_skills_dir)
 
     async def _spawn(self, workspace: Path) -> SandboxProcess:
-        return await SandboxProcess.start(self.config, self._paths(workspace), run_as=self._run_as)
+        return await SandboxProcess.start(
+            self.config, self._paths(workspace), run_as=self._run_as, cgroups=self._cgroups
+        )
 
     async def _acquire(self, session: _Session) -> SandboxProcess:
-        """A pooled interpreter for a brand-new workspace, otherwise a cold start on the old one."""
+        """A pooled interpreter (with its fresh workspace, which becomes the session's) for a session
+        without a workspace, otherwise a cold start on the session's workspace."""
         if not session.workspace.exists():
             while self._pool:
                 sandbox = self._pool.pop()
                 self._refill_soon()
-                if not sandbox.alive:
-                    sandbox.kill()
+                if not sandbox.alive or self._stale(sandbox):
+                    self._retire(sandbox)
                     continue
-                os.rename(sandbox.workspace, session.workspace)  # the jail keeps its mount
-                sandbox.workspace = session.workspace
+                session.workspace = sandbox.workspace  # a mount point: it keeps its pool name
                 return sandbox
             await asyncio.to_thread(self._make_workspace, session.workspace)
         return await self._spawn(session.workspace)
@@ -242,6 +269,18 @@ class SandboxManager:
             reaper = asyncio.get_running_loop().create_task(sandbox.wait(5.0))
             self._reapers.add(reaper)
             reaper.add_done_callback(self._reapers.discard)
+
+    def _retire(self, sandbox: SandboxProcess) -> None:
+        """Stop an unused pooled sandbox and delete its workspace."""
+        sandbox.kill()
+
+        async def reap() -> None:
+            await sandbox.wait(5.0)
+            await asyncio.to_thread(workspace.remove, sandbox.workspace)
+
+        reaper = asyncio.get_running_loop().create_task(reap())
+        self._reapers.add(reaper)
+        reaper.add_done_callback(self._reapers.discard)
 
     def _on_idle(self, session: _Session) -> None:
         if session.lock.locked():
@@ -257,15 +296,17 @@ class SandboxManager:
 
     async def _refill(self) -> None:
         while not self._closed and len(self._pool) < self.config.pool_size:
-            workspace = self.workspace_root / f"pool-{secrets.token_hex(8)}"
-            await asyncio.to_thread(self._make_workspace, workspace)
+            path = self.workspace_root / f"pool-{secrets.token_hex(8)}"
             try:
-                sandbox = await self._spawn(workspace)
+                await asyncio.to_thread(self._make_workspace, path)
+                if self._closed:
+                    raise SandboxError("closed")
+                sandbox = await self._spawn(path)
             except SandboxError:
-                await asyncio.to_thread(_remove_tree, workspace)
+                await asyncio.to_thread(workspace.remove, path)
                 return  # the next execute reports the error by starting cold
             if self._closed:
-                sandbox.kill()
+                self._retire(sandbox)
                 return
             self._pool.append(sandbox)
 
@@ -311,8 +352,10 @@ class SandboxManager:
         }
         done: Done | None = None
         ended: str | None = None  # why the interpreter had to go
+        threads = strays = 0
         try:
             async with asyncio.timeout(timeout):
+                sandbox.thaw()
                 await sandbox.send(request)
                 sandbox.stubs_digest = digest
                 while done is None and ended is None:
@@ -331,6 +374,8 @@ class SandboxManager:
                         ended = "flood"
                     else:  # Violation, a stray Ready or a Done for another id
                         ended = "violation"
+                if done is not None:
+                    ended, threads, strays = await self._settle(sandbox)
         except TimeoutError:
             ended = "timeout"
         except OSError:
@@ -338,17 +383,74 @@ class SandboxManager:
         sandbox.drain_output()
         out, out_total = sandbox.stdout.take()
         err, err_total = sandbox.stderr.take()
-        if ended is not None:
+        result.cpu_s, result.max_rss_mb = sandbox.usage()
+        # Stopped until the next execution, or killed: nothing of this execution runs after the call.
+        if ended is not None or threads or not await self._freeze(sandbox):
             sandbox.kill()
             session.sandbox = None
             await sandbox.wait(5.0)
+        if ended is not None:
+            done = None  # a claim the host did not accept (e.g. a forged done): its result is not used
         text = cap_output(out, out_total, err, err_total, done.result if done else None, cap)
         result.stdout, result.stderr, result.result, result.truncated = text
-        if done is not None:
-            result.cpu_s = done.cpu_s
-            result.max_rss_mb = round(done.max_rss_kb / 1024, 1)
-        describe(result, done, ended, timeout, self.config)
+        describe(result, done, ended, timeout, self.config, threads=threads, strays=strays)
         return result
+
+    async def _settle(self, sandbox: SandboxProcess) -> tuple[str | None, int, int]:
+        """After a ``done`` claim: wait until the host sees the interpreter waiting for its next
+        message, then kill every other process of the sandbox. Returns (why the interpreter must
+        go or None, threads it had left running, processes killed). Any message after ``done``
+        (a forged ``done`` followed by the real one, a call) is a protocol violation. Runs inside
+        the execution's wall clock: code still running after a forged ``done`` times out."""
+        delay = 0.0002
+        while True:
+            sandbox.drain_channel()
+            if not sandbox.messages.empty():
+                return self._after_done(sandbox.messages.get_nowait()), 0, 0
+            if sandbox.waiting():
+                sandbox.drain_channel()  # a message written just before it blocked
+                if not sandbox.messages.empty():
+                    return self._after_done(sandbox.messages.get_nowait()), 0, 0
+                break
+            if not proctree.alive(sandbox.worker):
+                return "exit", 0, 0
+            try:
+                message = await asyncio.wait_for(sandbox.messages.get(), delay)
+            except TimeoutError:
+                delay = min(delay * 2, 0.02)
+                continue
+            return self._after_done(message), 0, 0
+        threads = sandbox.extra_threads()
+        killed: set[int] = set()
+        for attempt in range(200):
+            strays = sandbox.strays()
+            if not strays:
+                return None, threads, len(killed)
+            killed.update(strays)
+            sandbox.kill_strays()
+            await asyncio.sleep(0.0005 * min(attempt + 1, 20))
+        return "violation", threads, len(killed)  # processes that would not die: stop the sandbox
+
+    @staticmethod
+    async def _freeze(sandbox: SandboxProcess) -> bool:
+        """Stop the interpreter (SIGSTOP) and wait until the kernel shows it stopped, so nothing of
+        this execution (a timer, a signal handler) runs before the next execution starts."""
+        sandbox.freeze()
+        delay = 0.00005
+        for _ in range(60):
+            if proctree.stopped(sandbox.worker):
+                return True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.01)
+        return False
+
+    @staticmethod
+    def _after_done(message: object) -> str:
+        if isinstance(message, Exit):
+            return "exit"
+        if isinstance(message, Flood):
+            return "flood"
+        return "violation"
 
     async def _tool_call(self, call: Call, known: set[tuple[str, str]], call_tool: CallTool) -> dict[str, Any]:
         """Forward one call through the gateway pipeline; errors go back to the code as ToolError."""
@@ -372,11 +474,3 @@ class SandboxManager:
                 "error": f"the gateway could not complete {call.upstream}.{call.tool} ({type(exc).__name__})",
             }
         return {**base, "ok": True, "value": value}
-
-
-def _remove_tree(path: Path) -> None:
-    """Delete a workspace as root without following links the sandbox may have planted."""
-    if path.is_symlink():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path, ignore_errors=True)  # fd-based: symlinks inside are removed, not followed

@@ -14,9 +14,17 @@ _LOST = "Variables are lost; files in the workspace are kept. The next execution
 
 
 def describe(
-    result: ExecutionResult, done: Done | None, ended: str | None, timeout: float, config: SandboxConfig
+    result: ExecutionResult,
+    done: Done | None,
+    ended: str | None,
+    timeout: float,
+    config: SandboxConfig,
+    *,
+    threads: int = 0,
+    strays: int = 0,
 ) -> None:
-    """Outcome and a plain-words message for the agent (no code output in it)."""
+    """Outcome and a plain-words message for the agent (no code output in it). ``threads`` and
+    ``strays`` count what the code left running when it finished (the host stopped it)."""
     calls = f"{result.tool_calls} tool call{'s' if result.tool_calls != 1 else ''}"
     if ended == "timeout":
         result.outcome = "timeout"
@@ -58,5 +66,15 @@ def describe(
     else:
         result.outcome = "ok"
         result.message = f"The code ran to completion with {calls}."
+    if ended is None and strays:
+        result.message += (
+            f" It left {strays} process{'es' if strays != 1 else ''} running, which {'were' if strays != 1 else 'was'} "
+            "stopped: an execution ends with everything it started."
+        )
+    if ended is None and threads:
+        result.message += (
+            f" It left {threads} thread{'s' if threads != 1 else ''} running, so the interpreter was stopped with "
+            f"{'them' if threads != 1 else 'it'}: {_LOST}"
+        )
     if result.truncated:
         result.message += f" Output was cut to {config.max_output_bytes} bytes: print less, or save data to a file."

@@ -5,8 +5,13 @@ replaces by /dev/null), the channel out (an extra fd kept with ``pass_fds``/``--
 code's stdout and stderr. The host reads the three outgoing pipes with non-blocking readers on the
 event loop, so a flood of output or a hostile channel writer never blocks Veil.
 
-Kill: the sandbox runs in its own session/process group; ``kill()`` SIGKILLs the group. The jailed
-processes live in firejail's PID namespace, whose init dies with it, so nothing survives.
+Processes: firejail (outer) -> the jail's init (PID 1 of its PID namespace) -> the interpreter. Once
+the runtime is ready, and before any code runs, the three are moved into the sandbox's cgroup,
+which every later process inherits. The host learns their pids from /proc, never from the sandbox.
+
+Kill: ``kill()`` SIGKILLs the jail's init (the kernel then kills the PID namespace), every process
+in the cgroup, and the process group. Between executions the interpreter is stopped (SIGSTOP),
+so nothing the code left behind (a timer, a signal handler) runs outside an execution's wall clock.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from pathlib import Path
 
 from veil.config import SandboxConfig
 from veil.errors import SandboxError
-from veil.sandbox import channel, firejail
+from veil.sandbox import channel, firejail, proctree
+from veil.sandbox.cgroup import Layout, SandboxCgroup
 
 RUNTIME_SOURCE = (Path(__file__).parent / "runtime.py").read_text(encoding="utf-8")
 
@@ -95,15 +101,26 @@ class SandboxProcess:
     stubs_digest: str | None = None
     pid: int | None = None
     alive: bool = True
+    cgroup: SandboxCgroup | None = None
+    jail_pids: tuple[int, int, int] | None = None  # host pids: firejail, the jail's init, the interpreter
+    chan_inode: int = 0  # the inbound channel pipe: the interpreter waits on it between executions
+    frozen: bool = False
+    cpu_mark: float = 0.0
     _line: bytearray = field(default_factory=bytearray)
     _closed_fds: set[int] = field(default_factory=set)
     _flooded: bool = False
 
     @classmethod
     async def start(
-        cls, config: SandboxConfig, paths: firejail.JailPaths, *, run_as: tuple[int, int] | None
+        cls,
+        config: SandboxConfig,
+        paths: firejail.JailPaths,
+        *,
+        run_as: tuple[int, int] | None,
+        cgroups: Layout | None = None,
     ) -> SandboxProcess:
-        """Spawn the jail and wait for the runtime's ``ready``; SandboxError if it does not come."""
+        """Spawn the jail, wait for the runtime's ``ready`` and confine it in its own cgroup (when
+        ``cgroups`` is given) before any code runs; SandboxError if any of it fails."""
         in_r, in_w = os.pipe()
         cout_r, cout_w = os.pipe()
         out_r, out_w = os.pipe()
@@ -169,7 +186,33 @@ class SandboxProcess:
                 "the sandbox user exists (python -m veil.sandbox.setup)."
             )
         sandbox.pid = message.pid
+        sandbox.chan_inode = proctree.pipe_inode(in_w)
+        try:
+            sandbox._confine(cgroups)
+        except BaseException:
+            sandbox.kill()
+            await sandbox.wait(2.0)
+            raise
         return sandbox
+
+    def _confine(self, cgroups: Layout | None) -> None:
+        """Find the jail's processes by host pid and move them into a fresh cgroup."""
+        inits = proctree.children(self.proc.pid)
+        workers = proctree.children(inits[0]) if len(inits) == 1 else []
+        if len(workers) != 1:
+            raise SandboxError(
+                "the sandbox did not start as expected (firejail's process tree is not jail -> init -> python)"
+            )
+        self.jail_pids = (self.proc.pid, inits[0], workers[0])
+        self.cpu_mark = proctree.cpu_seconds(workers[0])
+        if cgroups is None:
+            return
+        mib = 1024 * 1024
+        self.cgroup = SandboxCgroup.create(
+            cgroups, max_tasks=self.config.max_processes, memory_bytes=self.config.memory_mb * mib
+        )
+        for pid in self.jail_pids:
+            self.cgroup.add(pid)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -209,6 +252,12 @@ class SandboxProcess:
             if self.stdout.total + self.stderr.total > self.flood_limit and not self._flooded:
                 self._flooded = True
                 self.messages.put_nowait(Flood())
+
+    def drain_channel(self) -> None:
+        """Parse whatever the sandbox has written to the channel so far (the reader callback may
+        not have run yet)."""
+        if self.chan_out not in self._closed_fds:
+            self._on_channel()
 
     def drain_output(self) -> None:
         """Read whatever the code wrote before its ``done`` message (pipes keep write order)."""
@@ -269,10 +318,10 @@ class SandboxProcess:
         firejail reaps it and exits; ``wait`` kills the whole process group if it does not.
         Idempotent."""
         self.alive = False
-        for pid in _children(self.proc.pid):
+        for pid in proctree.children(self.proc.pid) + (self.cgroup.procs() if self.cgroup else []):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-        if self.proc.poll() is None and not _children(self.proc.pid):
+        if self.proc.poll() is None and not proctree.children(self.proc.pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
         for fd in (self.chan_out, self.out_fd, self.err_fd):
@@ -284,21 +333,75 @@ class SandboxProcess:
 
     async def wait(self, timeout: float = 5.0) -> int | None:
         """Reap the firejail process (in a thread: Popen.wait blocks); SIGKILL its process group
-        if it has not gone within ``timeout``."""
+        if it has not gone within ``timeout``. Then remove the cgroup once it is empty."""
         try:
-            return await asyncio.to_thread(self.proc.wait, timeout)
+            code = await asyncio.to_thread(self.proc.wait, timeout)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             try:
-                return await asyncio.to_thread(self.proc.wait, timeout)
+                code = await asyncio.to_thread(self.proc.wait, timeout)
             except subprocess.TimeoutExpired:
-                return None
+                code = None
+        if self.cgroup is not None:
+            for _ in range(200):  # the kernel empties a group a moment after its last process exits
+                if self.cgroup.remove():
+                    break
+                self.kill()
+                await asyncio.sleep(0.01)
+        return code
 
+    # -- the host decides when an execution has ended ---------------------------------------
 
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
+    @property
+    def worker(self) -> int:
+        assert self.jail_pids is not None
+        return self.jail_pids[2]
+
+    def waiting(self) -> bool:
+        """The interpreter's main thread is blocked reading the host's channel (see proctree)."""
+        return proctree.blocked_reading(self.worker, self.chan_inode)
+
+    def extra_threads(self) -> int:
+        return max(0, proctree.thread_count(self.worker) - 1)
+
+    def strays(self) -> list[int]:
+        """Live processes of the sandbox other than firejail's two and the interpreter."""
+        assert self.jail_pids is not None
+        if self.cgroup is not None:
+            found = self.cgroup.procs()
+        else:
+            found, todo = [], proctree.children(self.jail_pids[1])
+            while todo:
+                pid = todo.pop()
+                found.append(pid)
+                todo += proctree.children(pid)
+        return [p for p in found if p not in self.jail_pids and proctree.alive(p)]
+
+    def kill_strays(self) -> int:
+        """SIGKILL every stray once; returns how many there were."""
+        strays = self.strays()
+        for pid in strays:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        return len(strays)
+
+    def freeze(self) -> None:
+        """Stop the interpreter until the next execution (timers and handlers cannot run meanwhile)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.worker, signal.SIGSTOP)
+            self.frozen = True
+
+    def thaw(self) -> None:
+        if self.frozen:
+            self.frozen = False
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.worker, signal.SIGCONT)
+
+    def usage(self) -> tuple[float, float]:
+        """(CPU seconds of the interpreter since the last call, peak memory MiB: the interpreter's
+        peak resident set or the sandbox cgroup's peak, whichever is larger), measured by the host."""
+        now = proctree.cpu_seconds(self.worker)
+        cpu, self.cpu_mark = max(0.0, now - self.cpu_mark), now
+        peak = max(proctree.peak_rss_bytes(self.worker), self.cgroup.peak_memory_bytes() if self.cgroup else 0)
+        return round(cpu, 4), round(peak / (1024 * 1024), 1)

@@ -202,20 +202,12 @@ def _cpu_budget(seconds):
         resource.setrlimit(resource.RLIMIT_CPU, (limit, hard))
 
 
-def _usage():
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-    return cpu, max(own.ru_maxrss, kids.ru_maxrss)
-
-
 def _execute(request):
     if request.get("clean"):
         _clean_workspace()
         _fresh_namespace()
     if request.get("stubs") is not None:
         _install_stubs(request["stubs"])
-    cpu_before, _ = _usage()
     _cpu_budget(int(request.get("cpu_s", 0)))
     status, error_type, result = "ok", None, None
     try:
@@ -232,18 +224,7 @@ def _execute(request):
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    cpu_after, rss = _usage()
-    _send(
-        {
-            "type": "done",
-            "id": request["id"],
-            "status": status,
-            "error_type": error_type,
-            "result": result,
-            "cpu_s": round(cpu_after - cpu_before, 4),
-            "max_rss_kb": rss,
-        }
-    )
+    _send({"type": "done", "id": request["id"], "status": status, "error_type": error_type, "result": result})
 
 
 def main():
