@@ -83,7 +83,7 @@ def shm(key, size):
 def shm_exists(key):
     return libc.shmget(key, 0, 0o666) >= 0
 """
-KEY = 0x5EC12E7
+KEY = 0x5EC00000 + os.getpid() % 0x100000  # per run: a leftover of another run cannot interfere
 
 
 def host_sysv(kind: str, pid: int | None = None) -> str:
@@ -136,7 +136,7 @@ def test_sysv_shared_memory_is_private_bounded_and_dies_with_the_session(make_ma
             # 3 x 200 MB of segments, each detached after it is touched: 600 MB > 384 MB.
             big = await execute(
                 manager,
-                SYSV + "made = 0\nfor k in range(3):\n    shm(1000 + k, 200 * 2**20)\n    made += 1\n"
+                SYSV + f"made = 0\nfor k in range(3):\n    shm({KEY} + 1 + k, 200 * 2**20)\n    made += 1\n"
                 "    open('made.txt', 'w').write(str(made))\nmade",
                 "hog",
             )
@@ -456,3 +456,25 @@ def test_a_forged_completion_from_a_child_process_is_not_the_end(make_manager):
     assert ran_to_the_end
     assert result.outcome == "killed" and result.result is None
     assert tree(sandbox) == []
+
+
+@pytest.mark.req("sandbox:channel-integrity")
+@pytest.mark.req("sandbox:wall-clock")
+def test_code_that_poses_as_the_runtime_stays_inside_its_own_limits(make_manager):
+    """Residual, documented: code that forges ``done`` and then waits on the channel itself *is*
+    quiescent, so the call ends with its claimed result. It then runs nothing between calls (it
+    is stopped), and when the next execution comes it is bounded by the host's wall clock."""
+    code = FORGE + "import _veil_runtime\nwhile True:\n    _veil_runtime._receive()"
+
+    async def body():
+        async with make_manager(timeout_s=2.0) as manager:
+            posed = await execute(manager, code)
+            sandbox = manager._sessions["s1"].sandbox
+            state, alive = state_of(sandbox.worker), tree(sandbox)
+            next_one = await execute(manager, "'next'")
+            return posed, state, alive, sandbox.jail_pids, next_one, tree(sandbox)
+
+    posed, state, alive, jail, next_one, after = run(body())
+    assert posed.result == "'forged'"  # the claim is the code's own output, tokenised like any other
+    assert state == "T" and sorted(alive) == sorted(jail)
+    assert next_one.outcome == "timeout" and after == []

@@ -136,6 +136,8 @@ class Gateway:
 
     def _policy_changed(self, policy: Any) -> None:
         self.tokenizer.update_settings(policy.detection, policy.tokens)
+        if self.sandbox is not None:  # the policy's sandbox limits, from the next execution on
+            self.sandbox.reconfigure(self.sandbox_config())
         self.audit.record_sync(
             ev.AuditEvent(
                 kind=ev.POLICY_LOAD,

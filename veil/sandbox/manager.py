@@ -6,7 +6,7 @@ pre-started one from the warm pool (with its fresh workspace), or starts one col
 interpreter abnormally (timeout, memory, output flood, crash, protocol violation) kills every
 process of its sandbox; the next execution starts a fresh one and the agent is told in plain words.
 
-The host, not the code, decides when an execution has ended (``_settle``): the runtime's ``done``
+The host, not the code, decides when an execution has ended (``ending.py``): the runtime's ``done``
 is a claim, accepted once the interpreter is seen waiting on the channel; every other process the
 execution started is then killed, an interpreter with threads left running is replaced, and the
 interpreter is stopped (SIGSTOP) until the next execution. The wall clock covers all of it.
@@ -34,7 +34,7 @@ from typing import Any
 
 from veil.config import SandboxConfig
 from veil.errors import SandboxError, VeilError
-from veil.sandbox import firejail, proctree, workspace
+from veil.sandbox import ending, firejail, proctree, workspace
 from veil.sandbox.cgroup import Layout
 from veil.sandbox.channel import Call, Done
 from veil.sandbox.outcome import describe
@@ -375,7 +375,7 @@ class SandboxManager:
                     else:  # Violation, a stray Ready or a Done for another id
                         ended = "violation"
                 if done is not None:
-                    ended, threads, strays = await self._settle(sandbox)
+                    ended, threads, strays = await ending.settle(sandbox)
         except TimeoutError:
             ended = "timeout"
         except OSError:
@@ -385,7 +385,7 @@ class SandboxManager:
         err, err_total = sandbox.stderr.take()
         result.cpu_s, result.max_rss_mb = sandbox.usage()
         # Stopped until the next execution, or killed: nothing of this execution runs after the call.
-        if ended is not None or threads or not await self._freeze(sandbox):
+        if ended is not None or threads or not await ending.freeze(sandbox):
             sandbox.kill()
             session.sandbox = None
             await sandbox.wait(5.0)
@@ -395,62 +395,6 @@ class SandboxManager:
         result.stdout, result.stderr, result.result, result.truncated = text
         describe(result, done, ended, timeout, self.config, threads=threads, strays=strays)
         return result
-
-    async def _settle(self, sandbox: SandboxProcess) -> tuple[str | None, int, int]:
-        """After a ``done`` claim: wait until the host sees the interpreter waiting for its next
-        message, then kill every other process of the sandbox. Returns (why the interpreter must
-        go or None, threads it had left running, processes killed). Any message after ``done``
-        (a forged ``done`` followed by the real one, a call) is a protocol violation. Runs inside
-        the execution's wall clock: code still running after a forged ``done`` times out."""
-        delay = 0.0002
-        while True:
-            sandbox.drain_channel()
-            if not sandbox.messages.empty():
-                return self._after_done(sandbox.messages.get_nowait()), 0, 0
-            if sandbox.waiting():
-                sandbox.drain_channel()  # a message written just before it blocked
-                if not sandbox.messages.empty():
-                    return self._after_done(sandbox.messages.get_nowait()), 0, 0
-                break
-            if not proctree.alive(sandbox.worker):
-                return "exit", 0, 0
-            try:
-                message = await asyncio.wait_for(sandbox.messages.get(), delay)
-            except TimeoutError:
-                delay = min(delay * 2, 0.02)
-                continue
-            return self._after_done(message), 0, 0
-        threads = sandbox.extra_threads()
-        killed: set[int] = set()
-        for attempt in range(200):
-            strays = sandbox.strays()
-            if not strays:
-                return None, threads, len(killed)
-            killed.update(strays)
-            sandbox.kill_strays()
-            await asyncio.sleep(0.0005 * min(attempt + 1, 20))
-        return "violation", threads, len(killed)  # processes that would not die: stop the sandbox
-
-    @staticmethod
-    async def _freeze(sandbox: SandboxProcess) -> bool:
-        """Stop the interpreter (SIGSTOP) and wait until the kernel shows it stopped, so nothing of
-        this execution (a timer, a signal handler) runs before the next execution starts."""
-        sandbox.freeze()
-        delay = 0.00005
-        for _ in range(60):
-            if proctree.stopped(sandbox.worker):
-                return True
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.01)
-        return False
-
-    @staticmethod
-    def _after_done(message: object) -> str:
-        if isinstance(message, Exit):
-            return "exit"
-        if isinstance(message, Flood):
-            return "flood"
-        return "violation"
 
     async def _tool_call(self, call: Call, known: set[tuple[str, str]], call_tool: CallTool) -> dict[str, Any]:
         """Forward one call through the gateway pipeline; errors go back to the code as ToolError."""
