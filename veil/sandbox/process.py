@@ -24,6 +24,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from veil.config import SandboxConfig
 from veil.errors import SandboxError
@@ -126,7 +127,7 @@ class SandboxProcess:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         argv = firejail.command(config, paths, cout_w, BOOTSTRAP)
-        kwargs: dict[str, object] = {}
+        kwargs: dict[str, Any] = {}
         if run_as is not None:
             kwargs.update(user=run_as[0], group=run_as[1], extra_groups=[])
         try:
@@ -139,7 +140,7 @@ class SandboxProcess:
                 env=firejail.environment(),
                 cwd="/",
                 start_new_session=True,
-                **kwargs,  # type: ignore[arg-type]
+                **kwargs,
             )
         except OSError as exc:
             for fd in (in_r, in_w, cout_r, cout_w, out_r, out_w, err_r, err_w):

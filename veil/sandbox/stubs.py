@@ -95,7 +95,8 @@ def _short(text: str, limit: int = 100) -> str:
 def _params(spec: ToolSpec) -> list[tuple[str, str, dict[str, Any], bool]]:
     """(python name, JSON name, property schema, required) in signature order."""
     schema = spec.input_schema if isinstance(spec.input_schema, dict) else {}
-    props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    raw_props = schema.get("properties")
+    props: dict[str, Any] = raw_props if isinstance(raw_props, dict) else {}
     required = set(schema.get("required") or []) & set(props)
     ordered = [n for n in props if n in required] + [n for n in props if n not in required]
     out: list[tuple[str, str, dict[str, Any], bool]] = []
