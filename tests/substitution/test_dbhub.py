@@ -76,6 +76,18 @@ async def test_values_with_quotes_match_exactly_their_own_row(dbhub_config) -> N
         assert rows(count) == [{"n": len(CUSTOMERS)}]
 
 
+@pytest.mark.req("untokenize:sql-safe")
+async def test_an_upstream_error_quoting_the_value_reaches_the_agent_tokenised(dbhub_config) -> None:
+    """PostgreSQL quotes the value in its error and dbhub passes the error on: the agent sees the
+    token again, not the name (verbatim splicing used to leak a fragment of it in a syntax error)."""
+    async with serving(dbhub_config()) as (_gateway, url), Client(url, mode="legacy") as agent:
+        known = await tokens_of(agent, [1])
+        failed = await agent.call_tool(TOOL, {"sql": f"SELECT '{known[1]['full_name']}'::int AS n"})
+        text = seen(failed)
+        assert failed.is_error and "invalid input syntax for type integer" in text
+        assert "Siobhan" not in text and "Connor" not in text
+
+
 @pytest.mark.req("untokenize:sql-refuse")
 async def test_a_token_outside_a_literal_is_refused_and_audited_as_denied(dbhub_config) -> None:
     async with serving(dbhub_config()) as (gateway, url), Client(url, mode="legacy") as agent:
