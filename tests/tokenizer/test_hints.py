@@ -62,3 +62,44 @@ def test_policy_field_hints_win_and_match_paths():
     assert table.hint("ref", "order.ref", [], None) == "ORDER_REF"
     assert table.hint("ref", "invoice.ref", [], None) is None
     assert table.hint("email", "email", [], None) == "PERSON"
+
+
+@pytest.mark.req("tokenize:hinted-types-count")
+def test_hinted_types_count_whatever_the_entity_list(session_engine, keyring, scope):
+    from veil.tokenizer import DetectionSettings, Tokenizer, TokenSettings
+
+    record = {"name": "Ann Bell", "email": "ann@example.com", "dob": "1985-03-02", "zip": 80202, "born": "1985"}
+    narrow = Tokenizer(session_engine, keyring, DetectionSettings(entities=("EMAIL_ADDRESS",)), TokenSettings())
+    out = narrow.tokenize(record, scope, "crm").value
+    assert out["dob"].startswith("[DATE_OF_BIRTH_") and out["zip"].startswith("[ZIP_CODE_")
+    assert out["name"].startswith("[PERSON_") and out["email"].startswith("[EMAIL_ADDRESS_")
+
+    excluded = Tokenizer(
+        session_engine, keyring, DetectionSettings(entities=("EMAIL_ADDRESS",), exclude=("ZIP_CODE",)), TokenSettings()
+    )
+    out = excluded.tokenize(record, scope, "crm").value
+    assert out["zip"] == 80202 and out["dob"].startswith("[DATE_OF_BIRTH_")
+
+
+@pytest.mark.req("tokenize:hinted-types-count")
+@pytest.mark.parametrize(
+    "key, entity",
+    [
+        ("patient_dob", "DATE_OF_BIRTH"),
+        ("birthDate", "DATE_OF_BIRTH"),
+        ("born", "DATE_OF_BIRTH"),
+        ("billing_zip", "ZIP_CODE"),
+        ("postalCode", "ZIP_CODE"),
+    ],
+)
+def test_more_birth_and_postal_keys(key, entity):
+    assert builtin_hint(key) == entity
+
+
+@pytest.mark.req("tokenize:person-normalised")
+def test_the_same_person_gets_one_token_from_different_spans(tokenizer, scope):
+    note = "Dr. Jane Roe called. Later Jane Roe's assistant confirmed; Jane Roe will visit."
+    out = tokenizer.tokenize({"notes": note}, scope, "crm").value["notes"]
+    tokens = set(__import__("re").findall(r"\[PERSON_\d+\]", out))
+    assert "Jane" not in out and "Roe" not in out
+    assert len(tokens) == 1, out

@@ -88,3 +88,135 @@ def test_key_value_lines_are_not_people(detector):
 
 def test_order_numbers_without_context_are_not_phones(detector):
     assert [t for t, _ in found(detector, "Order 2024 1187 shipped") if t == "PHONE_NUMBER"] == []
+
+
+@pytest.mark.req("tokenize:date-of-birth")
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("Patient born on March 3, 1985 in Ohio.", "March 3, 1985"),
+        ("DOB: 03/02/1985", "03/02/1985"),
+        ("date_of_birth='1985-03-02'", "1985-03-02"),
+        ("She was born 1985-03-02.", "1985-03-02"),
+        ("Date of birth is 3rd of March 1985, per the form.", "3rd of March 1985"),
+        ("birthdate: 12.07.1990", "12.07.1990"),
+    ],
+)
+def test_dates_of_birth_after_a_cue(detector, text, value):
+    assert ("DATE_OF_BIRTH", value) in found(detector, text)
+
+
+@pytest.mark.req("tokenize:date-of-birth")
+def test_other_dates_stay_dates(detector):
+    got = found(detector, "The invoice of 03/02/2024 was paid on March 9, 2024.")
+    assert [t for t, _ in got if t == "DATE_OF_BIRTH"] == []
+
+
+@pytest.mark.req("tokenize:date-of-birth")
+def test_key_words_are_a_cue(detector):
+    [spans] = detector.detect([TextItem("1985-03-02", "patient dob")])
+    assert [(s.entity_type, s.start, s.end) for s in spans] == [("DATE_OF_BIRTH", 0, 10)]
+
+
+@pytest.mark.req("tokenize:ssn-no-dashes")
+@pytest.mark.parametrize(
+    "text, context, value",
+    [
+        ("SSN 219099999 on file", "", "219099999"),
+        ("social security number: 219 09 9999", "", "219 09 9999"),
+        ("219099999", "ssn", "219099999"),
+        ("219099999", "applicant social security", "219099999"),
+    ],
+)
+def test_ssn_without_dashes_with_evidence(detector, text, context, value):
+    [spans] = detector.detect([TextItem(text, context)])
+    assert ("US_SSN", value) in [(s.entity_type, text[s.start : s.end]) for s in spans]
+
+
+@pytest.mark.req("tokenize:ssn-no-dashes")
+@pytest.mark.parametrize("text", ["order 219099999 shipped", "SSN 000123456", "ssn 666123456"])
+def test_nine_digits_without_evidence_are_not_ssns(detector, text):
+    assert [t for t, _ in found(detector, text) if t == "US_SSN"] == []
+
+
+@pytest.mark.req("tokenize:zip-code")
+@pytest.mark.parametrize(
+    "text, value",
+    [("Moved to Denver, CO 80202 last year.", "80202"), ("zip 80202", "80202"), ("Boise ID 83702-1234", "83702-1234")],
+)
+def test_zip_codes_with_their_place_or_a_cue(detector, text, value):
+    assert ("ZIP_CODE", value) in found(detector, text)
+
+
+@pytest.mark.req("tokenize:zip-code")
+def test_a_full_address_keeps_its_zip_inside(detector):
+    text = "Ship it to 88 Pine Street, Denver, CO 80202 please."
+    assert ("STREET_ADDRESS", "88 Pine Street, Denver, CO 80202") in found(detector, text)
+
+
+@pytest.mark.req("tokenize:no-false-positives-interface")
+@pytest.mark.parametrize(
+    "text, context",
+    [
+        ("Nov 28 2026 22", "last call"),
+        ("Last call: Nov 28 2026 22:01", ""),
+        ("2026-11-28T22:01:03Z", "phone"),
+        ("2026-11-28 22:01:03", "phone"),
+        ("1732831200", "mobile"),
+        ("called at 1732831200", ""),
+        ("Call 28.11.2026 22:01", ""),
+    ],
+)
+def test_timestamps_are_not_phone_numbers(detector, text, context):
+    [spans] = detector.detect([TextItem(text, context, ner=True)])
+    assert [text[s.start : s.end] for s in spans if s.entity_type == "PHONE_NUMBER"] == []
+
+
+def test_phone_numbers_next_to_years_still_count(detector):
+    got = found(detector, "call 555 2026 1234, or 415-555-0132 after 2026-11-28")
+    assert {v for t, v in got if t == "PHONE_NUMBER"} == {"555 2026 1234", "415-555-0132"}
+
+
+TRACEBACK = """Traceback (most recent call last):
+  File "/sandbox/main.py", line 3, in <module>
+    row = crm.lookup_by_email('[EMAIL_ADDRESS_1]')
+  File "/sandbox/servers/crm.py", line 41, in lookup_by_email
+    return _call("crm", "lookup_by_email", {"email": email})
+NameError: name 'Customer' is not defined
+KeyError: '$.body'
+AttributeError: 'NoneType' object has no attribute 'FirstName'"""
+
+
+@pytest.mark.req("tokenize:no-false-positives-interface")
+def test_code_and_tracebacks_are_not_names(detector):
+    got = found(detector, TRACEBACK)
+    assert [(t, v) for t, v in got if t in ("PERSON", "LOCATION", "NRP", "ORGANIZATION", "URL")] == []
+
+
+@pytest.mark.req("tokenize:no-false-positives-interface")
+@pytest.mark.parametrize(
+    "text, email",
+    [
+        ("lookup_by_email(email='jane.roe@example.com')", "jane.roe@example.com"),
+        ('{"email":"jane.roe@example.com"}', "jane.roe@example.com"),
+        ("mailto:jane.roe@example.com.", "jane.roe@example.com"),
+        ("Sean o'connor@example.com", "o'connor@example.com"),
+    ],
+)
+def test_email_spans_do_not_swallow_labels(detector, text, email):
+    assert [v for t, v in found(detector, text) if t == "EMAIL_ADDRESS"] == [email]
+
+
+@pytest.mark.req("tokenize:no-false-positives-interface")
+def test_spans_do_not_cross_line_breaks(detector):
+    text = "Contact: Maria Lopez\nEmail: maria@example.com\nOwner\nMaria Lopez\nStatus: open"
+    for t, v in found(detector, text):
+        assert "\n" not in v, (t, v)
+    assert ("PERSON", "Maria Lopez") in found(detector, text)
+
+
+@pytest.mark.req("tokenize:person-normalised")
+def test_titles_and_possessives_are_not_part_of_a_name(detector):
+    text = "Met Dr. Jane Roe today; Jane Roe's file is updated, and Mrs. Ann Bell signed."
+    people = [v for t, v in found(detector, text) if t == "PERSON"]
+    assert people and set(people) <= {"Jane Roe", "Ann Bell"}

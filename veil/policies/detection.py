@@ -42,12 +42,12 @@ class PolicyDetector:
     """The tokenizer's detection for one policy's settings, reporting findings with reasons."""
 
     def __init__(self, settings: DetectionSettings) -> None:
-        from veil.tokenizer.detector import NER_SCORE, Detector, TextItem
+        from veil.tokenizer.detector import Detector, TextItem
         from veil.tokenizer.hints import HintTable
         from veil.tokenizer.nlp import load_ner_pipeline
         from veil.tokenizer.walker import Slot, is_free_text, walk
 
-        self._ner_score, self._item, self._slot = NER_SCORE, TextItem, Slot
+        self._item, self._slot = TextItem, Slot
         self._walk, self._free = walk, is_free_text
         self.settings = settings
         if settings.spacy_model not in _PIPELINES:
@@ -100,7 +100,7 @@ class PolicyDetector:
                 if ex.supportive_context_word:
                     why += f"; context word '{ex.supportive_context_word}' raised the score"
                 return ex.recognizer or "?", why
-        if span.score == self._ner_score:
+        if span.ner:
             return "spaCy NER", f"named entity recognised by {self.detector.model_name or 'the spaCy model'}"
         return "?", ""
 

@@ -177,6 +177,7 @@ def build_policy(located: Located, file: str, digest: str, path: Path) -> Policy
         entities += tuple(dict.fromkeys(e for e in extra if e not in entities))
     detection_kwargs: dict[str, Any] = {
         "entities": entities,
+        "exclude": tuple(det.get("exclude", ())),
         "language": det.get("language", "en"),
         "default_threshold": float(det.get("default_threshold", DetectionSettings.default_threshold)),
         "thresholds": {k: float(v) for k, v in det.get("thresholds", {}).items()},

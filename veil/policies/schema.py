@@ -148,6 +148,12 @@ POLICY_SCHEMA: dict[str, Any] = {
             "properties": {
                 "language": {"type": "string", "pattern": "^[a-z]{2}$"},
                 "entities": {"type": "array", "items": ENTITY_NAME, "uniqueItems": True},
+                "exclude": {
+                    "type": "array",
+                    "items": ENTITY_NAME,
+                    "uniqueItems": True,
+                    "description": "Types never tokenised, not even under a key that implies them.",
+                },
                 "default_threshold": {"type": "number", "minimum": 0, "maximum": 1},
                 "thresholds": {
                     "type": "object",

@@ -11,6 +11,9 @@ So one ``detect`` call does two batched passes over all strings it is given:
 2. NER: the strings the caller marks as free text go through one ``nlp.pipe`` call of a pipeline
    that holds only the ``ner`` component.
 
+Long strings are scanned in bounded windows (``_windows``) and reach NER in bounded pieces, so
+no input makes detection super-linear; a ``deadline`` is checked between chunks and NER batches.
+
 spaCy pipelines are not documented as thread-safe, so ``detect`` holds a lock; the gateway's
 worker threads queue here while vault work runs in parallel.
 """
@@ -142,6 +145,7 @@ class Span:
     end: int
     entity_type: str
     score: float
+    ner: bool = False  # found by the NER model (a pattern span of the same length wins)
 
 
 @dataclass(frozen=True)
@@ -361,7 +365,7 @@ class Detector:
                 entity = NER_LABELS.get(ent.label_)
                 if entity is None or entity not in self.detect_entities:
                     continue
-                found[i].append(Span(lo + ent.start_char, lo + ent.end_char, entity, NER_SCORE))
+                found[i].append(Span(lo + ent.start_char, lo + ent.end_char, entity, NER_SCORE, ner=True))
 
     def resolve(self, text: str, spans: list[Span]) -> list[Span]:
         """Thresholds, wanted types and allow-list applied; spans cut at a line break (except
@@ -376,7 +380,7 @@ class Detector:
             covered[m.start() : m.end()] = b"\x01" * (m.end() - m.start())
         out: list[Span] = []
         cleaned = [c for c in (_clean(text, sp) for sp in spans) if c is not None]
-        for sp in sorted(cleaned, key=lambda s: (-(s.end - s.start), s.score == NER_SCORE, -s.score)):
+        for sp in sorted(cleaned, key=lambda s: (-(s.end - s.start), s.ner, s.entity_type in _GENERIC, -s.score)):
             if sp.score < self.threshold(sp.entity_type) or not self.wants(sp.entity_type):
                 continue
             if covered.find(1, sp.start, sp.end) != -1:
@@ -389,6 +393,10 @@ class Detector:
         out.sort(key=lambda s: s.start)
         return out
 
+
+# Types that say less than another type found on the same characters (a date that is a date of
+# birth, a number that is an SSN): the specific one wins.
+_GENERIC = frozenset({"DATE_TIME", "NRP", "URL", "ZIP_CODE", "US_BANK_NUMBER", "US_DRIVER_LICENSE", "PHONE_NUMBER"})
 
 _BUDGET_MESSAGE = (
     "detection did not finish within the call's time budget; the result was withheld "
@@ -457,7 +465,9 @@ def _name_parts_elsewhere(text: str, found: list[Span], covered: bytearray) -> l
 _TITLES = re.compile(
     r"^(?:(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Sir|Madam|Dame|Lord|Lady|Herr|Frau|Mme|Mlle|Sr|Sra|Rev|Capt|Sgt)\.?[ \t]{1,4})+"
 )
-_EDGE = " \t\r\n,;:\"'`()[]{}<>"
+_SPACE = " \t\r\n,;:"
+_EDGE = _SPACE + "\"'`()[]{}<>"  # also quotes and brackets, for types that never contain them
+_QUOTABLE = frozenset({"PERSON", "LOCATION", "NRP", "ORGANIZATION", "EMAIL_ADDRESS", "URL"})
 _CODE_CHARS = frozenset("_()[]{}<>=/\\$@#|`")
 _CODE_WORD = re.compile(r"(?:Error|Exception|Warning|Exit|Interrupt|Iteration|Iterator|Mixin|Type|Dict|List)$")
 _NAMEISH = frozenset({"PERSON", "LOCATION", "NRP", "ORGANIZATION"})
@@ -469,15 +479,16 @@ def _clean(text: str, sp: Span) -> Span | None:
     possessive, so the same person gets the same token from "Dr. Jane Roe" and "Jane Roe's"; and
     nothing name-like that reads as code (identifiers, exception names, paths, JSON paths)."""
     s, e = sp.start, sp.end
-    while s < e and text[s] in _EDGE:
+    edge = _EDGE if sp.entity_type in _QUOTABLE else _SPACE
+    while s < e and text[s] in edge:
         s += 1
-    while e > s and text[e - 1] in _EDGE:
+    while e > s and text[e - 1] in edge:
         e -= 1
     if sp.entity_type != "STREET_ADDRESS":
         nl = text.find("\n", s, e)
         if nl != -1:
             e = nl
-            while e > s and text[e - 1] in _EDGE:
+            while e > s and text[e - 1] in edge:
                 e -= 1
     if sp.entity_type in _NAMEISH:
         if sp.entity_type == "PERSON":
@@ -495,7 +506,7 @@ def _clean(text: str, sp: Span) -> Span | None:
         return None
     if (s, e) == (sp.start, sp.end):
         return sp
-    return Span(s, e, sp.entity_type, sp.score)
+    return Span(s, e, sp.entity_type, sp.score, sp.ner)
 
 
 def _code_like(text: str, s: int, e: int) -> bool:

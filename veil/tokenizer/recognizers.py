@@ -3,10 +3,17 @@
 * ``StreetAddressRecognizer``: Presidio has none. Regexes with context words cover US-style
   addresses ("1234 Oak Street", "77 Mission St Apt 4B", "88 Pine Street, Denver, CO 80202"),
   European street-first forms ("Via Roma 131", "Koepenicker Str. 74"), units and PO boxes.
-* ``ZipCodeRecognizer``: five-digit postal codes, only with context (they look like any number).
-* ``OfflineEmailRecognizer``: Presidio's e-mail recognizer validates domains with tldextract,
-  whose default extractor fetches the public suffix list over the network. This one uses the
-  suffix list snapshot bundled with tldextract and never opens a socket.
+* ``ZipCodeRecognizer``: postal codes after "City, ST" or next to "zip"/"postal".
+* ``DateOfBirthRecognizer``, ``SsnDigitsRecognizer``: a date after "born on"/"DOB:", nine digits
+  next to "ssn": evidence turns an ordinary date or number into an identifier.
+* ``OfflineEmailRecognizer``, ``VeilUrlRecognizer``: Presidio's e-mail recognizer validates
+  domains with tldextract, whose default extractor fetches the public suffix list over the
+  network; these use the snapshot bundled with tldextract and never open a socket. Their patterns
+  replace Presidio's, which were quadratic (URL: seconds on a few KB) or swallowed labels.
+* ``CandidatePhoneRecognizer``: phonenumbers' matcher, only on stretches that could be a number.
+
+Linear time: every repetition in these patterns is bounded (``{0,40}``, never ``*`` or ``+``),
+so one match attempt costs a bounded number of steps; tests/tokenizer/test_linear.py parses them.
 """
 
 from __future__ import annotations
@@ -214,7 +221,7 @@ class DateOfBirthRecognizer(PatternRecognizer):
                 Pattern(
                     "cued_date",
                     rf"(?<=\b{_DOB_CUE}[ \t:=\"'\u2019-]{{0,4}}(?:(?:is|was|on|of)[ \t]{{1,3}}){{0,2}}){_DATE}\b",
-                    0.85,
+                    0.9,
                 )
             ],
             supported_language=supported_language,
@@ -251,6 +258,27 @@ class SsnDigitsRecognizer(PatternRecognizer):
         )
 
 
+# Timestamps and dates that phone patterns would otherwise take: "Nov 28 2026 22", "2026-11-28 22",
+# "28.11.2026 22", epoch seconds or milliseconds ("1732831200").
+_YEAR_DATE = re.compile(
+    r"(?<!\d)(?:(?:19|20)\d{2}[-./ ]\d{1,2}[-./ ]\d{1,2}|\d{1,2}[-./ ]\d{1,2}[-./ ](?:19|20)\d{2}"
+    r"|\d{1,2}[ ,]{1,2}(?:19|20)\d{2})(?!\d)"
+)
+_MONTH_BEFORE = re.compile(r"(?i)\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]{0,6}\.?[ \t]{0,3}$")
+_EPOCH = re.compile(r"1\d{9}(?:\d{3})?")
+
+
+def looks_like_datetime(text: str, start: int, end: int) -> bool:
+    """Whether ``text[start:end]`` is (part of) a date or time rather than a phone number."""
+    value = text[start:end]
+    if _YEAR_DATE.search(value) or _EPOCH.fullmatch(value):
+        return True
+    if _MONTH_BEFORE.search(text[max(0, start - 12) : start]):
+        return True
+    after = text[end : end + 3]
+    return len(after) >= 2 and after[0] in ":." and after[1].isdigit() and not value.startswith("+")
+
+
 # Where a phone number could be: a digit, then up to 28 digits and separators, ending in a digit.
 _DIGIT_GROUPS = re.compile(r"\d{1,30}")
 _PHONE_CANDIDATE = re.compile(r"(?<![\d+])\+?\(?\d[\d \t.()/-]{5,28}\d(?!\d)")
@@ -276,6 +304,8 @@ class CandidatePhoneRecognizer(PhoneRecognizer):
                 for match in phonenumbers.PhoneNumberMatcher(sub, region, leniency=self.leniency):
                     match.start += lo
                     match.end += lo
+                    if looks_like_datetime(text, match.start, match.end):
+                        continue
                     results.append(self._get_recognizer_result(match, text, region, nlp_artifacts))
         return EntityRecognizer.remove_duplicates(results)
 
@@ -336,6 +366,10 @@ class ContextPhoneRecognizer(PatternRecognizer):
 
     def validate_result(self, pattern_text: str) -> bool | None:
         return self._check(pattern_text)
+
+    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
+        results = super().analyze(text, entities, nlp_artifacts, regex_flags)
+        return [r for r in results if not looks_like_datetime(text, r.start, r.end)]
 
 
 class ContextCardRecognizer(PatternRecognizer):
