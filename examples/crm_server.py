@@ -76,6 +76,9 @@ class Customer(TypedDict):
     notes: list[str]
 
 
+_EDITABLE = ("first_name", "last_name", "full_name", "email", "phone", "segment")
+
+
 class NoteAdded(TypedDict):
     ok: bool
     customer_id: str
@@ -160,6 +163,18 @@ def build_server(
         record("add_note", {"customer_id": customer_id, "note": note})
         lookup(customer_id)["notes"].append(note)
         return {"ok": True, "customer_id": customer_id}
+
+    @mcp.tool()
+    def update_customer(customer_id: str, changes: dict[str, str]) -> Customer:
+        """Change top-level text fields of a customer, e.g. {"phone": "..."}; returns the record."""
+        record("update_customer", {"customer_id": customer_id, "changes": changes})
+        customer = lookup(customer_id)
+        unknown = [k for k in changes if k not in _EDITABLE]
+        if unknown:
+            # Honest but careless, like many real servers: the caller's own keys are echoed back.
+            raise ToolError(f"Unknown field(s) {', '.join(map(repr, unknown))}; editable: {', '.join(_EDITABLE)}")
+        customer.update(changes)
+        return customer  # type: ignore[return-value]
 
     @mcp.tool()
     def ping() -> Ok:
