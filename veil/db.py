@@ -191,6 +191,26 @@ def upgrade(url: str, revision: str = "head", *, runtime_role: str | None = None
         raise
 
 
+def harden(url: str) -> None:
+    """Install the audit DDL guard (migrations/versions/0004_roles.py) as a superuser."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("SELECT veil_audit_harden()"))
+    except sa.exc.ProgrammingError as exc:
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if sqlstate == "42501":
+            raise DatabaseError(
+                f"{redacted(url)}: installing the audit DDL guard needs a superuser (event triggers do); "
+                "give a superuser's URL with --database-url"
+            ) from None
+        if sqlstate == "42883":  # undefined_function
+            raise DatabaseError(f"{redacted(url)}: run `veil db upgrade` first (migration 0004 is missing)") from None
+        raise
+    finally:
+        engine.dispose()
+
+
 def prepare_schema(database_url: str, migration_database_url: str | None) -> None:
     """At start-up: migrate as the owner when one is configured (granting the runtime role), else
     as ``database_url``'s role (a no-op when the schema is current)."""

@@ -103,3 +103,20 @@ def stop(config: str | None, data_dir: str | None) -> None:
         click.echo(f"stopped the embedded PostgreSQL in {where / 'pg'}")
     else:
         click.echo(f"the embedded PostgreSQL in {where / 'pg'} was not running")
+
+
+@db_group.command("harden")
+@click.option("--config", "config", type=click.Path(dir_okay=False), help="veil.yaml to take the database from.")
+@click.option(
+    "--database-url",
+    "--url",
+    "database_url",
+    help="A superuser's URL for Veil's database (event triggers need one).",
+)
+def harden(config: str | None, database_url: str | None) -> None:
+    """Install the event trigger that refuses ALTER/DETACH/DROP on the audit tables (superuser, once).
+
+    Migrations install it themselves when they run as a superuser (the embedded server)."""
+    url = database_url or _url(config, None)
+    db.harden(url)
+    click.echo(f"audit DDL guard installed in {db.redacted(url)}: only superusers may alter or drop audit tables")

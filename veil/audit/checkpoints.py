@@ -9,12 +9,18 @@ once the chain up to it recomputes to the signed hash.
 Signed message (documented in docs/audit.md)::
 
     b"veil-audit-checkpoint/v1\\n" + JCS({"hash": <hex of chain hash>, "seq": <seq>, "ts": <UTC ts>})
+
+Every checkpoint is also appended to a file outside the database (``DATA_DIR/audit-checkpoints.jsonl``
+or ``audit.checkpoint_file``): whoever owns the tables can delete checkpoint rows together with the
+tail they cover, but not lines of a file on another host, so ``veil audit verify`` notices a chain
+that ends before the last checkpoint it knows of.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import stat
 import uuid
@@ -34,6 +40,7 @@ from veil.audit.chain import append, lock_head, prepare
 from veil.errors import ConfigError, VeilError
 
 KEY_FILE = "audit_signing.key"
+CHECKPOINT_FILE = "audit-checkpoints.jsonl"
 KEY_ENV = "VEIL_AUDIT_SIGNING_KEY"  # base64 of the 32-byte raw Ed25519 private key
 MESSAGE_PREFIX = b"veil-audit-checkpoint/v1\n"
 
@@ -118,11 +125,13 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     return key
 
 
-def make_checkpoint(conn: sa.Connection, key: Ed25519PrivateKey) -> Checkpoint:
-    """Sign the current chain head and store it, in ``conn``'s transaction (holding the chain lock).
+def make_checkpoint(conn: sa.Connection, key: Ed25519PrivateKey, file: Path | None = None) -> Checkpoint:
+    """Sign the current chain head and store it, in ``conn``'s transaction (holding the chain lock),
+    and append it to ``file`` when given.
 
     An ``audit.checkpoint`` event is appended right after, so the trail itself shows when
-    checkpoints were made.
+    checkpoints were made. The file line is written before the commit; that is safe because the
+    head it signs was committed earlier (a rolled-back checkpoint leaves a line that still holds).
     """
     head, now = lock_head(conn)
     if head.seq == 0:
@@ -145,7 +154,65 @@ def make_checkpoint(conn: sa.Connection, key: Ed25519PrivateKey) -> Checkpoint:
         detail={"checkpoint_id": cid, "seq": head.seq, "hash": head.hash.hex(), "key_id": kid},
     )
     append(conn, [prepare(event)])
-    return Checkpoint(cid, head.seq, head.hash, ts, kid, pub, signature)
+    checkpoint = Checkpoint(cid, head.seq, head.hash, ts, kid, pub, signature)
+    if file is not None:
+        append_to_file(file, checkpoint)
+    return checkpoint
+
+
+def checkpoint_file(data_dir: Path, configured: Path | None = None) -> Path:
+    """``audit.checkpoint_file`` when configured, else ``DATA_DIR/audit-checkpoints.jsonl``."""
+    return Path(configured) if configured is not None else Path(data_dir) / CHECKPOINT_FILE
+
+
+def append_to_file(path: Path, cp: Checkpoint) -> None:
+    """One JSON line per checkpoint, appended and flushed to disk (O_APPEND: concurrent writers
+    never interleave a line)."""
+    line = {
+        "seq": cp.seq,
+        "hash": cp.hash.hex(),
+        "ts": format_ts(cp.ts),
+        "key_id": cp.key_id,
+        "signature": base64.b64encode(cp.signature).decode(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, json.dumps(line, sort_keys=True).encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_file(path: Path) -> list[Checkpoint]:
+    """The checkpoints of a checkpoint file (``id`` is the line number), in file order."""
+    out = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    for number, text in enumerate(lines, 1):
+        if not text.strip():
+            continue
+        try:
+            raw = json.loads(text)
+            out.append(
+                Checkpoint(
+                    number,
+                    int(raw["seq"]),
+                    bytes.fromhex(raw["hash"]),
+                    datetime.fromisoformat(raw["ts"].replace("Z", "+00:00")),
+                    str(raw["key_id"]),
+                    b"",
+                    base64.b64decode(raw["signature"], validate=True),
+                )
+            )
+        except (ValueError, KeyError, TypeError):
+            raise VeilError(
+                f"{path}:{number}: not a checkpoint line (seq, hash, ts, key_id, signature); "
+                "the file was damaged or edited"
+            ) from None
+    return out
 
 
 def checkpoints(conn: sa.Connection, lo_seq: int | None = None, hi_seq: int | None = None) -> list[Checkpoint]:

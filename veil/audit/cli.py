@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from veil import db
-from veil.audit.checkpoints import load_public_key, load_signing_key, make_checkpoint, public_pem
+from veil.audit.checkpoints import checkpoint_file, load_public_key, load_signing_key, make_checkpoint, public_pem
 from veil.config import load_config
 from veil.dbcli import _url
 from veil.errors import ConfigError
@@ -22,6 +22,23 @@ def data_dir_of(config: str | None, data_dir: str | None) -> Path:
     if config:
         return load_config(config).data_dir
     return Path(".veil").resolve()
+
+
+def checkpoint_file_of(config: str | None, data_dir: str | None, explicit: str | None) -> Path:
+    """``--checkpoint-file``, else the config's ``audit.checkpoint_file``, else DATA_DIR's default."""
+    if explicit:
+        return Path(explicit).resolve()
+    configured = load_config(config).audit.checkpoint_file if config else None
+    return checkpoint_file(data_dir_of(config, data_dir), configured)
+
+
+def checkpoint_file_option(f):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--checkpoint-file",
+        type=click.Path(dir_okay=False),
+        help="Signed checkpoints written outside the database [default: audit.checkpoint_file, "
+        "else DATA_DIR/audit-checkpoints.jsonl].",
+    )(f)
 
 
 def parse_when(value: str | None, *, end: bool = False) -> datetime | None:
@@ -62,6 +79,7 @@ def audit_group() -> None:
 @audit_group.command("verify")
 @db_options
 @data_dir_option
+@checkpoint_file_option
 @click.option("--from", "start", help="First day (YYYY-MM-DD) or timestamp to verify.")
 @click.option("--to", "end", help="Last day (inclusive) or timestamp to verify.")
 @click.option(
@@ -76,9 +94,12 @@ def verify_cmd(
     start: str | None,
     end: str | None,
     public_key: str | None,
+    checkpoint_file: str | None,
 ) -> None:
     """Walk the hash chain; exit 1 and name the first broken link if anything was tampered with."""
     from veil.audit.verify import verify
+
+    outside = checkpoint_file_of(config, data_dir, checkpoint_file)
 
     key = load_public_key(Path(public_key)) if public_key else _local_public_key(config, data_dir)
     engine = db.create_engine(_url(config, database_url))
@@ -90,6 +111,7 @@ def verify_cmd(
                 end=parse_when(end, end=True),
                 public_key=key,
                 progress=lambda n: click.echo(f"  ... {n} events verified", err=True),
+                checkpoint_file=outside,
             )
     finally:
         engine.dispose()
@@ -98,8 +120,9 @@ def verify_cmd(
         click.echo(f"anchor: {result.anchor}")
     for cp in result.checkpoints:
         mark = "ok" if cp.ok else "FAIL"
+        where = f"#{cp.checkpoint.id}" if cp.source == "database" else f"{cp.source}:{cp.checkpoint.id}"
         click.echo(
-            f"checkpoint #{cp.checkpoint.id} at seq {cp.checkpoint.seq} ({cp.checkpoint.ts:%Y-%m-%d %H:%M:%S}Z, "
+            f"checkpoint {where} at seq {cp.checkpoint.seq} ({cp.checkpoint.ts:%Y-%m-%d %H:%M:%S}Z, "
             f"key {cp.checkpoint.key_id}): {mark}: {cp.note}"
         )
     for note in result.notes:
@@ -122,13 +145,18 @@ def _local_public_key(config: str | None, data_dir: str | None):  # type: ignore
 @audit_group.command("checkpoint")
 @db_options
 @data_dir_option
-def checkpoint_cmd(config: str | None, database_url: str | None, data_dir: str | None) -> None:
-    """Sign the current chain head with the audit signing key (created 0600 when missing)."""
+@checkpoint_file_option
+def checkpoint_cmd(
+    config: str | None, database_url: str | None, data_dir: str | None, checkpoint_file: str | None
+) -> None:
+    """Sign the current chain head with the audit signing key (created 0600 when missing); the
+    checkpoint is stored in the database and appended to the checkpoint file."""
     key = load_signing_key(data_dir_of(config, data_dir))
+    outside = checkpoint_file_of(config, data_dir, checkpoint_file)
     engine = db.create_engine(_url(config, database_url))
     try:
         with engine.begin() as conn:
-            cp = make_checkpoint(conn, key)
+            cp = make_checkpoint(conn, key, outside)
     finally:
         engine.dispose()
     click.echo(f"checkpoint #{cp.id}: seq {cp.seq}, hash {cp.hash.hex()}, key {cp.key_id}")

@@ -6,7 +6,9 @@ months they cover. Partition bounds are calendar months in UTC, named ``audit_ev
 
 The DEFAULT partition exists so an insert never fails for want of a partition; it should stay
 empty. PostgreSQL refuses to create a partition whose range already has rows in DEFAULT, so
-:func:`ensure_partition` moves such rows into the new partition in the same transaction.
+:func:`ensure_partition` moves such rows into the new partition in the same transaction. Both
+DDL operations run in database functions (migrations/versions/0004_roles.py): the role Veil serves
+as has no DDL rights, and the event trigger that guards the audit tables lets only them through.
 """
 
 from __future__ import annotations
@@ -71,39 +73,20 @@ def existing(conn: sa.Connection) -> list[Month]:
 def ensure_partition(conn: sa.Connection, month: Month) -> bool:
     """Create ``month``'s partition if missing (moving any rows DEFAULT holds for it); True if created.
 
-    Callers serialise on the chain-head lock, so two processes never race to create the same one.
+    Done by ``veil_audit_ensure_partition`` (migration 0004), a SECURITY DEFINER function, so the
+    runtime role can roll over months without DDL rights. Callers serialise on the chain-head
+    lock, so two processes never race to create the same one.
     """
     if conn.execute(sa.text("SELECT to_regclass(:n)"), {"n": month.table}).scalar() is not None:
         return False
-    lo, hi = month.start, month.next().start
-    bounds = {"lo": lo, "hi": hi}
-    stray = conn.execute(sa.text(f"SELECT count(*) FROM {DEFAULT} WHERE ts >= :lo AND ts < :hi"), bounds).scalar_one()
-    if stray:
-        # Detaching drops the cloned append-only triggers from DEFAULT for the length of this
-        # transaction only, so the rows can move; ATTACH clones them back.
-        conn.execute(sa.text(f"ALTER TABLE {PARENT} DETACH PARTITION {DEFAULT}"))
-    conn.execute(
-        sa.text(
-            f"CREATE TABLE {month.table} PARTITION OF {PARENT} "
-            f"FOR VALUES FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"
-        )
-    )
-    conn.execute(
-        sa.text(
-            f"CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON {month.table} "
-            "FOR EACH STATEMENT EXECUTE FUNCTION veil_audit_append_only()"
-        )
-    )
-    if stray:
-        conn.execute(sa.text(f"INSERT INTO {month.table} SELECT * FROM {DEFAULT} WHERE ts >= :lo AND ts < :hi"), bounds)
-        conn.execute(sa.text(f"DELETE FROM {DEFAULT} WHERE ts >= :lo AND ts < :hi"), bounds)
-        conn.execute(sa.text(f"ALTER TABLE {PARENT} ATTACH PARTITION {DEFAULT} DEFAULT"))
-    return True
+    return bool(conn.execute(sa.text("SELECT veil_audit_ensure_partition(:d)"), {"d": month.start.date()}).scalar())
 
 
 def drop_partition(conn: sa.Connection, month: Month) -> None:
-    """Drop a whole month (the append-only trigger does not fire on DROP)."""
-    conn.execute(sa.text(f"DROP TABLE {month.table}"))
+    """Drop a whole month through ``veil_audit_drop_month``, which allows only what retention does:
+    the oldest month, ended before last month began, right after a ``retention.drop`` event
+    naming it was appended (see :mod:`veil.audit.retention`)."""
+    conn.execute(sa.text("SELECT veil_audit_drop_month(:d)"), {"d": month.start.date()})
 
 
 def months_in_default(conn: sa.Connection) -> list[Month]:

@@ -64,9 +64,9 @@ def apply_retention(conn: sa.Connection, months: int, *, principal: str = "veil"
         result.from_seq, result.to_seq, result.events = lo, hi, count
     else:
         last = None
-    for month in to_drop:
-        drop_partition(conn, month)
     result.dropped = to_drop
+    # The event goes first: the database lets a month be dropped only right after a
+    # retention.drop event naming it (veil_audit_drop_month), so no month vanishes unrecorded.
     event = ev.AuditEvent(
         kind=ev.RETENTION_DROP,
         principal=principal,
@@ -81,4 +81,6 @@ def apply_retention(conn: sa.Connection, months: int, *, principal: str = "veil"
     )
     appended, _ = append(conn, [prepare(event)])
     result.event_seq = appended[0].seq
+    for month in to_drop:
+        drop_partition(conn, month)
     return result

@@ -8,7 +8,11 @@ What each check catches (someone with direct database access can disable the tri
 * a ``seq`` is missing or repeated                       → a row was deleted or inserted;
 * the last row differs from ``audit_chain_head``         → rows were cut from, or added to, the end;
 * a checkpoint's signature or hash does not match        → the chain up to it was rewritten,
-  or the checkpoint was forged.
+  or the checkpoint was forged;
+* a checkpoint (in the table, or in the checkpoint file outside the database) lies beyond the
+  last event                                            → the tail was cut and the head moved back;
+* a table named like an audit partition is not attached, or is being detached, or the head
+  points past an empty table                            → a partition was detached or dropped.
 
 A chain whose oldest months were dropped by retention starts at the anchor recorded by the
 ``retention.drop`` event: the seq and hash of the last dropped event.
@@ -19,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -26,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from veil.audit import events as ev
 from veil.audit.canonical import GENESIS_HASH, EncodingError, chain_hash
 from veil.audit.chain import read_head
-from veil.audit.checkpoints import Checkpoint, checkpoints, raw_public, signature_valid
+from veil.audit.checkpoints import Checkpoint, checkpoints, raw_public, read_file, signature_valid
 
 _SELECT = "SELECT * FROM audit_events WHERE seq >= :lo AND seq <= :hi ORDER BY seq, ts"
 
@@ -49,6 +54,7 @@ class CheckpointStatus:
     checkpoint: Checkpoint
     ok: bool
     note: str
+    source: str = "database"  # or the checkpoint file's path (checkpoint.id is then its line number)
 
 
 @dataclass
@@ -106,6 +112,24 @@ def _anchor(conn: sa.Connection, lo: int, result: VerifyResult) -> bytes | None:
     return None
 
 
+def partition_problems(conn: sa.Connection) -> list[str]:
+    """Tables that look like audit partitions but are not (or are being un-) attached."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT c.relname, i.inhparent IS NOT NULL AS attached, coalesce(i.inhdetachpending, false) AS pending "
+            "FROM pg_class c LEFT JOIN pg_inherits i ON i.inhrelid = c.oid AND i.inhparent = 'audit_events'::regclass "
+            "WHERE c.relkind IN ('r', 'p') AND c.relname ~ '^audit_events_(y[0-9]{4}m[0-9]{2}|default)$' "
+            "AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'audit_events'::regclass) "
+            "ORDER BY 1"
+        )
+    ).all()
+    problems = [f"partition {r.relname} is detached from audit_events" for r in rows if not r.attached]
+    problems += [f"partition {r.relname} is being detached from audit_events" for r in rows if r.pending]
+    if not any(r.relname == "audit_events_default" for r in rows):
+        problems.append("the DEFAULT partition audit_events_default is missing (dropped or renamed)")
+    return problems
+
+
 def verify(
     conn: sa.Connection,
     *,
@@ -113,18 +137,41 @@ def verify(
     end: datetime | None = None,
     public_key: Ed25519PublicKey | None = None,
     progress: Callable[[int], None] | None = None,
+    checkpoint_file: Path | None = None,
 ) -> VerifyResult:
     """Verify events with ``start <= ts < end`` (whole chain by default) and the checkpoints on them.
 
     The walk is extended past ``end`` up to the next checkpoint, so the range is bound to a
-    signature when one exists after it.
+    signature when one exists after it. ``checkpoint_file`` holds checkpoints written outside the
+    database; with the whole chain, a chain that ends before any checkpoint fails.
     """
     result = VerifyResult()
+    whole_tail = end is None
+    detached = partition_problems(conn)
+    if detached:
+        result.problem = Problem(None, None, "; ".join(detached))
+        return result
+    outside = read_file(checkpoint_file) if checkpoint_file is not None else []
+    if checkpoint_file is not None and not outside:
+        result.notes.append(
+            f"no checkpoints in {checkpoint_file}: a tail cut after the last checkpoint in the database "
+            "cannot be told from a shorter chain"
+        )
     lo, hi = _seq_bounds(conn, start, end)
     if lo is None or hi is None or lo > hi:
+        if start is None and whole_tail:
+            head = read_head(conn)
+            known = max([head.seq, *(cp.seq for cp in outside), *(cp.seq for cp in checkpoints(conn))])
+            if known > 0:
+                result.problem = Problem(
+                    None,
+                    None,
+                    f"audit_events holds no events, but the chain reached seq {known} "
+                    "(rows deleted, or partitions detached or dropped)",
+                )
+                return result
         result.notes.append("no audit events in the period")
         return result
-    whole_tail = end is None
     later = conn.execute(
         sa.text(
             "SELECT min(seq) FROM audit_checkpoints WHERE seq >= :hi AND seq <= (SELECT max(seq) FROM audit_events)"
@@ -143,7 +190,7 @@ def verify(
         return result
     result.first_seq = lo
     at_seq: dict[int, bytes] = {}
-    wanted = {cp.seq for cp in checkpoints(conn, lo, hi)}
+    wanted = {cp.seq for cp in checkpoints(conn, lo, hi)} | {cp.seq for cp in outside if lo <= cp.seq <= hi}
     expected = lo
     # Stream with a server-side cursor: a month can hold millions of events.
     walk = sa.text(_SELECT).execution_options(stream_results=True, yield_per=5000)
@@ -186,8 +233,62 @@ def verify(
             result.problem = Problem(head.seq + 1, None, f"events after the chain head (seq {head.seq}) were inserted")
         elif head.hash != prev:
             result.problem = Problem(hi, None, "the last event's hash does not match the chain head")
+    if result.problem is None and whole_tail:
+        _check_tail(conn, hi, outside, checkpoint_file, result)
     _check_checkpoints(conn, lo, hi, at_seq, public_key, result)
+    _check_file_checkpoints(outside, lo, hi, at_seq, public_key, checkpoint_file, result)
     return result
+
+
+def _check_tail(
+    conn: sa.Connection, hi: int, outside: list[Checkpoint], path: Path | None, result: VerifyResult
+) -> None:
+    """The chain must reach every checkpoint ever made: one beyond its end means the tail was cut
+    (and the head moved back to hide it)."""
+    beyond = conn.execute(sa.text("SELECT max(seq) FROM audit_checkpoints WHERE seq > :hi"), {"hi": hi}).scalar()
+    if beyond is not None:
+        result.problem = Problem(
+            hi,
+            None,
+            f"the chain ends at seq {hi} but a signed checkpoint in audit_checkpoints is at seq {beyond}: "
+            "events were cut from the end",
+        )
+        return
+    last = max((cp.seq for cp in outside), default=0)
+    if last > hi:
+        result.problem = Problem(
+            hi,
+            None,
+            f"the chain ends at seq {hi} but the checkpoint file {path} holds a signed checkpoint at seq {last}: "
+            "events were cut from the end",
+        )
+
+
+def _check_file_checkpoints(
+    outside: list[Checkpoint],
+    lo: int,
+    hi: int,
+    at_seq: dict[int, bytes],
+    public_key: Ed25519PublicKey | None,
+    path: Path | None,
+    result: VerifyResult,
+) -> None:
+    source = str(path)
+    for cp in outside:
+        if not lo <= cp.seq <= hi:
+            continue
+        if public_key is None:
+            ok, note = cp.seq in at_seq and at_seq[cp.seq] == cp.hash, "no public key to check the signature; hash "
+            note += "matches" if ok else "does not match the chain"
+        elif not signature_valid(cp, public_key):
+            ok, note = False, "signature does not verify against the trusted key (forged or altered)"
+        elif cp.seq not in at_seq:
+            ok, note = result.problem is not None, "signature valid; chain hash at its seq not recomputed"
+        elif at_seq[cp.seq] != cp.hash:
+            ok, note = False, "signature valid but the chain no longer hashes to the signed value"
+        else:
+            ok, note = True, "signature valid and chain matches"
+        result.checkpoints.append(CheckpointStatus(cp, ok, note, source))
 
 
 def _check_checkpoints(

@@ -26,11 +26,13 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from veil.audit.aggregate import AuthFailures
 from veil.audit.canonical import EncodingError
 from veil.audit.chain import Appended, append, prepare
 from veil.audit.checkpoints import make_checkpoint
@@ -74,6 +76,7 @@ class AuditWriter:
         signing_key: Ed25519PrivateKey | None = None,
         checkpoint_every_events: int | None = None,
         checkpoint_every_s: float | None = None,
+        checkpoint_file: Path | None = None,
     ) -> None:
         if batch_max_events < 1:
             raise ValueError("batch_max_events must be at least 1")
@@ -84,6 +87,7 @@ class AuditWriter:
         self.signing_key = signing_key
         self.checkpoint_every_events = checkpoint_every_events
         self.checkpoint_every_s = checkpoint_every_s
+        self.checkpoint_file = checkpoint_file  # checkpoints are also appended here (outside the database)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -94,6 +98,8 @@ class AuditWriter:
         self._last_batch = 0
         self.batches = 0  # committed batches, for benchmarks and tests
         self.events = 0
+        # Refused logins go through here, not record(): one row per source, reason and minute.
+        self.auth_failures = AuthFailures(self)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -138,7 +144,10 @@ class AuditWriter:
         self._partitions.add([month])
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Write what is queued, then stop the thread. Later ``record`` calls fail."""
+        """Write what is queued (pending auth-failure counts too), then stop the thread. Later
+        ``record`` calls fail."""
+        if self._thread is not None and not self._closed:
+            self.auth_failures.close()
         with self._lock:
             if self._closed:
                 return
@@ -295,7 +304,7 @@ class AuditWriter:
             return
         try:
             with self.engine.begin() as conn:
-                make_checkpoint(conn, self.signing_key)
+                make_checkpoint(conn, self.signing_key, self.checkpoint_file)
         except Exception as exc:  # a missed checkpoint is retried after the next batch
             log.warning("audit checkpoint failed: %s", _reason(exc))
             return

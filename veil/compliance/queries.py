@@ -77,7 +77,8 @@ def summary(conn: sa.Connection, p: Period) -> dict[str, Any]:
                    count(*) FILTER (WHERE kind = :exec) AS executions,
                    count(*) FILTER (WHERE outcome = 'denied') AS denials,
                    count(*) FILTER (WHERE outcome NOT IN ('ok', 'denied')) AS errors,
-                   count(*) FILTER (WHERE kind = :auth) AS auth_failures,
+                   coalesce(sum(coalesce((detail->>'count')::bigint, 1)) FILTER (WHERE kind = :auth), 0)
+                       AS auth_failures,
                    coalesce(sum(jsonb_array_length(untokenised)), 0) AS untokenisations,
                    min(ts) AS first_event, max(ts) AS last_event
             FROM audit_events WHERE {where}
@@ -181,7 +182,7 @@ def refusals(conn: sa.Connection, p: Period) -> dict[str, Any]:
     auth = _rows(
         conn,
         f"""SELECT coalesce(detail->>'reason', '') AS reason, coalesce(detail->>'client', '') AS client,
-                   count(*) AS count, min(ts) AS first, max(ts) AS last
+                   sum(coalesce((detail->>'count')::bigint, 1)) AS count, min(ts) AS first, max(ts) AS last
             FROM audit_events WHERE {where} AND kind = :auth
             GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2""",
         params,

@@ -21,7 +21,7 @@ from anyio.abc import TaskGroup
 
 from veil import db
 from veil.audit import events as ev
-from veil.audit.checkpoints import load_signing_key
+from veil.audit.checkpoints import checkpoint_file, load_signing_key
 from veil.audit.writer import AuditWriter
 from veil.config import SandboxConfig, VeilConfig
 from veil.errors import ConfigError
@@ -78,6 +78,7 @@ class Gateway:
             signing_key=load_signing_key(cfg.data_dir),
             checkpoint_every_events=cfg.audit.checkpoint_every_events,
             checkpoint_every_s=cfg.audit.checkpoint_every_s,
+            checkpoint_file=checkpoint_file(cfg.data_dir, cfg.audit.checkpoint_file),
         )
         self.audit.start()
         self._stack.callback(self.audit.close)

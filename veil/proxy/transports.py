@@ -123,13 +123,14 @@ class AuthMiddleware:
             principal = await self.authenticate(headers.get("authorization"))
         except AuthError as exc:
             client = scope.get("client") or ("?", 0)
-            await self.gw.record(
-                ev.AuditEvent(
-                    kind=ev.AUTH_FAILED,
-                    outcome=ev.DENIED,
-                    policy_version=self.gw.policy.version,
-                    detail={"reason": exc.message, "path": scope.get("path"), "client": client[0]},
-                )
+            # Aggregated per source, reason and minute (veil/audit/aggregate.py): a flood of bad
+            # credentials cannot bloat the append-only trail.
+            await self.gw.audit.auth_failures.failed(
+                source=client[0],
+                reason=getattr(exc, "reason", None) or "unknown",
+                message=exc.message,
+                path=scope.get("path"),
+                policy_version=self.gw.policy.version,
             )
             body = json.dumps(
                 {"jsonrpc": "2.0", "id": None, "error": {"code": exc.code, "message": f"unauthorized: {exc.message}"}}
