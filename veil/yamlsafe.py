@@ -91,9 +91,10 @@ def check(text: str, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES) 
     try:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent):
-                if event.anchor in open_anchors:
-                    raise _at(event, f"alias *{event.anchor} refers to a collection that contains it (recursive)")
-                add(anchors.get(event.anchor, 1), event)
+                anchor = event.anchor or ""
+                if anchor in open_anchors:
+                    raise _at(event, f"alias *{anchor} refers to a collection that contains it (recursive)")
+                add(anchors.get(anchor, 1), event)
             elif isinstance(event, yaml.ScalarEvent):
                 add(1, event)
                 if event.anchor:

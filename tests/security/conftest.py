@@ -210,7 +210,7 @@ def corpus_gateway(server_url: str, make_database: Callable[[], str]) -> Iterato
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"veil serve did not answer:\n{log_path.read_text()[-3000:]}") from None
                 time.sleep(0.1)  # polling for start-up, not a synchronisation sleep
-        engine = db.create_engine(config["database_url"])
+        engine = db.create_engine(str(config["database_url"]))
         yield GatewayProcess(url, engine, log_path, data_dir, files_dir)
         engine.dispose()
     finally:

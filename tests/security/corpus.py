@@ -150,6 +150,24 @@ CASES: list[Case] = [
         (sql("select 'x' || '<<c.ssn>>' || 'x' as v, '<<c.email>>' || '9' as w"),),
         ("ssn", "email"),
     ),
+    Case(
+        "echo-resource-uri-glued-in-not-found-error",
+        1,
+        (("read", "crm://customers/9<<c.ssn>>9"), ("read", "crm://customers/x<<c.email>>")),
+        ("ssn", "email"),
+    ),
+    Case(
+        "echo-prompt-argument-glued-in-error",
+        1,
+        (("prompt", "crm__draft_followup", {"customer_id": "9<<c.card_number>>9"}),),
+        ("card_number",),
+    ),
+    Case(
+        "echo-token-as-key-inside-json-text",
+        1,
+        (sql('select \'{"<<c.email>>": 1, "9<<c.ssn>>": 2}\'::jsonb as v'),),
+        ("email", "ssn"),
+    ),
     # -- 2. blind spots: values the detector misses unless the guard knows them in every form ---
     Case(
         "blind-dbhub-ssn-without-dashes",
@@ -321,6 +339,13 @@ CASES: list[Case] = [
         "dos-64k-street-address-echo-does-not-stall-others",
         5,
         (("dos", "crm__get_customer", {"customer_id": "12 " + "A-" * 32_000}),),
+        intact=("12 A-A-A-A-A-A-A-A-A-A-",),
+        prefetch=False,
+    ),
+    Case(
+        "dos-64k-third-party-result-does-not-stall-others",
+        5,
+        (("dos", SQL, {"sql": "select '12 ' || repeat('A-', 32000) as v"}),),
         intact=("12 A-A-A-A-A-A-A-A-A-A-",),
         prefetch=False,
     ),
@@ -510,6 +535,7 @@ PENDING: dict[str, str] = {
     "echo-stored-note-returned-later": wait(1, GUARD_GLUED),
     "echo-everything-echo-tool": wait(1, GUARD_GLUED),
     "echo-dbhub-token-glued-in-sql-literal": wait(1, GUARD_GLUED),
+    "echo-token-as-key-inside-json-text": wait(1, GUARD_KEYS),
     "blind-dbhub-ssn-without-dashes": wait(2, GUARD_FORMS),
     "blind-dbhub-names-run-together": wait(2, GUARD_FORMS),
     "blind-dbhub-json-object-keys": wait(2, GUARD_KEYS),

@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples"))
-from _demo_common import env_int  # noqa: E402
-from crm_data import generate_customers  # noqa: E402
+from _demo_common import env_int  # type: ignore[import-not-found]  # noqa: E402
+from crm_data import generate_customers  # type: ignore[import-not-found]  # noqa: E402
 
 # Listing vector -> index of the customer whose values it carries (C0101 is index 100).
 VECTOR_PERSON = {
@@ -60,7 +60,7 @@ def build_server(customers: list[dict[str, Any]]) -> MCPServer:
         annotations=types.ToolAnnotations(title=f"Lookup {p['title']['ssn']} {p['title']['phone']}"),
     )
     def lookup(
-        choice: Choice = "none",
+        choice: Choice = "none",  # type: ignore[valid-type]
         account: Annotated[str, Field(description=f"Account holder, e.g. {pii(p['param_description'])}")] = "",
         contact: str = f"{p['default']['email']} {p['default']['ssn']}",
         reference: Annotated[str, Field(examples=[p["examples"]["email"], p["examples"]["ssn"]])] = "",

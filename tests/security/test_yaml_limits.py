@@ -54,7 +54,8 @@ def run_veil(*args: str, cwd: Path) -> tuple[int, str, float]:
         proc.returncode = os.waitstatus_to_exitcode(status)
     finally:
         guard.cancel()
-        proc.stdout.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
     return proc.returncode, out, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
 
 
@@ -144,7 +145,7 @@ def test_ordinary_anchors_and_every_shipped_document_still_load(tmp_path: Path) 
         "  - {id: b, tools: *crm, roles: [supervisor], effect: allow}\n"
     )
     loaded = load_policy(policy)
-    assert [r.id for r in loaded.access] == ["a", "b"]
+    assert [r.id for r in loaded.access or []] == ["a", "b"]
     for path in sorted((ROOT / "policies").glob("*.yaml")):
         load_policy(path)
     for path in (ROOT / "examples" / "veil.yaml", ROOT / "examples" / "mcp.json"):
