@@ -16,6 +16,7 @@ works from a virtualenv that is not activated; give a full path to use another i
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import sys
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Tag, ValidationError, field_validator
 
 from veil import yamlsafe
 from veil.errors import ConfigError
@@ -41,38 +42,62 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _check_prefix(prefix: str | None) -> str | None:
-    if prefix is not None and not TOOL_PREFIX.match(prefix):
-        raise ValueError("a prefix is at most 64 letters, digits, '_', '-' or '.' (or empty)")
-    return prefix
+# A MIME type or a glob of them (``image/*``), as an upstream's ``binary`` setting lists them.
+MIME_GLOB = re.compile(r"^(\*|[a-z0-9.+-]+/(\*|[a-z0-9.+-]+))$")
 
 
-class StdioUpstream(_Strict):
+class _Upstream(_Strict):
+    """What every upstream has, however it is reached."""
+
+    prefix: str | None = None  # None: ``NAME__``; see VeilConfig.prefix
+    # Binary content (images, audio, resource blobs) cannot be checked for personal data: withheld
+    # with a note by default; ``pass`` (every MIME type) or a list of MIME types/globs lets it through.
+    binary: str | list[str] = "withhold"
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_chars(cls, prefix: str | None) -> str | None:
+        if prefix is not None and not TOOL_PREFIX.match(prefix):
+            raise ValueError("a prefix is at most 64 letters, digits, '_', '-' or '.' (or empty)")
+        return prefix
+
+    @field_validator("binary")
+    @classmethod
+    def _mime_types(cls, binary: str | list[str]) -> str | list[str]:
+        if isinstance(binary, str) and binary not in ("withhold", "pass"):
+            raise ValueError("must be 'withhold', 'pass' or a list of MIME types such as [image/png, 'audio/*']")
+        if isinstance(binary, list):
+            for mime in binary:
+                if not MIME_GLOB.match(mime):
+                    raise ValueError(
+                        f"{mime!r} is not a MIME type or glob: write e.g. image/png or image/* (lowercase)"
+                    )
+        return binary
+
+    def binary_passes(self, mime: str | None) -> bool:
+        """Whether binary content of this MIME type reaches the agent (see ``binary``)."""
+        if self.binary == "pass":
+            return True
+        if self.binary == "withhold" or not mime:
+            return False
+        mime = mime.split(";")[0].strip().lower()
+        return any(fnmatch.fnmatchcase(mime, glob) for glob in self.binary)
+
+
+class StdioUpstream(_Upstream):
     """An upstream started as a subprocess speaking MCP over its stdio."""
 
     command: str
     args: list[str] = []
     env: dict[str, str] = {}
     cwd: Path | None = None
-    prefix: str | None = None  # None: ``NAME__``; see VeilConfig.prefix
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix_chars(cls, prefix: str | None) -> str | None:
-        return _check_prefix(prefix)
 
 
-class HttpUpstream(_Strict):
+class HttpUpstream(_Upstream):
     """An upstream reached over Streamable HTTP."""
 
     url: str
     headers: dict[str, str] = {}
-    prefix: str | None = None  # None: ``NAME__``; see VeilConfig.prefix
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix_chars(cls, prefix: str | None) -> str | None:
-        return _check_prefix(prefix)
 
     @field_validator("url")
     @classmethod
@@ -83,6 +108,21 @@ class HttpUpstream(_Strict):
 
 
 UpstreamConfig = StdioUpstream | HttpUpstream
+
+
+def _transport(entry: Any) -> str:
+    """Which kind of upstream an entry is: an entry with ``url`` and no ``command`` is HTTP, so a
+    mistake is reported against that kind's fields only."""
+    if isinstance(entry, HttpUpstream):
+        return "http"
+    if isinstance(entry, dict) and "url" in entry and "command" not in entry:
+        return "http"
+    return "stdio"
+
+
+_UpstreamEntry = Annotated[
+    Annotated[StdioUpstream, Tag("stdio")] | Annotated[HttpUpstream, Tag("http")], Discriminator(_transport)
+]
 
 
 class PrincipalConfig(_Strict):
@@ -150,7 +190,7 @@ class AuditConfig(_Strict):
 class VeilConfig(_Strict):
     """The whole config; ``source`` is the file it came from, for error messages."""
 
-    upstreams: dict[str, Annotated[UpstreamConfig, Field(union_mode="left_to_right")]] = {}
+    upstreams: dict[str, _UpstreamEntry] = {}
     database_url: str | None = None
     # The schema owner, for migrations (docs/deployment.md); database_url is then the runtime role.
     migration_database_url: str | None = None
@@ -202,7 +242,7 @@ class VeilConfig(_Strict):
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if not str(p).startswith(("StdioUpstream", "HttpUpstream"))]
+    parts = [str(p) for p in loc if p not in ("stdio", "http")]
     return ".".join(parts) or "<root>"
 
 
@@ -217,7 +257,11 @@ def parse_config(raw: Any, source: Path | None = None) -> VeilConfig:
             raise ConfigError(f"{where}: give either 'upstreams' or 'mcpServers', not both")
         servers = raw.pop("mcpServers") or {}
         raw["upstreams"] = {
-            name: {k: v for k, v in entry.items() if k in {"command", "args", "env", "cwd", "url", "headers", "prefix"}}
+            name: {
+                k: v
+                for k, v in entry.items()
+                if k in {"command", "args", "env", "cwd", "url", "headers", "prefix", "binary"}
+            }
             for name, entry in servers.items()
             if isinstance(entry, dict)
         }

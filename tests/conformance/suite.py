@@ -145,30 +145,40 @@ def veil_http(config: Path, port: int, env: Mapping[str, str]) -> Iterator[str]:
         _stop(proc)
 
 
-def run_suite(url: str, out_dir: Path) -> dict[str, Scenario]:
-    """Run every active server scenario of the pinned suite against ``url``; results by scenario."""
+def _suite(url: str, out_dir: Path, scenario: str | None = None) -> dict[str, Scenario]:
     script = npm.install(CONFORMANCE) / "dist" / "index.js"
     out_dir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        [str(npm.node22()), str(script), "server", "--url", url, "-o", str(out_dir)],
-        capture_output=True,
-        text=True,
-        timeout=SUITE_TIMEOUT_S,
-        cwd=out_dir,
-    )
+    command = [str(npm.node22()), str(script), "server", "--url", url, "-o", str(out_dir)]
+    if scenario:
+        command += ["--scenario", scenario]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=SUITE_TIMEOUT_S, cwd=out_dir)
     results: dict[str, Scenario] = {}
     for folder in sorted(out_dir.iterdir()):
         match = _RESULT_DIR.match(folder.name)
         if not match or not (folder / "checks.json").exists():
             continue
-        scenario = results.setdefault(match["scenario"], Scenario())
+        result = results.setdefault(match["scenario"], Scenario())
         for check in json.loads((folder / "checks.json").read_text()):
             status = check.get("status")
             if status == "SUCCESS":
-                scenario.passed += 1
+                result.passed += 1
             elif status in ("FAILURE", "ERROR"):  # WARNING and INFO checks count neither way
-                scenario.failed += 1
-                scenario.failures.append(f"{check.get('id')}: {check.get('errorMessage') or status}")
+                result.failed += 1
+                result.failures.append(f"{check.get('id')}: {check.get('errorMessage') or status}")
     if not results:
         raise RuntimeError(f"the conformance suite produced no results (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return results
+
+
+def run_suite(url: str, out_dir: Path) -> dict[str, Scenario]:
+    """Run every active server scenario of the pinned suite against ``url``; results by scenario.
+
+    A scenario that failed only because a request timed out (the suite's client gives up after a
+    fixed time, which a loaded CI machine can exceed) is run once more on its own, and that run
+    counts; any other failure stands.
+    """
+    results = _suite(url, out_dir / "all")
+    for name, result in results.items():
+        if result.failures and all("timed out" in failure for failure in result.failures):
+            results[name] = _suite(url, out_dir / f"again-{name}", name).get(name, result)
     return results

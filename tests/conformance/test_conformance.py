@@ -65,7 +65,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory, make_database) -> dict[str, d
             config.write_text(
                 yaml.safe_dump(
                     {
-                        "upstreams": {"upstream": {"url": upstream, "prefix": ""}},
+                        # Its own tool names, and binary content passed (withheld by default).
+                        "upstreams": {"upstream": {"url": upstream, "prefix": "", "binary": "pass"}},
                         "database_url": make_database(),
                         "data_dir": str(base / "data"),
                         "expose": "direct",

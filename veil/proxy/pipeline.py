@@ -252,7 +252,10 @@ class Pipeline:
 
         Values under ``keep`` keys are interface, not data, and pass unchanged. Returns the
         tokenised model and the tokenizer's report (entity counts, tokens)."""
-        wire, saved = protect(withhold_binary(to_wire(model)), keep)
+        saved: list[Any] = []
+        upstream = self.gw.config.upstreams.get(source)  # binary passes only by that upstream's config
+        passes = upstream.binary_passes if upstream is not None else (lambda mime: False)
+        wire, saved = protect(withhold_binary(to_wire(model), passes, saved), keep, saved)
         tokenised = await self.tokenize_value(session, wire, source)
         return from_wire(type(model), restore(tokenised.value, saved)), tokenised
 

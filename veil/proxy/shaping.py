@@ -6,10 +6,14 @@ revision is covered too), and validated back into its model.
 
 Binary payloads (image and audio content, resource blobs) cannot be scanned for PII, so they are
 withheld and replaced by a note saying what was removed: the safe default for a privacy gateway.
+An upstream's ``binary`` setting (config) may let some MIME types pass; a passed payload is kept
+out of the tokenizer's reach (a base64 string must not be "detected" and corrupted) exactly like
+the identifiers ``protect`` keeps, and put back by ``restore``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -33,29 +37,49 @@ def _note(kind: str, mime: str | None, size: int) -> dict[str, Any]:
     }
 
 
-def withhold_binary(value: Any) -> Any:
-    """Replace image/audio content blocks and resource blobs with a text note, recursively."""
-    if isinstance(value, list):
-        return [withhold_binary(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    kind = value.get("type")
-    if kind in ("image", "audio") and isinstance(value.get("data"), str):
-        return _note(kind, value.get("mimeType"), len(value["data"]))
-    if "blob" in value and isinstance(value.get("blob"), str) and "uri" in value:
-        return {
-            "uri": value["uri"],
-            "mimeType": "text/plain",
-            "text": _note("blob", value.get("mimeType"), len(value["blob"]))["text"],
-        }
-    return {k: withhold_binary(v) for k, v in value.items()}
+def _withhold_all(mime: str | None) -> bool:
+    return False
 
 
-def protect(value: Any, keys: frozenset[str]) -> tuple[Any, list[Any]]:
+def withhold_binary(
+    value: Any, passes: Callable[[str | None], bool] = _withhold_all, saved: list[Any] | None = None
+) -> Any:
+    """Replace image/audio content blocks and resource blobs with a text note, recursively.
+
+    A payload whose MIME type ``passes`` is kept; with ``saved``, it is swapped for a placeholder
+    appended there (``restore`` puts it back after tokenisation)."""
+
+    def keep(payload: str) -> Any:
+        if saved is None:
+            return payload
+        saved.append(payload)
+        return {_SLOT: len(saved) - 1}
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        if not isinstance(v, dict):
+            return v
+        kind, mime = v.get("type"), v.get("mimeType")
+        if kind in ("image", "audio") and isinstance(v.get("data"), str):
+            if passes(mime):
+                return {**v, "data": keep(v["data"])}
+            return _note(kind, mime, len(v["data"]))
+        if "blob" in v and isinstance(v.get("blob"), str) and "uri" in v:
+            if passes(mime):
+                return {**v, "blob": keep(v["blob"])}
+            return {"uri": v["uri"], "mimeType": "text/plain", "text": _note("blob", mime, len(v["blob"]))["text"]}
+        return {k: walk(x) for k, x in v.items()}
+
+    return walk(value)
+
+
+def protect(value: Any, keys: frozenset[str], saved: list[Any] | None = None) -> tuple[Any, list[Any]]:
     """Swap the values under ``keys`` (at any depth) for placeholders, so identifiers and schemas
     (a tool's ``name``, its ``inputSchema``, a resource's ``uri``) are not tokenised: they are the
-    upstream's interface, not data. ``restore`` puts them back after tokenisation."""
-    saved: list[Any] = []
+    upstream's interface, not data. ``restore`` puts them back after tokenisation. ``saved`` may
+    already hold placeholders (``withhold_binary``'s); new ones are appended."""
+    saved = [] if saved is None else saved
 
     def walk(v: Any) -> Any:
         if isinstance(v, list):

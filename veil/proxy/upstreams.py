@@ -10,6 +10,12 @@ Each connection is owned by one long-lived task (anyio requires a transport's ca
 be entered and left in the same task); requests from any task go through the open ``Client``.
 A connection that fails is closed and reopened on the next call: the failing call gets a clear
 error naming the upstream.
+
+Connections use the handshake-era protocol (``initialize``), whatever the upstream also speaks:
+only on it can an upstream send Veil the server-to-client requests Veil relays to the agent
+(sampling, elicitation, roots). On 2026-07-28 an upstream asks through InputRequiredResult, which
+the SDK's client does not answer yet. Veil's upstream client declares the roots capability and
+asks the agent for its roots when an upstream wants them.
 """
 
 from __future__ import annotations
@@ -53,6 +59,10 @@ class UpstreamRelay(Protocol):
     async def on_elicitation(
         self, upstream: str, params: types.ElicitRequestParams
     ) -> types.ElicitResult | types.ErrorData: ...
+
+
+# The protocol era of upstream connections (see the module docstring).
+UPSTREAM_MODE = "legacy"
 
 
 class UpstreamConnection:
@@ -109,12 +119,13 @@ class UpstreamConnection:
             async with AsyncExitStack() as stack:
                 client = Client(
                     await self._transport(stack),
-                    mode="auto",
+                    mode=UPSTREAM_MODE,
                     read_timeout_seconds=self._timeout_s,
                     logging_callback=self._on_log,
                     message_handler=self._on_message,
                     sampling_callback=self._on_sampling,
                     elicitation_callback=self._on_elicitation,
+                    list_roots_callback=self._on_list_roots,
                     log_level="debug",
                     cache=None,
                 )
@@ -224,6 +235,12 @@ class UpstreamConnection:
         self, context: ClientRequestContext, params: types.ElicitRequestParams
     ) -> types.ElicitResult | types.ErrorData:
         return await self._relay.on_elicitation(self.name, params)
+
+    async def _on_list_roots(self, context: ClientRequestContext) -> types.ListRootsResult | types.ErrorData:
+        ask = getattr(self._relay, "on_roots", None)  # a relay without it has no agent to ask
+        if ask is None:
+            return types.ErrorData(code=types.METHOD_NOT_FOUND, message="no agent roots are available to this upstream")
+        return await ask(self.name)
 
 
 def _describe(exc: BaseException) -> str:
