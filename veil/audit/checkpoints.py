@@ -102,12 +102,12 @@ def load_signing_key(data_dir: Path, *, create: bool = True, env: Mapping[str, s
     if mode & 0o077:
         raise ConfigError(f"{path}: audit signing key is readable by others (mode {mode:o}); run chmod 600 {path}")
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except ValueError:
         raise ConfigError(f"{path}: not a PEM private key; move it away to have a new one created") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"{path}: expected an Ed25519 private key, found {type(key).__name__}")
-    return key
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise ConfigError(f"{path}: expected an Ed25519 private key, found {type(loaded).__name__}")
+    return loaded
 
 
 def public_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:

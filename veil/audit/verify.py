@@ -20,10 +20,11 @@ A chain whose oldest months were dropped by retention starts at the anchor recor
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any, cast
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -208,7 +209,7 @@ def verify(
             )
             break
         try:
-            digest = chain_hash(prev, row)
+            digest = chain_hash(prev, cast("Mapping[str, Any]", row))  # a RowMapping is a read-only Mapping
         except EncodingError as exc:
             result.problem = Problem(seq, eid, f"row cannot be encoded ({exc}): it was changed")
             break
