@@ -185,7 +185,9 @@ def test_event_trigger_refuses_the_owner_ddl_on_audit_tables(deploy) -> None:
     owner.dispose()
     assert audit_verify(dep).returncode == 0
 
-    # Retention, the one sanctioned way to remove audit rows, still works for the owner.
+    # Retention is not the runtime role's to apply; it is the one sanctioned way for the owner.
+    as_runtime = cli(["audit", "retention", "--months", "3", "--database-url", dep.runtime_url], check=False)
+    assert as_runtime.returncode == 1 and "Run it as the schema owner" in as_runtime.stderr, as_runtime.stderr
     owner = dep.engine(dep.owner_url)
     with owner.begin() as conn:
         result = apply_retention(conn, 3)

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import click
+import sqlalchemy as sa
 
 from veil import db
 from veil.audit.checkpoints import checkpoint_file, load_public_key, load_signing_key, make_checkpoint, public_pem
@@ -180,13 +181,24 @@ def export_public_key(config: str | None, data_dir: str | None, out: str | None)
 @db_options
 @click.option("--months", type=click.IntRange(min=1), required=True, help="Keep this many months before this one.")
 def retention_cmd(config: str | None, database_url: str | None, months: int) -> None:
-    """Drop whole months older than --months; a retention.drop event anchors the rest of the chain."""
+    """Drop whole months older than --months; a retention.drop event anchors the rest of the chain.
+
+    Runs as the schema owner (the config's migration_database_url when set): the runtime role
+    Veil serves as may not drop audit months."""
     from veil.audit.retention import apply_retention
 
-    engine = db.create_engine(_url(config, database_url))
+    owner_url = load_config(config).migration_database_url if config and not database_url else None
+    engine = db.create_engine(owner_url or _url(config, database_url))
     try:
         with engine.begin() as conn:
             result = apply_retention(conn, months)
+    except sa.exc.ProgrammingError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "42501":
+            raise
+        raise click.ClickException(
+            f"retention refused by the database: {str(exc.orig).splitlines()[0]}. Run it as the schema owner "
+            "(--database-url OWNER_URL, or migration_database_url in the config)."
+        ) from None
     finally:
         engine.dispose()
     if not result.dropped:
