@@ -204,6 +204,23 @@ def harden(url: str) -> None:
     engine = create_engine(url, pool_size=1)
     try:
         with engine.begin() as conn:
+            # The superuser's search_path may not include the schema Veil's tables live in.
+            schemas = (
+                conn.execute(
+                    sa.text(
+                        "SELECT n.nspname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                        "WHERE p.proname = 'veil_audit_harden'"
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if len(schemas) > 1:
+                raise DatabaseError(
+                    f"{redacted(url)}: veil_audit_harden exists in several schemas ({', '.join(schemas)})"
+                )
+            if schemas:
+                conn.execute(sa.text("SELECT set_config('search_path', quote_ident(:s), true)"), {"s": schemas[0]})
             conn.execute(sa.text("SELECT veil_audit_harden()"))
     except sa.exc.ProgrammingError as exc:
         sqlstate = getattr(exc.orig, "sqlstate", None)
