@@ -478,3 +478,42 @@ def test_code_that_poses_as_the_runtime_stays_inside_its_own_limits(make_manager
     assert posed.result == "'forged'"  # the claim is the code's own output, tokenised like any other
     assert state == "T" and sorted(alive) == sorted(jail)
     assert next_one.outcome == "timeout" and after == []
+
+
+@pytest.mark.req("sandbox:wall-clock")
+def test_a_child_that_keeps_waking_the_interpreter_cannot_outlive_the_call(make_manager):
+    """A child sends SIGCONT and SIGUSR1 (whose handler forks) to the interpreter in a loop, so
+    the interpreter may be running again while the host kills the rest. Whatever the
+    interleaving, when the call returns the interpreter is stopped with nothing else alive, or
+    the whole sandbox is gone."""
+    code = (
+        "import os, signal, time\n"
+        "def spawn(*_):\n"
+        "    try:\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(60)\n"
+        "            os._exit(0)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "signal.signal(signal.SIGUSR1, spawn)\n"
+        "parent = os.getpid()\n"
+        "if os.fork() == 0:\n"
+        "    while True:\n"
+        "        os.kill(parent, signal.SIGCONT)\n"
+        "        os.kill(parent, signal.SIGUSR1)\n"
+        "'started'"
+    )
+
+    async def body():
+        async with make_manager(max_processes=24) as manager:
+            await execute(manager, "1")
+            sandbox = manager._sessions["s1"].sandbox
+            result = await execute(manager, code)
+            kept = manager._sessions["s1"].sandbox is sandbox
+            return result, kept, tree(sandbox), sandbox
+
+    result, kept, alive, sandbox = run(body())
+    if kept:
+        assert sorted(alive) == sorted(sandbox.jail_pids) and state_of(sandbox.worker) == "T"
+    else:
+        assert alive == [] and result.outcome in ("killed", "error")

@@ -384,8 +384,8 @@ class SandboxManager:
         out, out_total = sandbox.stdout.take()
         err, err_total = sandbox.stderr.take()
         result.cpu_s, result.max_rss_mb = sandbox.usage()
-        # Stopped until the next execution, or killed: nothing of this execution runs after the call.
-        if ended is not None or threads or not await ending.freeze(sandbox):
+        # Stopped (by settle) until the next execution, or killed: nothing of it runs after the call.
+        if ended is not None or threads:
             sandbox.kill()
             session.sandbox = None
             await sandbox.wait(5.0)
