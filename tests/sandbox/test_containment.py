@@ -459,25 +459,48 @@ def test_a_forged_completion_from_a_child_process_is_not_the_end(make_manager):
 
 
 @pytest.mark.req("sandbox:channel-integrity")
-@pytest.mark.req("sandbox:wall-clock")
-def test_code_that_poses_as_the_runtime_stays_inside_its_own_limits(make_manager):
-    """Residual, documented: code that forges ``done`` and then waits on the channel itself *is*
-    quiescent, so the call ends with its claimed result. It then runs nothing between calls (it
-    is stopped), and when the next execution comes it is bounded by the host's wall clock."""
+def test_code_that_poses_as_the_runtime_is_not_taken_for_it(make_manager):
+    """A forged ``done`` and then a fake runtime loop waiting on the channel: the host ends an
+    execution only when it sees the interpreter stopped, so the call runs into its timeout."""
     code = FORGE + "import _veil_runtime\nwhile True:\n    _veil_runtime._receive()"
 
     async def body():
         async with make_manager(timeout_s=2.0) as manager:
-            posed = await execute(manager, code)
+            await execute(manager, "1")
             sandbox = manager._sessions["s1"].sandbox
-            state, alive = state_of(sandbox.worker), tree(sandbox)
-            next_one = await execute(manager, "'next'")
-            return posed, state, alive, sandbox.jail_pids, next_one, tree(sandbox)
+            posed = await execute(manager, code)
+            return posed, tree(sandbox)
 
-    posed, state, alive, jail, next_one, after = run(body())
-    assert posed.result == "'forged'"  # the claim is the code's own output, tokenised like any other
-    assert state == "T" and sorted(alive) == sorted(jail)
-    assert next_one.outcome == "timeout" and after == []
+    posed, alive = run(body())
+    assert posed.outcome == "timeout" and posed.result is None
+    assert alive == []
+
+
+@pytest.mark.req("sandbox:channel-integrity")
+@pytest.mark.req("sandbox:wall-clock")
+def test_a_forged_completion_that_stops_itself_resumes_only_inside_the_next_execution(make_manager):
+    """Residual, documented: code that forges ``done`` and stops itself looks finished, so the
+    call ends with its claimed result. It cannot run until the host continues it with the next
+    execution of the same session, whose wall clock then bounds it."""
+    code = (
+        FORGE + "import signal\nos.kill(os.getpid(), signal.SIGSTOP)\n"
+        "open('resumed.txt', 'w').write('x')\nwhile True:\n    pass"
+    )
+
+    async def body():
+        async with make_manager(timeout_s=2.0) as manager:
+            first = await execute(manager, code)
+            sandbox = manager._sessions["s1"].sandbox
+            workspace = manager._sessions["s1"].workspace
+            between = (state_of(sandbox.worker), tree(sandbox), (workspace / "resumed.txt").exists())
+            second = await execute(manager, "'next'")
+            return first, sandbox.jail_pids, between, second, (workspace / "resumed.txt").exists(), tree(sandbox)
+
+    first, jail, between, second, resumed, after = run(body())
+    assert first.result == "'forged'"  # the claim is the code's own output, tokenised like any other
+    state, alive, resumed_between = between
+    assert state == "T" and sorted(alive) == sorted(jail) and not resumed_between
+    assert second.outcome == "timeout" and resumed and after == []
 
 
 @pytest.mark.req("sandbox:wall-clock")
@@ -505,7 +528,7 @@ def test_a_child_that_keeps_waking_the_interpreter_cannot_outlive_the_call(make_
     )
 
     async def body():
-        async with make_manager(max_processes=24) as manager:
+        async with make_manager(max_processes=24, timeout_s=3.0) as manager:
             await execute(manager, "1")
             sandbox = manager._sessions["s1"].sandbox
             result = await execute(manager, code)
@@ -516,4 +539,4 @@ def test_a_child_that_keeps_waking_the_interpreter_cannot_outlive_the_call(make_
     if kept:
         assert sorted(alive) == sorted(sandbox.jail_pids) and state_of(sandbox.worker) == "T"
     else:
-        assert alive == [] and result.outcome in ("killed", "error")
+        assert alive == [] and result.outcome in ("killed", "error", "timeout")

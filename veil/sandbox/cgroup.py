@@ -136,12 +136,21 @@ class SandboxCgroup:
             _write(directory / "cgroup.procs", str(pid))
 
     def procs(self) -> list[int]:
-        """Host pids of every process in the sandbox."""
+        """Host pids of every process in the sandbox. Opened afresh each time: re-reading an open
+        ``cgroup.procs`` from offset 0 can return the previous listing."""
         try:
-            text = (self.pids_dir / "cgroup.procs").read_text()
+            fd = os.open(self.pids_dir / "cgroup.procs", os.O_RDONLY)
         except OSError:
             return []
-        return [int(p) for p in text.split()]
+        try:
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        except OSError:
+            return []
+        finally:
+            os.close(fd)
+        return [int(p) for p in b"".join(chunks).split()]
 
     def peak_memory_bytes(self) -> int:
         """The most memory the sandbox has used at once (its pages, tmpfs and shared memory)."""

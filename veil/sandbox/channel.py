@@ -3,9 +3,9 @@
 Everything arriving from the sandbox is untrusted (the code shares the runtime's process and can
 write to the channel fd itself), so each message is checked for size, shape, known fields and
 types before the manager acts on it, and a ``done`` is only a claim: the manager ends an execution
-when the host sees the interpreter waiting for its next message (``proctree``), not before. The
-channel carries tool calls and execution results only: there is no message that asks for real
-values, configuration or anything else.
+when the host sees the interpreter stopped (``ending``), not before. The channel carries tool
+calls and execution results only: there is no message that asks for real values, configuration
+or anything else.
 """
 
 from __future__ import annotations

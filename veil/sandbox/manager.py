@@ -7,9 +7,10 @@ interpreter abnormally (timeout, memory, output flood, crash, protocol violation
 process of its sandbox; the next execution starts a fresh one and the agent is told in plain words.
 
 The host, not the code, decides when an execution has ended (``ending.py``): the runtime's ``done``
-is a claim, accepted once the interpreter is seen waiting on the channel; every other process the
-execution started is then killed, an interpreter with threads left running is replaced, and the
-interpreter is stopped (SIGSTOP) until the next execution. The wall clock covers all of it.
+is a claim, accepted once the interpreter is seen stopped (the runtime stops itself after it, and
+only the host continues it, with the next execution); every other process the execution started
+is then stopped and killed, and an interpreter with threads left running is replaced. The wall
+clock covers all of it.
 
 Concurrency: one execution at a time per session (a lock), and at most ``2 x cores`` executions
 across sessions (a semaphore), so a burst of requests queues instead of overwhelming the machine.
@@ -34,7 +35,7 @@ from typing import Any
 
 from veil.config import SandboxConfig
 from veil.errors import SandboxError, VeilError
-from veil.sandbox import ending, firejail, proctree, workspace
+from veil.sandbox import ending, firejail, workspace
 from veil.sandbox.cgroup import Layout
 from veil.sandbox.channel import Call, Done
 from veil.sandbox.outcome import describe
@@ -105,11 +106,6 @@ class SandboxManager:
         """firejail, python, root, the sandbox user and a reachable workspace root, or SandboxError."""
         firejail.find_firejail()
         firejail.find_python()
-        if proctree.READ_SYSCALL is None:
-            raise SandboxError(
-                "execute_code does not know this CPU architecture's read() system call number, which the "
-                "host needs to see when an execution has ended; supported: x86_64, aarch64, riscv64."
-            )
         if os.geteuid() != 0:
             raise SandboxError(
                 "execute_code needs Veil to run as root so that sandboxes start as the unprivileged "
@@ -355,8 +351,8 @@ class SandboxManager:
         threads = strays = 0
         try:
             async with asyncio.timeout(timeout):
-                sandbox.thaw()
                 await sandbox.send(request)
+                sandbox.thaw()  # after the message is in the pipe: the interpreter wakes once, to read it
                 sandbox.stubs_digest = digest
                 while done is None and ended is None:
                     message = await sandbox.messages.get()

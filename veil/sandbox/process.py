@@ -104,9 +104,9 @@ class SandboxProcess:
     alive: bool = True
     cgroup: SandboxCgroup | None = None
     jail_pids: tuple[int, int, int] | None = None  # host pids: firejail, the jail's init, the interpreter
-    chan_inode: int = 0  # the inbound channel pipe: the interpreter waits on it between executions
     frozen: bool = False
     cpu_mark: float = 0.0
+    watch: proctree.Watch | None = None  # the interpreter's /proc files
     _line: bytearray = field(default_factory=bytearray)
     _closed_fds: set[int] = field(default_factory=set)
     _flooded: bool = False
@@ -187,7 +187,6 @@ class SandboxProcess:
                 "the sandbox user exists (python -m veil.sandbox.setup)."
             )
         sandbox.pid = message.pid
-        sandbox.chan_inode = proctree.pipe_inode(in_w)
         try:
             sandbox._confine(cgroups)
         except BaseException:
@@ -205,7 +204,8 @@ class SandboxProcess:
                 "the sandbox did not start as expected (firejail's process tree is not jail -> init -> python)"
             )
         self.jail_pids = (self.proc.pid, inits[0], workers[0])
-        self.cpu_mark = proctree.cpu_seconds(workers[0])
+        self.watch = proctree.Watch(workers[0])
+        self.cpu_mark = self.watch.cpu_seconds()
         if cgroups is None:
             return
         mib = 1024 * 1024
@@ -331,6 +331,8 @@ class SandboxProcess:
             self._closed_fds.add(self.chan_in)
             with contextlib.suppress(OSError):
                 os.close(self.chan_in)
+        if self.watch is not None:
+            self.watch.close()
 
     async def wait(self, timeout: float = 5.0) -> int | None:
         """Reap the firejail process (in a thread: Popen.wait blocks); SIGKILL its process group
@@ -359,12 +361,13 @@ class SandboxProcess:
         assert self.jail_pids is not None
         return self.jail_pids[2]
 
-    def waiting(self) -> bool:
-        """The interpreter's main thread is blocked reading the host's channel (see proctree)."""
-        return proctree.blocked_reading(self.worker, self.chan_inode)
+    @property
+    def interpreter(self) -> proctree.Watch:
+        assert self.watch is not None
+        return self.watch
 
     def extra_threads(self) -> int:
-        return max(0, proctree.thread_count(self.worker) - 1)
+        return max(0, self.interpreter.threads() - 1)
 
     def strays(self) -> list[int]:
         """Live processes of the sandbox other than firejail's two and the interpreter."""
@@ -377,7 +380,7 @@ class SandboxProcess:
                 pid = todo.pop()
                 found.append(pid)
                 todo += proctree.children(pid)
-        return [p for p in found if p not in self.jail_pids and proctree.alive(p)]
+        return [p for p in found if p not in self.jail_pids and proctree.alive(p)]  # common case: none
 
     def kill_strays(self) -> int:
         """SIGKILL every stray once; returns how many there were."""
@@ -389,9 +392,9 @@ class SandboxProcess:
 
     def freeze(self) -> None:
         """Stop the interpreter until the next execution (timers and handlers cannot run meanwhile)."""
+        self.frozen = True
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(self.worker, signal.SIGSTOP)
-            self.frozen = True
 
     def thaw(self) -> None:
         if self.frozen:
@@ -402,7 +405,7 @@ class SandboxProcess:
     def usage(self) -> tuple[float, float]:
         """(CPU seconds of the interpreter since the last call, peak memory MiB: the interpreter's
         peak resident set or the sandbox cgroup's peak, whichever is larger), measured by the host."""
-        now = proctree.cpu_seconds(self.worker)
+        now = self.interpreter.cpu_seconds()
         cpu, self.cpu_mark = max(0.0, now - self.cpu_mark), now
-        peak = max(proctree.peak_rss_bytes(self.worker), self.cgroup.peak_memory_bytes() if self.cgroup else 0)
+        peak = max(self.interpreter.peak_rss_bytes(), self.cgroup.peak_memory_bytes() if self.cgroup else 0)
         return round(cpu, 4), round(peak / (1024 * 1024), 1)

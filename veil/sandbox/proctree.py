@@ -4,9 +4,8 @@ The code runs in the same process as the in-sandbox runtime, so anything the run
 over the channel ("done") the code can say too. The host therefore treats ``done`` as a claim and
 checks kernel state it alone can read (Veil is root; the jail hides the host's /proc):
 
-* the interpreter's main thread is blocked in ``read()`` on the channel's inbound pipe, identified
-  by its inode: the runtime is waiting for the host's next message, so nothing of the code runs
-  in that thread (code that blocks there itself is not running either);
+* the interpreter is stopped (the runtime stops itself after ``done``; code that forged a
+  ``done`` and runs on is not stopped);
 * the interpreter has no other thread;
 * no other process of the sandbox is alive besides firejail's two and the interpreter (the
   sandbox's cgroup lists them all, however they were started; the host kills the rest).
@@ -14,36 +13,73 @@ checks kernel state it alone can read (Veil is root; the jail hides the host's /
 
 from __future__ import annotations
 
+import contextlib
 import os
-import platform
 from pathlib import Path
 
-# read(2)'s number per architecture (/proc/PID/syscall prints the number in decimal).
-_READ = {"x86_64": 0, "aarch64": 63, "arm64": 63, "riscv64": 63}
-READ_SYSCALL = _READ.get(platform.machine())
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def blocked_reading(pid: int, pipe_inode: int) -> bool:
-    """True when ``pid``'s main thread sleeps in read() on the pipe with inode ``pipe_inode``."""
-    try:
-        fields = Path(f"/proc/{pid}/task/{pid}/syscall").read_text().split()
-    except OSError:
-        return False
-    if len(fields) < 2 or not fields[0].isdigit() or int(fields[0]) != READ_SYSCALL:
-        return False  # "running", another syscall, or an architecture we do not know (never quiescent)
-    try:
-        fd = int(fields[1], 16)
-        return os.readlink(f"/proc/{pid}/fd/{fd}") == f"pipe:[{pipe_inode}]"
-    except (OSError, ValueError):
-        return False
+class Watch:
+    """One process's /proc files, opened once and re-read with ``pread`` on every check (cheaper
+    than opening them each time, and bound to that process: a recycled pid is never read)."""
 
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._dir = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY)
+        self._fds = [self._dir]
+        self._stat = self._open("stat")
+        self._status = self._open("status")
 
-def thread_count(pid: int) -> int:
-    try:
-        return len(os.listdir(f"/proc/{pid}/task"))
-    except OSError:
-        return 0
+    def _open(self, name: str) -> int:
+        fd = os.open(name, os.O_RDONLY, dir_fd=self._dir)
+        self._fds.append(fd)
+        return fd
+
+    def _read(self, fd: int) -> str:
+        try:
+            return os.pread(fd, 8192, 0).decode(errors="replace")
+        except OSError:
+            return ""  # the process is gone
+
+    def _status_field(self, name: str) -> str:
+        text = self._read(self._status)
+        at = text.find(f"\n{name}:")
+        return text[at + len(name) + 2 : text.find("\n", at + 1)].strip() if at >= 0 else ""
+
+    def state(self) -> str:
+        """The state letter (R, S, D, T, t, Z, X) or "" when the process is gone."""
+        return self._status_field("State")[:1]
+
+    def alive(self) -> bool:
+        return self.state() not in ("", "Z", "X", "x")
+
+    def stopped(self) -> bool:
+        return self.state() in ("T", "t")
+
+    def threads(self) -> int:
+        value = self._status_field("Threads")
+        return int(value) if value.isdigit() else 0
+
+    def peak_rss_bytes(self) -> int:
+        """The peak resident set (VmHWM)."""
+        fields = self._status_field("VmHWM").split()
+        return int(fields[0]) * 1024 if fields and fields[0].isdigit() else 0
+
+    def cpu_seconds(self) -> float:
+        """User + system time of the process and its reaped children."""
+        text = self._read(self._stat)
+        fields = text[text.rfind(")") + 2 :].split()
+        if len(fields) < 15:
+            return 0.0
+        # after the state: ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime cutime cstime
+        return sum(int(v) for v in fields[11:15]) / CLOCK_TICKS
+
+    def close(self) -> None:
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds = []
 
 
 def alive(pid: int) -> bool:
@@ -52,30 +88,10 @@ def alive(pid: int) -> bool:
     return state is not None and state[0] not in ("Z", "X", "x")
 
 
-def stopped(pid: int) -> bool:
+def stopped_or_gone(pid: int) -> bool:
+    """Stopped (SIGSTOP), a zombie, or gone: in no state to act."""
     state = _stat(pid)
-    return state is not None and state[0] in ("T", "t")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system time of ``pid`` and its reaped children."""
-    state = _stat(pid)
-    if state is None:
-        return 0.0
-    # after the state: ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime cutime cstime
-    ticks = sum(int(v) for v in state[11:15])
-    return ticks / CLOCK_TICKS
-
-
-def peak_rss_bytes(pid: int) -> int:
-    """The process's peak resident set (VmHWM)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    return state is None or state[0] in ("T", "t", "Z", "X", "x")
 
 
 def children(pid: int) -> list[int]:
@@ -83,10 +99,6 @@ def children(pid: int) -> list[int]:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
-
-
-def pipe_inode(fd: int) -> int:
-    return os.fstat(fd).st_ino
 
 
 def _stat(pid: int) -> list[str] | None:
