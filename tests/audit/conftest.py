@@ -81,18 +81,27 @@ def deploy(server_url: str, tmp_path: Path) -> Iterator[Callable[..., Deployment
     made: list[tuple[str, str, str]] = []
     base = make_url(db.normalise_url(server_url))
 
-    def make(*, hardened: bool) -> Deployment:
+    def make(*, hardened: bool, schema: str | None = None) -> Deployment:
+        """With ``schema``, the DBA owns the database and the owner role only that schema."""
         tag = uuid.uuid4().hex[:10]
         owner, runtime, name = f"veil_own_{tag}", f"veil_rt_{tag}", f"veil_int_{tag}"
         with admin.connect() as conn:
             conn.execute(sa.text(f'CREATE ROLE "{owner}" LOGIN NOSUPERUSER NOCREATEROLE'))
             conn.execute(sa.text(f'CREATE ROLE "{runtime}" LOGIN NOSUPERUSER'))
-            conn.execute(sa.text(f'CREATE DATABASE "{name}" OWNER "{owner}"'))
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"' + ("" if schema else f' OWNER "{owner}"')))
         made.append((name, owner, runtime))
 
         def url(user: str | None) -> str:
             u = base.set(database=name) if user is None else base.set(database=name, username=user)
             return u.render_as_string(hide_password=False)
+
+        if schema:
+            dba = sa.create_engine(db.normalise_url(url(None)), isolation_level="AUTOCOMMIT")
+            with dba.connect() as conn:
+                conn.execute(sa.text(f'CREATE SCHEMA "{schema}" AUTHORIZATION "{owner}"'))
+                for role in (owner, runtime):
+                    conn.execute(sa.text(f'ALTER ROLE "{role}" IN DATABASE "{name}" SET search_path = "{schema}"'))
+            dba.dispose()
 
         dep = Deployment(owner, runtime, url(owner), url(runtime), url(None), tmp_path / f"data-{tag}")
         db.upgrade(dep.owner_url, runtime_role=runtime)  # as the owner: no superuser, so no event trigger

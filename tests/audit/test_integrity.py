@@ -196,3 +196,23 @@ def test_event_trigger_refuses_the_owner_ddl_on_audit_tables(deploy) -> None:
         assert now.minus(14) not in existing(conn)
         assert verify(conn).problem is None
     owner.dispose()
+
+
+@pytest.mark.req("audit:partition-ddl")
+def test_a_dedicated_schema_owned_by_the_owner_role_is_guarded_the_same(deploy) -> None:
+    """docs/deployment.md: the DBA owns the database (so the owner role cannot drop it), the owner
+    role owns schema ``veil``; migrations, the runtime role, the guard and verify work there."""
+    dep = deploy(hardened=True, schema="veil")
+    cp_seq = write_trail(dep, 3, 2)
+    owner = dep.engine(dep.owner_url)
+    with owner.connect() as conn:
+        assert conn.execute(sa.text("SELECT to_regclass('veil.audit_events') IS NOT NULL")).scalar_one()
+        assert conn.execute(sa.text("SELECT to_regclass('public.audit_events')")).scalar_one() is None
+    part = current_partition(owner)
+    detach = refused(owner, f"ALTER TABLE audit_events DETACH PARTITION {part}")
+    assert "ALTER TABLE on veil.audit_events refused" in detach, detach
+    message = refused(owner, "DROP TABLE audit_checkpoints")
+    assert "refused: the audit trail is append-only" in message, message
+    owner.dispose()
+    run = audit_verify(dep)
+    assert run.returncode == 0 and f"at seq {cp_seq}" in run.stdout, run.stdout + run.stderr
