@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -78,11 +80,11 @@ class GatewayProcess:
             return "\n".join(rows)
 
     def sandbox_files(self, case_id: str) -> str:
-        """What a case's code wrote with ``dump()`` (``seen-CASE.txt`` in its workspace)."""
-        out = []
-        for path in sorted((self.data_dir / "workspaces").glob(f"*/seen-{case_id}.txt")):
-            out.append(path.read_text(encoding="utf-8", errors="replace"))
-        return "\n".join(out)
+        """What the sandbox can see on disk: what a case's code wrote with ``dump()``
+        (``seen-CASE.txt`` in its workspace) and the generated ``servers/`` stub modules."""
+        root = self.data_dir / "workspaces"
+        paths = [*root.glob(f"*/seen-{case_id}.txt"), *root.glob("*/servers/**/*.py")]
+        return "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in sorted(paths))
 
 
 def _seed_customers_database(server_url: str) -> str:
@@ -214,9 +216,10 @@ def corpus_gateway(server_url: str, make_database: Callable[[], str]) -> Iterato
         yield GatewayProcess(url, engine, log_path, data_dir, files_dir)
         engine.dispose()
     finally:
-        proc.terminate()
+        # SIGINT: the graceful stop an operator's Ctrl-C gives (sessions, sandboxes, pool closed).
+        proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
@@ -224,6 +227,9 @@ def corpus_gateway(server_url: str, make_database: Callable[[], str]) -> Iterato
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{crm_db}" WITH (FORCE)'))
         admin.dispose()
+        mounts = Path("/proc/mounts").read_text()
+        assert f" {data_dir}/" not in mounts, f"veil serve left sandbox filesystems mounted under {data_dir}"
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def customer(cid: str) -> dict[str, Any]:
