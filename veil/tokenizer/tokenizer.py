@@ -17,6 +17,7 @@ Thread-safe and synchronous: the gateway calls it from worker threads.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import re
@@ -130,7 +131,7 @@ class Tokenizer:
                 break
             guard = Guard((h.value, h.token, h.entity_type) for h in fresh.values())
             for k, i in enumerate(free):
-                extra = [g for g in self._usable(guard.find(texts[k]), detector) if not _covered(g, hits[i])]
+                extra = _uncovered(self._usable(guard.find(texts[k]), detector), hits[i])
                 if extra:
                     hits[i] = _merge(hits[i], extra)
             known_tokens = {h.token for slot_hits in hits for h in slot_hits}
@@ -231,16 +232,37 @@ def _needs_ner(text: str, covered: list, common: frozenset[str]) -> bool:
     return False
 
 
-def _covered(h: _Hit, hits: list[_Hit]) -> bool:
-    return any(h.start < o.end and o.start < h.end and (o.end - o.start) >= (h.end - h.start) for o in hits)
+def _uncovered(found: list[_Hit], hits: list[_Hit]) -> list[_Hit]:
+    """The hits of ``found`` that no hit of ``hits`` at least as long overlaps. ``hits`` are
+    sorted and do not overlap (``_merge``'s output), so only the hits inside each found span are
+    looked at: linear, where a pairwise test was quadratic on long texts."""
+    ends = [o.end for o in hits]
+    out = []
+    for h in found:
+        covered = False
+        for o in hits[bisect.bisect_right(ends, h.start) :]:
+            if o.start >= h.end:
+                break
+            if (o.end - o.start) >= (h.end - h.start):
+                covered = True
+                break
+        if not covered:
+            out.append(h)
+    return out
 
 
 def _merge(existing: list[_Hit], extra: list[_Hit]) -> list[_Hit]:
-    """Longest first; a longer guard hit replaces the shorter detections it covers."""
+    """Longest first; a longer guard hit replaces the shorter detections it covers. A coverage map
+    instead of pairwise overlap tests keeps this linear in the hits and their lengths."""
+    hits = [*existing, *extra]
+    if not hits:
+        return []
+    covered = bytearray(max(h.end for h in hits))
     out: list[_Hit] = []
-    for h in sorted([*existing, *extra], key=lambda h: (-(h.end - h.start), h.token is None)):
-        if any(h.start < o.end and o.start < h.end for o in out):
+    for h in sorted(hits, key=lambda h: (-(h.end - h.start), h.token is None)):
+        if covered.find(1, h.start, h.end) != -1:
             continue
+        covered[h.start : h.end] = b"\x01" * (h.end - h.start)
         out.append(h)
     return sorted(out, key=lambda h: h.start)
 
