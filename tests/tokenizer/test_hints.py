@@ -103,3 +103,12 @@ def test_the_same_person_gets_one_token_from_different_spans(tokenizer, scope):
     tokens = set(__import__("re").findall(r"\[PERSON_\d+\]", out))
     assert "Jane" not in out and "Roe" not in out
     assert len(tokens) == 1, out
+
+
+@pytest.mark.req("tokenize:key-hints")
+def test_parts_of_a_name_object_and_tax_ids():
+    table = HintTable({})
+    assert table.hint("last", "name.last", ("first", "last"), "name") == "PERSON"
+    assert table.hint("first", "contact_name.first", ("first",), "contact_name") == "PERSON"
+    assert table.hint("first", "ranking.first", ("first",), "ranking") is None
+    assert builtin_hint("taxId") == "US_SSN"

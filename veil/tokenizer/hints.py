@@ -42,7 +42,10 @@ BUILTIN_HINTS: list[tuple[str, str]] = [
             "fax",
         )
     ],
-    *[(g, "US_SSN") for g in ("ssn", "*_ssn", "social_security_number", "social_security")],
+    *[
+        (g, "US_SSN")
+        for g in ("ssn", "*_ssn", "social_security_number", "social_security", "tax_id", "taxpayer_id", "tin")
+    ],
     *[(g, "IBAN_CODE") for g in ("iban", "*_iban")],
     *[
         (g, "CREDIT_CARD")
@@ -315,6 +318,12 @@ _PERSON_PARENTS = frozenset(
 )
 
 
+# Keys of a name's parts, when the parent key is ``name`` or a person's name key.
+_NAME_PART_KEYS = frozenset(
+    ["first", "last", "given", "family", "middle", "display", "full", "preferred", "nickname", "maiden"]
+)
+
+
 def builtin_hint(key: str) -> str | None:
     k = snake(key)
     for glob, entity in BUILTIN_HINTS:
@@ -352,6 +361,10 @@ class HintTable:
             found = self._memo[memo_key] = self._lookup(key, path)
         if found is None and snake(key) == "name" and person_context(siblings, parent_key):
             return "PERSON"  # depends on the siblings, so decided per object
+        if found is None and parent_key is not None and snake(key) in _NAME_PART_KEYS:
+            parent = snake(parent_key)
+            if parent == "name" or builtin_hint(parent_key) == "PERSON":
+                return "PERSON"  # {"name": {"first": ..., "last": ...}}
         return found
 
     def _lookup(self, key: str, path: str) -> str | None:

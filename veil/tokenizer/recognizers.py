@@ -240,7 +240,7 @@ class SsnDigitsRecognizer(PatternRecognizer):
         super().__init__(
             supported_entity="US_SSN",
             patterns=[Pattern("ssn_digits", r"(?<![\d-])\d{3}([ .]?)\d{2}\1\d{4}(?![\d-])", 0.05)],
-            context=["ssn", "ssns", "social", "security", "ss", "taxpayer", "tin"],
+            context=["ssn", "ssns", "social", "security", "ss", "taxpayer", "tin", "tax"],
             supported_language=supported_language,
             name="VeilSsnDigitsRecognizer",
         )
