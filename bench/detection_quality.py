@@ -134,11 +134,11 @@ def score(records, predictions, tokenizer) -> tuple[dict, dict]:
         }
     total_tp, total_pred, total_gold = sum(tp.values()), sum(tp.values()) + sum(fp.values()), sum(gold_n.values())
     overall = {
-        "precision": total_tp / total_pred,
-        "recall": total_tp / total_gold,
-        "any_pii_recall": sum(any_hit.values()) / total_gold,
+        "precision": total_tp / max(total_pred, 1),
+        "recall": total_tp / max(total_gold, 1),
+        "any_pii_recall": sum(any_hit.values()) / max(total_gold, 1),
     }
-    overall["f1"] = 2 * overall["precision"] * overall["recall"] / (overall["precision"] + overall["recall"])
+    overall["f1"] = 2 * overall["precision"] * overall["recall"] / max(overall["precision"] + overall["recall"], 1e-9)
     return per, overall
 
 

@@ -28,6 +28,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import regex
 from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, RecognizerResult
 from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
 from presidio_analyzer.nlp_engine import NlpArtifacts
@@ -42,7 +43,13 @@ from spacy.lang.en.stop_words import STOP_WORDS
 from veil.errors import TokenizeBudgetExceeded
 from veil.tokenizer.guard import name_parts
 from veil.tokenizer.hints import HINTABLE_TYPES
-from veil.tokenizer.nlp import OfflineSpacyNlpEngine, common_words, load_ner_pipeline, pipeline_lock
+from veil.tokenizer.nlp import (
+    OfflineSpacyNlpEngine,
+    common_words,
+    is_common_word,
+    load_ner_pipeline,
+    pipeline_lock,
+)
 from veil.tokenizer.recognizers import (
     _VERBS,
     CandidatePhoneRecognizer,
@@ -116,7 +123,8 @@ _GATE = re.compile(r"[0-9@]|\w\.[A-Za-z]")
 _PHONE_GATE = re.compile(r"(?:\d[^\d\n]{0,3}){7}")  # phonenumbers' matcher is slow: only where 7+ digits are
 _CUE_GATE = re.compile(
     r"(?im)\b(?:mrs?|ms|miss|mx|dr|prof|sir|madam|name|dear|signed|regards|this is|call me|i am|i'm|called|named|"
-    r"by|met with|spoke with|talked to|ask for|attn|attention|contact person)\b"
+    r"by|met with|spoke with|talked to|ask for|attn|attention|contact person|follow up with|including|tribute to|"
+    r"said|told|thanks|hi|hello)\b"
     r"|\b\w{1,40} (?:and \w{1,40} )?(?:" + _VERBS + r")\b"
     r"|^[ \t>]{0,8}\w{1,40}:"
 )
@@ -363,6 +371,8 @@ class Detector:
             _check(deadline)
             for ent in doc.ents:
                 entity = NER_LABELS.get(ent.label_)
+                if entity == "DATE_TIME":
+                    entity = _ner_date(ent.text)
                 if entity is None or entity not in self.detect_entities:
                     continue
                 found[i].append(Span(lo + ent.start_char, lo + ent.end_char, entity, NER_SCORE, ner=True))
@@ -390,8 +400,39 @@ class Detector:
             covered[sp.start : sp.end] = b"\x01" * (sp.end - sp.start)
             out.append(sp)
         out.extend(_name_parts_elsewhere(text, out, covered))
+        if "PERSON" in self.entities:
+            out.extend(self._list_siblings(text, out, covered))
         out.sort(key=lambda s: s.start)
         return out
+
+    def _list_siblings(self, text: str, found: list[Span], covered: bytearray) -> list[Span]:
+        """Names listed next to a name ("Eklund, Michael and Hodge", "Matheus, Janet, Nicholas"):
+        a capitalised word joined to a person by a comma, "and", "or" or "&" is a person too,
+        unless it is an English stop word, verb, adjective or adverb, or a company word."""
+        todo = [sp for sp in found if sp.entity_type == "PERSON" and sp.score >= self.threshold("PERSON")]
+        extra: list[Span] = []
+        for _ in range(8):  # a list is walked one neighbour per round, both ways
+            more: list[Span] = []
+            for sp in todo:
+                for m in (
+                    _NEXT_IN_LIST.match(text, sp.end, min(len(text), sp.end + 80)),
+                    _PREV_IN_LIST.search(text, max(0, sp.start - 80), sp.start),
+                ):
+                    if m is None:
+                        continue
+                    s, e = m.span("name")
+                    words = m.group("name").lower().split()
+                    if covered.find(1, s, e) != -1 or any(
+                        w in STOP_WORDS or w in _NOT_NAMES or is_common_word(w, self.common_words) for w in words
+                    ):
+                        continue
+                    covered[s:e] = b"\x01" * (e - s)
+                    more.append(Span(s, e, "PERSON", NAME_PART_SCORE))
+            if not more:
+                break
+            extra.extend(more)
+            todo = more
+        return extra
 
 
 # Types that say less than another type found on the same characters (a date that is a date of
@@ -437,6 +478,56 @@ def _ner_pieces(text: str) -> list[tuple[int, int]]:
     out.append((a, n))
     return out
 
+
+_DATE_WORD = re.compile(
+    r"(?i)\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]{0,6}\.?\b"
+    r"|\b(?:mon|tues|wednes|thurs|fri|satur|sun)day\b"
+    r"|\b(?:1[89]|20)\d{2}s?\b|\d{1,4}[-/.]\d{1,2}|\d{1,2}:\d{2}|\b\d{1,2}(?:st|nd|rd|th)\b"
+)
+_BARE_CODE = re.compile(r"\d{4,5}")
+
+
+def _ner_date(value: str) -> str | None:
+    """What a span the model calls a date is. A date names a day, month, weekday, year or time
+    ("Tuesday", "2/10/1985", "1978", "10:30"); "next week", "this morning", "the age of 54" or a
+    bare "40" identify no one and are dropped. A bare four- or five-digit number that is no year
+    is a postal code in an address the model misread ("Poland 11248")."""
+    if _BARE_CODE.fullmatch(value) and not re.fullmatch(r"(?:1[89]|20)\d{2}", value):
+        return "ZIP_CODE"
+    return "DATE_TIME" if _DATE_WORD.search(value) and not _AGE.search(value) else None
+
+
+_AGE = re.compile(r"(?i)\byears?[ -]old\b|\bage of\b|\baged\b")
+
+_LIST_NAME = r"(?P<name>\p{Lu}[\p{Ll}'\u2019-]{1,40}(?:[ \t]\p{Lu}[\p{Ll}'\u2019-]{1,40})?)"
+_JOIN = r"(?:,[ \t]{1,3}(?:(?:and|or|&)[ \t]{1,3})?|[ \t]{1,3}(?:and|or|&)[ \t]{1,3})"
+_NEXT_IN_LIST = regex.compile(rf"{_JOIN}{_LIST_NAME}(?![\p{{L}}'\u2019-])")
+_PREV_IN_LIST = regex.compile(rf"(?<![\p{{L}}'\u2019-]){_LIST_NAME}{_JOIN}$")
+_NOT_NAMES = frozenset(
+    [
+        "company",
+        "inc",
+        "co",
+        "corp",
+        "ltd",
+        "llc",
+        "group",
+        "team",
+        "family",
+        "friends",
+        "others",
+        "sons",
+        "partners",
+        "associates",
+        "university",
+        "street",
+        "avenue",
+        "road",
+        "city",
+        "county",
+        "state",
+    ]
+)
 
 _NAME_RUN = re.compile(r"[\w-]{1,200}(?:['\u2019][\w-]{1,200})*")
 

@@ -398,11 +398,12 @@ class CuedPersonRecognizer(PatternRecognizer):
         super().__init__(
             supported_entity="PERSON",
             patterns=[
-                Pattern("title", rf"(?<=\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Sir|Madam)\.?[ \t]){_NAME}", 0.7),
+                Pattern("title", rf"(?<=\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Sir|Madam|mr|mrs|ms|dr)\.?[ \t]){_NAME}", 0.7),
                 Pattern(
                     "cue",
                     rf"(?<=\b(?:[Mm]y name is|[Nn]ame:|[Dd]ear|[Ss]igned|[Rr]egards,|[Tt]his is|[Cc]all me|[Ii] am|I'm"
                     r"|[Cc]alled|[Nn]amed|[Dd]irected by|[Ww]ritten by|[Pp]roduced by|[Ss]igned by|[Mm]et with"
+                    r"|[Ff]ollow up with|[Ii]ncluding|[Tt]ribute to|[Ss]aid|[Tt]old|[Tt]hanks|[Hh]i|[Hh]ello"
                     r"|[Ss]poke with|[Tt]alked to|[Aa]sk for|[Aa]ttn:?|[Aa]ttention:|[Cc]ontact person:?"
                     rf"|[Nn]ame\?)[ \t]{{1,8}}){_NAME}",
                     0.6,
