@@ -218,10 +218,12 @@ def _needs_ner(text: str, covered: list, common: frozenset[str]) -> bool:
     outside every span found so far and outside tokens, other than a sentence-initial stop word
     or ordinary verb/adjective/adverb ("Called ...", "Quarterly ..."). Lower-case names are not
     lost by this shortcut: the NER model does not find them either."""
-    spans = [(c.start, c.end) for c in covered] + [m.span() for m in TOKEN_RE.finditer(text)]
+    inside = bytearray(len(text) + 1)  # a coverage map: linear, where a scan of spans per word was not
+    for s, e in [(c.start, c.end) for c in covered] + [m.span() for m in TOKEN_RE.finditer(text)]:
+        inside[s:e] = b"\x01" * (e - s)
     for m in _WORD.finditer(text):
         word = m.group()
-        if not word[0].isupper() or any(s <= m.start() < e for s, e in spans):
+        if not word[0].isupper() or inside[m.start()]:
             continue
         before = text[max(0, m.start() - 64) : m.start()].rstrip()  # bounded: linear on long texts
         if (not before or before[-1] in _SENTENCE_END) and (
@@ -240,12 +242,12 @@ def _uncovered(found: list[_Hit], hits: list[_Hit]) -> list[_Hit]:
     out = []
     for h in found:
         covered = False
-        for o in hits[bisect.bisect_right(ends, h.start) :]:
-            if o.start >= h.end:
-                break
-            if (o.end - o.start) >= (h.end - h.start):
+        j = bisect.bisect_right(ends, h.start)
+        while j < len(hits) and hits[j].start < h.end:
+            if (hits[j].end - hits[j].start) >= (h.end - h.start):
                 covered = True
                 break
+            j += 1
         if not covered:
             out.append(h)
     return out
