@@ -191,11 +191,15 @@ def upgrade(url: str, revision: str = "head", *, runtime_role: str | None = None
     except sa.exc.OperationalError as exc:
         raise DatabaseError(f"migrating {redacted(url)} failed: {exc.orig}") from None
     except sa.exc.ProgrammingError as exc:
-        if getattr(exc.orig, "sqlstate", None) == "42501":  # insufficient_privilege
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+        if sqlstate == "42501":  # insufficient_privilege
             raise DatabaseError(
-                f"migrating {redacted(url)} failed: this role may not change the schema (it is the runtime role). "
-                "Run `veil db upgrade --database-url OWNER_URL`, or set migration_database_url in the config."
+                f"migrating {redacted(url)} failed ({first}): this role may not change the schema (the runtime "
+                "role?). Run `veil db upgrade --database-url OWNER_URL`, or set migration_database_url."
             ) from None
+        if sqlstate == "42704":  # undefined_object: the runtime role is missing (see 0004_roles)
+            raise DatabaseError(f"migrating {redacted(url)} failed: {first}") from None
         raise
 
 

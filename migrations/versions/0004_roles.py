@@ -96,8 +96,13 @@ BEGIN
         BEGIN
             -- No password: it can log in only once a DBA sets one (or with trust/peer auth).
             EXECUTE format('CREATE ROLE %I LOGIN', role);
-        EXCEPTION WHEN duplicate_object OR unique_violation THEN
-            NULL;  -- created concurrently by another migration of the same cluster
+        EXCEPTION
+            WHEN duplicate_object OR unique_violation THEN
+                NULL;  -- created concurrently by another migration of the same cluster
+            WHEN insufficient_privilege THEN
+                RAISE EXCEPTION 'runtime role % does not exist and % may not create it: have a DBA run '
+                    'CREATE ROLE % LOGIN PASSWORD ..., then run veil db upgrade again', role, current_user, role
+                    USING ERRCODE = 'undefined_object';
         END;
     END IF;
     EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', current_schema(), role);
