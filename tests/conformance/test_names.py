@@ -162,3 +162,18 @@ def test_listings_leave_out_colliding_names_and_say_why() -> None:
     assert "'root'" in problems["crm__x"] and "'crm'" in problems["crm__x"]
     assert cat.overlapping({"a": "a__", "b": "b__"}) == set()
     assert cat.overlapping({"a": "", "b": "b__"}) == {"a", "b"}
+
+
+@pytest.mark.anyio
+@pytest.mark.req("protocol:instructions")
+async def test_upstream_instructions_reach_the_agent_namespaced_and_tokenised(config) -> None:
+    one = upstream("one", ["a"], prefix="")
+    one["env"]["NAMES_INSTRUCTIONS"] = "Ask Jane Roe (jane.roe@example.com) before deleting anything."
+    cfg = config(one=one, two=upstream("two", ["a"]), gone={"command": "/nonexistent/upstream"})
+    async with serving(cfg) as (_gateway, url), Client(url, mode="legacy") as agent:
+        text = agent.instructions or ""
+    assert text.startswith("Veil gateway:")
+    assert "## one (tools and prompts: no prefix: its own names)\nAsk " in text and "before deleting anything." in text
+    assert "jane.roe@example.com" not in text and "Jane Roe" not in text
+    assert "[EMAIL_ADDRESS_" in text and "[PERSON_" in text
+    assert "## two" not in text and "## gone" not in text  # no instructions; unreachable at start

@@ -6,7 +6,7 @@ per-upstream ``prefix`` in the config changes that; an empty prefix lets an unmo
 or test suite that expects an upstream's own names work. Prefixes are distinct (config
 validation), but one may start another (``""`` and ``crm__``): a name then may mean more than one
 upstream's tool, and is resolved by asking which of those upstreams has it. A name two upstreams
-really both have is a collision: refused when the gateway starts (``check_names``), and left out
+really both have is a collision: refused when the gateway starts (``veil.proxy.survey``), and left out
 of listings and refused by name in a session (an upstream may add tools later).
 
 Policies always name tools ``NAME__TOOL``, whatever the prefix: renaming what agents see never
@@ -18,21 +18,15 @@ front.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-import anyio
 import mcp_types as types
-from anyio.abc import TaskGroup
 from mcp.shared.exceptions import MCPError
 
-from veil.errors import ConfigError, ToolNotFound, VeilError
-
-log = logging.getLogger(__name__)
+from veil.errors import ToolNotFound, VeilError
 
 SEPARATOR = "__"
 Detail = Literal["name", "summary", "full"]
@@ -136,56 +130,6 @@ def overlapping(prefixes: Mapping[str, str]) -> set[str]:
             if a != b and pb.startswith(pa):
                 out.update((a, b))
     return out
-
-
-class _Mute:
-    """The relay of a start-up probe: no agent is there to receive anything."""
-
-    async def on_log(self, upstream: str, params: Any) -> None:
-        return None
-
-    async def on_notification(self, upstream: str, notification: Any) -> None:
-        return None
-
-    async def on_sampling(self, upstream: str, params: Any) -> types.ErrorData:
-        return types.ErrorData(code=types.METHOD_NOT_FOUND, message="veil is checking tool names at start-up")
-
-    async def on_elicitation(self, upstream: str, params: Any) -> types.ErrorData:
-        return types.ErrorData(code=types.METHOD_NOT_FOUND, message="veil is checking tool names at start-up")
-
-
-async def check_names(
-    upstreams: Mapping[str, Any], prefixes: Mapping[str, str], task_group: TaskGroup, *, log_dir: Path, timeout_s: float
-) -> None:
-    """At start: list the tools of upstreams whose prefixes overlap; a name two of them (or one of
-    them and Veil) would share stops start-up with a ConfigError naming both and the tool.
-
-    Only names are compared (they are the upstreams' interface, not data). An upstream that
-    cannot be reached now is skipped with a warning; sessions refuse collisions by name later.
-    """
-    from veil.proxy.upstreams import UpstreamConnection
-
-    names = overlapping(prefixes)
-    if not names:
-        return
-    entries: list[CatalogueEntry] = []
-    for upstream in sorted(names):
-        conn = UpstreamConnection(
-            upstream, upstreams[upstream], _Mute(), task_group, log_dir=log_dir, timeout_s=timeout_s
-        )
-        try:
-            listed = await conn.request("tools/list", lambda c: c.list_tools())
-            entries.extend(CatalogueEntry(upstream, tool, prefixes[upstream]) for tool in listed.tools)
-        except Exception as exc:  # unreachable now: sessions still refuse collisions by name
-            log.warning(
-                "upstream '%s' could not be asked for its tool names at start (%s)", upstream, type(exc).__name__
-            )
-        finally:
-            with anyio.CancelScope(shield=True):
-                await conn.aclose()
-    _, problems = visible(entries)
-    if problems:
-        raise ConfigError("; ".join(problems[name] for name in sorted(problems)))
 
 
 def _words(text: str) -> set[str]:

@@ -67,12 +67,7 @@ class Front:
         self.server: Server[Any] = Server(
             "veil",
             version=veil.__version__,
-            instructions=(
-                "Veil gateway: tools of the systems behind it are named UPSTREAM__TOOL. Personal data is "
-                "replaced by tokens such as [EMAIL_ADDRESS_1]; use them as values and Veil substitutes the "
-                "real value where policy allows. Use search_tools to find tools and execute_code to "
-                "process large data next to it."
-            ),
+            instructions=gateway.instructions,  # Veil's and each upstream's (veil.proxy.survey)
             on_list_tools=self.list_tools,
             on_call_tool=self.call_tool,
             on_list_resources=self.list_resources,

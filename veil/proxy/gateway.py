@@ -3,7 +3,7 @@ process and owns the sessions. The front servers (stdio, HTTP) only translate MC
 
 Start-up order matters and is written down here only:
   database URL (embedded server if none) ▸ migrations ▸ engine ▸ master key ▸ policy ▸ tokenizer
-  ▸ audit writer ▸ tool-name collisions (only when prefixes overlap) ▸ sandbox manager
+  ▸ audit writer ▸ survey of the upstreams (name collisions, instructions) ▸ sandbox manager
   ▸ ``policy.load`` audit event.
 Any failure stops start-up with a message naming what to fix; nothing runs half-configured.
 """
@@ -27,9 +27,9 @@ from veil.config import SandboxConfig, VeilConfig
 from veil.errors import ConfigError
 from veil.policies import PolicyStore
 from veil.principal import Principal
-from veil.proxy.catalogue import check_names
 from veil.proxy.pipeline import Pipeline
 from veil.proxy.session import AgentSession
+from veil.proxy.survey import survey
 from veil.tokenizer import Tokenizer
 from veil.tokenizer.keyring import Keyring
 
@@ -86,13 +86,7 @@ class Gateway:
         self.task_group = await self._stack.enter_async_context(anyio.create_task_group())
         self._stack.push_async_callback(self._close_sessions)
         self._stack.callback(self.task_group.cancel_scope.cancel)
-        await check_names(
-            cfg.upstreams,
-            cfg.prefixes(),
-            self.task_group,
-            log_dir=cfg.data_dir / "logs",
-            timeout_s=cfg.limits.upstream_timeout_s,
-        )
+        self.instructions = await survey(self)  # upstream names checked, instructions for agents
 
         self.sandbox = self._make_sandbox()
         if self.sandbox is not None:

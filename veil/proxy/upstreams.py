@@ -86,6 +86,7 @@ class UpstreamConnection:
         self._timeout_s = timeout_s
         self._client: Client | None = None
         self._closed: anyio.Event | None = None
+        self._ended: anyio.Event | None = None  # set when the owning task has finished
         self._lock = anyio.Lock()
         self.restarts = 0
 
@@ -114,6 +115,7 @@ class UpstreamConnection:
     async def _own(self, *, task_status: TaskStatus[Client]) -> None:
         closed = anyio.Event()
         self._closed = closed
+        self._ended = ended = anyio.Event()
         started = False
         try:
             async with AsyncExitStack() as stack:
@@ -146,6 +148,8 @@ class UpstreamConnection:
             if self._closed is closed:
                 self._client = None
                 self._closed = None
+        finally:
+            ended.set()
 
     async def _listen(self, client: Client) -> None:
         """2026-07-28 upstreams announce list changes on a subscriptions/listen stream, not as
@@ -185,10 +189,16 @@ class UpstreamConnection:
             self._closed = None
             self.restarts += 1
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, wait: bool = False) -> None:
+        """Close the connection; with ``wait``, return once it has ended (a stdio upstream's
+        process has exited), bounded by the upstream timeout."""
         if self._closed is not None:
             self._closed.set()
         self._client = None
+        ended = self._ended
+        if wait and ended is not None:
+            with anyio.move_on_after(self._timeout_s):
+                await ended.wait()
 
     # -- requests ------------------------------------------------------------------------------
 
