@@ -125,7 +125,8 @@ class SandboxError(VeilError):
 
 
 class TokenizeBudgetExceeded(VeilError):
-    """Detection did not finish within the call's time budget: the result is withheld, never
-    passed on partly tokenised."""
+    """Tokenising a result did not finish within the call's time budget: the result is withheld,
+    never passed on partly tokenised. Raised by detection between its batches and by the
+    tokenizer between its stages; the tokenizer's message names the setting to raise."""
 
     code = -32011

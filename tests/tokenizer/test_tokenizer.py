@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import sqlalchemy as sa
 
-from veil.errors import FlowDenied, TokenError
-from veil.tokenizer import TOKEN_RE, DetectionSettings, Scope, Tokenizer, TokenSettings
+from veil.errors import FlowDenied, TokenError, TokenizeBudgetExceeded, VeilError
+from veil.tokenizer import TOKEN_RE, Deadline, DetectionSettings, Scope, Tokenizer, TokenSettings
 
 from .conftest import allow_all
 
@@ -199,3 +201,203 @@ def test_update_settings_applies_to_next_call(session_engine, keyring, scope):
     t.update_settings(DetectionSettings(field_hints={"badge": "EMPLOYEE_ID"}), TokenSettings(ttl_seconds=30))
     assert t.tokenize({"badge": "B-778812"}, scope, "hr").value["badge"].startswith("[EMPLOYEE_ID_")
     assert t.vault.ttl_seconds == 30
+
+
+# -- the guard under attack: echoes, keys, numbers ------------------------------------------------
+
+
+def known_tokens(tokenizer, scope) -> dict[str, str]:
+    v = tokenizer.tokenize(CUSTOMER, scope, "crm").value
+    return {k: v[k] for k in ("full_name", "email", "phone", "ssn", "card_number")}
+
+
+@pytest.mark.req("tokenize:guard-normalised")
+def test_an_echoed_value_glued_to_other_characters_gets_its_token_back(tokenizer, scope):
+    t = known_tokens(tokenizer, scope)
+    # the agent sent 9[US_SSN_1]9 and x[PERSON_1]y; an honest upstream echoed them in an error
+    echo = {"error": "customer 9219-09-99999 not found; no match for xMaria Lopezy"}
+    out = tokenizer.tokenize(echo, scope, "crm").value["error"]
+    assert out == f"customer 9{t['ssn']}9 not found; no match for x{t['full_name']}y"
+
+
+@pytest.mark.req("tokenize:guard-normalised")
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("ssn 219099999 on file", "ssn"),  # dbhub: replace(ssn, '-', '')
+        ("SSN \uff12\uff11\uff19-\uff10\uff19-\uff19\uff19\uff19\uff19", "ssn"),  # full-width digits
+        ("phone 4155550132 (digits only)", "phone"),
+        ("card 4111-1111-1111-1111 charged", "card_number"),
+        ("login: marialopez", "full_name"),
+        ("see https://crm.example/p/Maria_Lopez/notes", "full_name"),
+        ("Mar\u200dia Lo\u200bpez called", "full_name"),
+    ],
+)
+def test_reformatted_known_values_are_replaced_by_their_token(tokenizer, scope, text, field):
+    t = known_tokens(tokenizer, scope)
+    out = tokenizer.tokenize({"comment": text}, scope, "tickets").value["comment"]
+    assert t[field] in out, out
+    for raw in ("219", "9999", "555", "0132", "1111", "aria", "opez", "\uff12"):
+        assert raw not in out.replace(t[field], ""), out
+
+
+@pytest.mark.req("tokenize:guard-normalised")
+def test_email_local_part_alone_is_replaced(tokenizer, scope):
+    v = tokenizer.tokenize({"email": "tammy.alexander57@mail.example"}, scope, "crm").value
+    out = tokenizer.tokenize({"log": "login by tammy.alexander57 from 10.0.0.9"}, scope, "crm").value["log"]
+    assert "tammy" not in out and "alexander" not in out
+    token = TOKEN_RE.search(out).group(0)
+    assert token.startswith("[EMAIL_ADDRESS_") and token != v["email"]
+    back = tokenizer.untokenize({"q": out}, scope, allow_all).value["q"]
+    assert back.startswith("login by tammy.alexander57 ")  # exactly the text that was there
+
+
+@pytest.mark.req("tokenize:keys")
+def test_pii_dict_keys_become_token_keys_also_inside_json_text(tokenizer, scope):
+    t = known_tokens(tokenizer, scope)
+    value = {
+        "by_email": {"Maria.Lopez@example.com": {"open": 2}, "new.person@example.org": {"open": 1}},
+        "text": json.dumps({"219-09-9999": "flagged", "ok": 1}),
+        "Maria Lopez": "vip",
+        "maria lopez": "duplicate spelling",
+    }
+    out = tokenizer.tokenize(value, scope, "crm").value
+    assert next(iter(out["by_email"])) == t["email"] and out["by_email"][t["email"]] == {"open": 2}
+    assert re.fullmatch(r"\[EMAIL_ADDRESS_\d+\]", list(out["by_email"])[1])
+    assert json.loads(out["text"]) == {t["ssn"]: "flagged", "ok": 1}
+    assert out[t["full_name"]] == "vip" and out[f"{t['full_name']} (2)"] == "duplicate spelling"
+    text = dumps(out)
+    for raw in ("Maria", "Lopez", "example.com", "new.person", "219-09"):
+        assert raw not in text
+    # token keys turn back into the real keys for an upstream
+    back = tokenizer.untokenize({"by_email": out["by_email"]}, scope, allow_all).value
+    assert "Maria.Lopez@example.com" in back["by_email"]
+
+
+@pytest.mark.req("tokenize:numbers")
+def test_numbers_holding_a_known_or_detected_identifier_become_tokens(tokenizer, scope):
+    t = known_tokens(tokenizer, scope)
+    digits_only = tokenizer.tokenize({"ssn": "078051120"}, scope, "db").value["ssn"]  # stored as digits
+    value = {
+        "ref": 219099999,  # the known SSN's digits as a JSON number, under no PII key
+        "contact": 4155550132,
+        "glued": 90780511209,  # the stored spelling glued to other digits
+        "reformatted_glued": 92190999999,  # reformatted (dashes lost) AND glued: digits must be bounded
+        "other_card": 5555555555554444,  # not known: detected as a card (Luhn-valid)
+        "float_phone": 4155550132.0,
+        "amount": 1234.5,
+        "count": 42,
+        "year": 2026,
+    }
+    out = tokenizer.tokenize({"rows": [value]}, scope, "db").value["rows"][0]
+    assert out["ref"] == t["ssn"] and out["contact"] == t["phone"] and out["float_phone"] == t["phone"]
+    assert out["glued"] == f"9{digits_only}9"
+    assert out["reformatted_glued"] == 92190999999
+    assert re.fullmatch(r"\[CREDIT_CARD_\d+\]", out["other_card"])
+    assert (out["amount"], out["count"], out["year"]) == (1234.5, 42, 2026)
+
+
+# -- modes ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.req("tokenize:interface-mode")
+def test_interface_mode_uses_patterns_and_guard_but_no_ner(tokenizer, scope):
+    t = known_tokens(tokenizer, scope)
+    listing = {
+        "tools": [
+            {
+                "name": "get_sum",
+                "title": "Get Sum Tool",
+                "description": "Adds numbers. Owner: Maria Lopez, write to ops.lead@corp.example or MariaLopez.",
+                "inputSchema": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "examples": ["Jonathan Whitfield"], "default": "219099999"},
+                        "Maria.Lopez@example.com": {"type": "integer"},
+                    },
+                },
+            },
+            {"name": "list_people", "title": "List People By City", "description": "Search Sales Force Users"},
+        ]
+    }
+    out = tokenizer.tokenize(listing, scope, "crm", mode="interface").value
+    tool = out["tools"][0]
+    assert tool["name"] == "get_sum" and tool["title"] == "Get Sum Tool"
+    assert out["tools"][1] == listing["tools"][1]  # nothing mangled
+    desc = tool["description"]
+    assert desc.startswith("Adds numbers. Owner: ") and t["full_name"] in desc
+    assert "ops.lead@corp.example" not in desc and "Lopez" not in desc
+    props = tool["inputSchema"]["properties"]
+    assert props["name"]["default"] == t["ssn"] and t["email"] in props
+    # NER is off: a person nobody told the vault about, in an example, is left to patterns
+    assert props["name"]["examples"] == ["Jonathan Whitfield"]
+
+
+def test_unknown_mode_is_refused(tokenizer, scope):
+    with pytest.raises(ValueError, match="interface"):
+        tokenizer.tokenize("x", scope, "crm", mode="listing")
+
+
+GUESSES = [f"+1 415-555-01{n:02d}" for n in range(25, 40)]  # the customer's is +1 415-555-0132
+
+
+@pytest.mark.req("tokenize:no-equality-oracle")
+def test_sandbox_output_never_links_values_to_the_scopes_tokens(tokenizer, scope, session_engine):
+    t = known_tokens(tokenizer, scope)
+    assert "+1 415-555-0132" in GUESSES
+    with session_engine.connect() as conn:
+        count = "SELECT count(*) FROM vault_entries WHERE scope = :s"
+        rows_before = conn.execute(sa.text(count), {"s": scope.key}).scalar_one()
+    printed = "\n".join(f"tel: {g}" for g in GUESSES) + f"\nfrom the crm: {t['phone']} and {t['full_name']}\n"
+    shown = {"stdout": printed, "result": {"phones": GUESSES, "email": "maria.lopez@example.com"}}
+    out = tokenizer.tokenize(shown, scope, "sandbox", mode="sandbox_output")
+    lines = out.value["stdout"].splitlines()
+    guessed = [line.removeprefix("tel: ") for line in lines[: len(GUESSES)]]
+    # every guess became a token of the throwaway per-call scope; none is the customer's token
+    assert all(re.fullmatch(r"\[CODE_PHONE_NUMBER_\d+\]", g) for g in guessed), guessed
+    assert len(set(guessed)) == len(GUESSES) and t["phone"] not in guessed
+    assert out.value["result"]["phones"] == guessed  # deterministic within the call
+    assert out.value["result"]["email"] != t["email"] and out.value["result"]["email"].startswith("[CODE_EMAIL")
+    # tokens already in the text stay as they are
+    assert lines[-1] == f"from the crm: {t['phone']} and {t['full_name']}"
+    with session_engine.connect() as conn:
+        assert conn.execute(sa.text(count), {"s": scope.key}).scalar_one() == rows_before  # nothing stored
+    # and such a token can never be turned into a value
+    with pytest.raises(TokenError, match="throwaway tokens that never turn back"):
+        tokenizer.untokenize({"to": guessed[7]}, scope, allow_all)
+    # the same text in data mode would have linked the customer's number (the oracle this removes)
+    data = tokenizer.tokenize({"stdout": "tel: +1 415-555-0132"}, scope, "crm").value["stdout"]
+    assert data == f"tel: {t['phone']}"
+
+
+@pytest.mark.req("tokenize:budget")
+def test_a_spent_budget_fails_closed_naming_the_setting(tokenizer, scope, session_engine):
+    spent = Deadline(time.monotonic() - 1, 2.0, "detection.budget_seconds")
+    with pytest.raises(TokenizeBudgetExceeded) as exc:
+        tokenizer.tokenize(CUSTOMER, scope, "crm", deadline=spent)
+    assert exc.value.code == -32011 and isinstance(exc.value, VeilError)
+    msg = str(exc.value)
+    assert "detection.budget_seconds" in msg and "2 s" in msg
+    assert "Maria" not in msg and "Lopez" not in msg
+    with session_engine.connect() as conn:
+        n = conn.execute(sa.text("SELECT count(*) FROM vault_entries WHERE scope = :s"), {"s": scope.key}).scalar_one()
+    assert n == 0
+    ample = Deadline.after(600, setting="detection.budget_seconds")
+    assert tokenizer.tokenize(CUSTOMER, scope, "crm", deadline=ample).value["email"].startswith("[EMAIL_ADDRESS_")
+
+
+@pytest.mark.req("tokenize:budget")
+def test_the_budget_is_checked_between_stages_of_a_large_value(tokenizer, scope):
+    """A budget that runs out while the call is under way stops it at the next check."""
+    seen: list[str] = []
+
+    class Recording(Deadline):
+        def check(self, stage: str) -> None:
+            seen.append(stage)
+            if len(seen) >= 3:
+                super().check(stage)
+
+    big = {"notes": [f"Ticket {i}: call Maria Lopez about 219-09-9999" for i in range(600)]}
+    with pytest.raises(TokenizeBudgetExceeded, match="stopped in"):
+        tokenizer.tokenize(big, scope, "crm", deadline=Recording(time.monotonic() - 1, 1.0, "x.budget"))
+    assert len(seen) == 3

@@ -2,15 +2,20 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from veil.tokenizer.hints import HintTable
-from veil.tokenizer.walker import is_free_text, walk
+from veil.tokenizer.walker import is_free_text, number_text, walk
 
 
 def test_walk_rebuilds_same_shape_without_touching_the_input():
     value = {"a": [1, "x", {"email": "a@b.co"}], "n": None, "ok": True, "zip": 80202}
     w = walk(value, HintTable({}))
-    by_path = {s.path: s for s in w.slots}
-    assert set(by_path) == {"$.a[1]", "$.a[2].email", "$.zip"}
+    by_path = {s.path: s for s in w.slots if s.kind != "key"}
+    # every number is a slot now (a card or phone number can come as a JSON number)
+    assert set(by_path) == {"$.a[0]", "$.a[1]", "$.a[2].email", "$.zip"}
+    assert by_path["$.a[0]"].kind == "number" and by_path["$.a[0]"].hint is None
+    assert {s.text for s in w.slots if s.kind == "key"} == {"a", "n", "ok", "zip", "email"}
     assert by_path["$.a[2].email"].hint == "EMAIL_ADDRESS"
     assert by_path["$.zip"].hint == "ZIP_CODE"
     by_path["$.a[2].email"].replacement = "[EMAIL_ADDRESS_1]"
@@ -48,3 +53,66 @@ def test_free_text():
     assert not is_free_text("gold")
     assert not is_free_text("active account")
     assert not is_free_text("C0001")
+
+
+def _fill(w, mapping: dict[str, str]) -> None:
+    for slot in w.slots:
+        if slot.text in mapping:
+            slot.replacement = mapping[slot.text]
+
+
+@pytest.mark.req("tokenize:keys")
+def test_keys_are_slots_and_tokenised_keys_rebuild_the_dict_in_order():
+    value = {"id": 1, "maria@x.io": {"Maria Lopez": "vip"}, "tail": "t"}
+    w = walk(value, HintTable({}))
+    keys = [s for s in w.slots if s.kind == "key"]
+    assert {s.text for s in keys} == {"id", "maria@x.io", "Maria Lopez", "tail"}
+    _fill(w, {"maria@x.io": "[EMAIL_ADDRESS_1]", "Maria Lopez": "[PERSON_1]"})
+    out = w.finish()
+    assert list(out) == ["id", "[EMAIL_ADDRESS_1]", "tail"]
+    assert out["[EMAIL_ADDRESS_1]"] == {"[PERSON_1]": "vip"}
+    assert list(value) == ["id", "maria@x.io", "tail"]  # the input is untouched
+
+
+@pytest.mark.req("tokenize:keys")
+def test_keys_that_collide_after_tokenising_are_both_kept_deterministically():
+    value = {"Maria Lopez": 1, "x": 0, "maria lopez": 2, "[PERSON_1] (2)": 3}
+    w = walk(value, HintTable({}))
+    _fill(w, {"Maria Lopez": "[PERSON_1]", "maria lopez": "[PERSON_1]"})
+    out = w.finish()
+    assert out == {"[PERSON_1]": 1, "x": 0, "[PERSON_1] (2)": 2, "[PERSON_1] (2) (2)": 3}
+    assert list(out.values()) == [1, 0, 2, 3]
+
+
+@pytest.mark.req("tokenize:keys")
+def test_keys_inside_json_text_are_tokenised_and_the_document_stays_valid():
+    inner = {"by_email": {"maria@x.io": {"note": "called"}}}
+    value = {"content": [{"type": "text", "text": json.dumps(inner)}]}
+    w = walk(value, HintTable({}))
+    _fill(w, {"maria@x.io": "[EMAIL_ADDRESS_1]", "called": "called back"})
+    out = w.finish()
+    assert json.loads(out["content"][0]["text"]) == {"by_email": {"[EMAIL_ADDRESS_1]": {"note": "called back"}}}
+
+
+@pytest.mark.req("tokenize:numbers")
+def test_numbers_are_slots_of_their_digits_and_become_strings_when_replaced():
+    value = {"card": 4111111111111111, "amount": 1234.5, "phone": 4155550132.0, "n": True, "count": 3}
+    w = walk(value, HintTable({}))
+    nums = {s.path: s for s in w.slots if s.kind == "number"}
+    assert nums["$.card"].text == "4111111111111111" and nums["$.card"].hint is None
+    assert nums["$.phone"].text == "4155550132"
+    assert "$.amount" not in nums and "$.n" not in nums  # a fraction is an amount; bool is no number
+    nums["$.card"].replacement = "[CREDIT_CARD_1]"
+    out = w.finish()
+    assert out == {"card": "[CREDIT_CARD_1]", "amount": 1234.5, "phone": 4155550132.0, "n": True, "count": 3}
+
+
+def test_number_text():
+    assert number_text(12) == "12" and number_text(-7) == "-7"
+    assert number_text(4155550132.0) == "4155550132"
+    assert number_text(0.5) is None and number_text(float("inf")) is None and number_text(float("nan")) is None
+
+
+def test_no_hints_in_interface_walks():
+    w = walk({"email": "a@b.co", "zip": 80202}, None)
+    assert all(s.hint is None for s in w.slots)

@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from veil.tokenizer.settings import CustomPattern, DenyList, DetectionSettings, TokenSettings
-from veil.tokenizer.tokens import TOKEN_RE, Scope, Tokenized, TokenRef, Untokenized
+from veil.tokenizer.tokens import TOKEN_RE, Deadline, Scope, Tokenized, TokenizeMode, TokenRef, Untokenized
 
 if TYPE_CHECKING:
     from veil.tokenizer.keyring import Keyring
@@ -37,12 +37,14 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "TOKEN_RE",
     "CustomPattern",
+    "Deadline",
     "DenyList",
     "DetectionSettings",
     "Keyring",
     "Scope",
     "TokenRef",
     "TokenSettings",
+    "TokenizeMode",
     "Tokenized",
     "Tokenizer",
     "Untokenized",

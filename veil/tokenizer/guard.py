@@ -1,44 +1,213 @@
 """The exact-match guard: once a value is in the vault for a scope, it is replaced wherever it
-reappears in that scope, even where detection would miss it (a name from a ``full_name`` field
-inside a free-text note that NER did not tag, a city inside a sentence).
+reappears in that scope, even where detection would miss it, and however it comes back: glued to
+other characters (``9123-45-67899`` after the agent sent ``9[US_SSN_1]9`` to an echoing
+upstream), reformatted (``123456789``, ``(415) 555 0132``), run together (``MariaLopez``,
+``maria_lopez``, inside a URL), in full-width digits or with zero-width characters inside.
 
-One Aho-Corasick automaton (pyahocorasick) per scope finds all known values in one pass over a
-string. Full values match case-insensitively on word boundaries. The given and family names of a
-known PERSON value also match when they appear alone ("Maria" after "Maria Lopez"), but only with
-their original capitalisation, at least two letters, and never when the part is an English stop
-word ("Will", "May"), so that ordinary words are not swallowed. One-word values ("Denver", a
-first name) follow the same rule: original capitalisation, never a stop word.
+How: every string is folded ONCE into a compact form (``fold``): each character is decomposed
+with NFKD, combining marks and format characters (Unicode category Cf: zero-width space, joiner,
+soft hyphen, bidi marks) are dropped, the rest is case-folded, and only letters and digits are
+kept. An offset map leads from every compact character back to the original one. Every known
+value is folded the same way, and one Aho-Corasick automaton (pyahocorasick) per scope finds all
+of them in one linear pass over the compact form. Each candidate is then judged on the original
+characters it covers, by the rule of its pattern:
+
+* ``free``: a distinctive value (at least 6 letters/digits in two or more parts, an e-mail, or 7+
+  digits) spelled as stored matches anywhere, with no word boundary (gluing is the attack);
+  spelled differently ("MariaLopez" for "Maria Lopez") it must stand at a word edge;
+* ``digits``: phone, card, SSN, IBAN and other identifiers compared by their digits: any
+  separators, but the digits must not continue on either side (``80202`` is not found inside
+  ``1802021``), unless the value is distinctive and spelled exactly as stored;
+* ``word``: short values ("Ann Lee") and the local part of a known e-mail
+  (``tammy.alexander57``): any spelling, at a word edge;
+* ``name``: one-word values ("Denver", "Xochitl") and the first and last names of a known person
+  written alone: spelled as stored, with the stored capitalisation (or all capitals), at a word
+  edge, and never an English stop word ("may", "will"), so ordinary words are not swallowed.
+
+A word edge is a side where the neighbouring character is not a letter or digit, or changes
+class (letter/digit) or case from lower to upper ("userMariaLopez"). Name parts and e-mail local
+parts get a token of their own (the caller stores the text as written); full values come with the
+token they already have.
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
+import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import ahocorasick
 from spacy.lang.en.stop_words import STOP_WORDS
 
+from veil.tokenizer.tokens import ALNUM_TYPES, DIGIT_TYPES, normalise
+
 # Values of these types are too generic to replace on sight elsewhere ("Friday", "American").
 UNGUARDED_TYPES = frozenset({"DATE_TIME", "NRP", "URL"})
 MIN_VALUE_CHARS = 3
+MIN_DIGITS = 4  # a digits-only pattern shorter than this would match everywhere
+DISTINCT_CHARS = 6  # a multi-part value at least this long (folded) matches with no word boundary
+DISTINCT_DIGITS = 7  # so does a run of at least this many digits spelled as stored
+LOCAL_PART_CHARS = 6  # e-mail local parts guarded on their own from this length
+_SPREAD = 3  # a match may cover at most this many original characters per folded one (+4)
+
+_ASCII_DROP = re.compile(r"[^0-9A-Za-z]+")
+_ASCII_RUN = re.compile(r"[0-9A-Za-z]+")
+_ASCII_RUN_OR_OTHER = re.compile(r"[0-9A-Za-z]+|[^\x00-\x7f]")
+_SPACES = re.compile(r"\s+")
 
 
+# -- folding ------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1 << 16)
+def _fold_char(ch: str) -> str:
+    """One character's compact form: NFKD, no combining marks, no Cf, case-folded, alnum only."""
+    if unicodedata.category(ch) == "Cf":
+        return ""
+    out = []
+    for c in unicodedata.normalize("NFKD", ch):
+        if unicodedata.combining(c):
+            continue
+        out.extend(d for d in c.casefold() if d.isalnum())
+    return "".join(out)
+
+
+class Folded:
+    """A string's compact form and the way back to the original characters."""
+
+    __slots__ = ("_c_starts", "_map", "_o_starts", "compact", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._map: list[int] | None = None
+        self._c_starts: list[int] | None = None
+        self._o_starts: list[int] | None = None
+        if text.isascii():
+            self.compact = _ASCII_DROP.sub("", text).lower()
+            return
+        parts: list[str] = []
+        index: list[int] = []
+        for m in _ASCII_RUN_OR_OTHER.finditer(text):  # ASCII words in bulk, other characters one by one
+            piece, i = m.group(), m.start()
+            if piece[0] < "\x80":
+                parts.append(piece.lower())
+                index.extend(range(i, m.end()))
+                continue
+            f = _fold_char(piece)
+            if f:
+                parts.append(f)
+                index.extend([i] * len(f))
+        self.compact = "".join(parts)
+        self._map = index
+
+    def _runs(self) -> None:
+        c_starts, o_starts, n = [], [], 0
+        for m in _ASCII_RUN.finditer(self.text):
+            c_starts.append(n)
+            o_starts.append(m.start())
+            n += m.end() - m.start()
+        self._c_starts, self._o_starts = c_starts, o_starts
+
+    def original(self, i: int) -> int:
+        """Index in the original string of compact character ``i``."""
+        if self._map is not None:
+            return self._map[i]
+        if self._c_starts is None:
+            self._runs()
+        k = bisect.bisect_right(self._c_starts, i) - 1  # type: ignore[arg-type]
+        return self._o_starts[k] + (i - self._c_starts[k])  # type: ignore[index]
+
+
+def compact(text: str) -> str:
+    """The folded, letters-and-digits-only form of ``text`` (what the automaton matches on)."""
+    return Folded(text).compact
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def spelling(text: str) -> str:
+    """``text`` folded but with its separators: how it is written, up to case, width, accents,
+    zero-width characters, runs of white space and punctuation at its edges."""
+    out = []
+    for ch in text:
+        if ch.isascii():
+            out.append(ch.lower())
+            continue
+        if unicodedata.category(ch) == "Cf":
+            continue
+        for c in unicodedata.normalize("NFKD", ch):
+            if not unicodedata.combining(c):
+                out.append(c.casefold())
+    s = _SPACES.sub(" ", "".join(out))
+    start, end = 0, len(s)
+    while start < end and not s[start].isalnum():
+        start += 1
+    while end > start and not s[end - 1].isalnum():
+        end -= 1
+    return s[start:end]
+
+
+# -- word edges ---------------------------------------------------------------------------------
+_SKIP = 16  # at most this many format characters are skipped looking for a neighbour
+
+
+def _neighbour(text: str, i: int, step: int) -> str:
+    for _ in range(_SKIP):
+        if i < 0 or i >= len(text):
+            return ""
+        ch = text[i]
+        if ch.isascii() or unicodedata.category(ch) != "Cf":
+            return ch
+        i += step
+    return ""
+
+
+def _joined(a: str, b: str) -> bool:
+    """Whether ``a`` directly followed by ``b`` reads as one word (no edge between them)."""
+    if not (a and b and a.isalnum() and b.isalnum()):
+        return False
+    if a.isdigit() != b.isdigit():
+        return False
+    if a.isdigit():
+        return True
+    return not (a.islower() and b.isupper())  # "userMaria": a camelCase edge
+
+
+def at_word_edges(text: str, start: int, end: int) -> bool:
+    return not _joined(_neighbour(text, start - 1, -1), text[start]) and not _joined(
+        text[end - 1], _neighbour(text, end, 1)
+    )
+
+
+def at_digit_edges(text: str, start: int, end: int) -> bool:
+    return not _neighbour(text, start - 1, -1).isdigit() and not _neighbour(text, end, 1).isdigit()
+
+
+# -- patterns -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GuardHit:
     start: int
     end: int
     entity_type: str
-    value: str  # the known value (full) or the name part as written in the text
-    token: str | None  # the known token for full values; None for name parts (they get their own)
+    value: str  # the known value (full) or the text as written (name part, e-mail local part)
+    token: str | None  # the known token for full values; None for parts (they get their own)
 
 
-def _bounded(text: str, start: int, end: int) -> bool:
-    before = text[start - 1] if start > 0 else " "
-    after = text[end] if end < len(text) else " "
-    return not (before.isalnum() or before == "_") and not (after.isalnum() or after == "_")
+@dataclass(frozen=True)
+class _Pattern:
+    kind: str  # "full" | "part" | "local"
+    rule: str  # "free" | "digits" | "word" | "name"
+    value: str
+    token: str | None
+    entity_type: str
+    spelling: str  # spelling() of the stored value
+    distinct: bool  # may match with no word edge when spelled as stored
+    upper_first: bool  # for "name": the stored capitalisation
 
 
 def name_parts(value: str) -> list[str]:
+    """The first and last word of a multi-word name, when they can stand alone safely: at least
+    two letters, capitalised, not an English stop word ("Will Smith" gives only "Smith")."""
     words = value.split()
     if len(words) < 2:
         return []
@@ -51,62 +220,116 @@ def name_parts(value: str) -> list[str]:
     return parts
 
 
+def _alnum_runs(value: str) -> int:
+    return len(re.findall(r"[^\W_]+", value))
+
+
+def _patterns(value: str, token: str, entity_type: str) -> list[tuple[str, _Pattern]]:
+    """(folded key, pattern) for one known value: the value itself, and for people and e-mails
+    the parts that identify them alone."""
+    v = value.strip()
+    key = compact(v)
+    out: list[tuple[str, _Pattern]] = []
+    spelled = spelling(v)
+    if entity_type in DIGIT_TYPES or (key.isdigit() and entity_type not in ALNUM_TYPES):
+        digits = normalise(v, entity_type) if entity_type in DIGIT_TYPES else key
+        for k in dict.fromkeys((re.sub(r"\D", "", key), digits)):
+            if len(k) >= MIN_DIGITS and k.isdigit():
+                p = _Pattern("full", "digits", v, token, entity_type, spelled, len(k) >= DISTINCT_DIGITS, False)
+                out.append((k, p))
+        return out
+    if len(key) < MIN_VALUE_CHARS:
+        return out
+    runs = _alnum_runs(v)
+    if entity_type in ALNUM_TYPES:
+        out.append((key, _Pattern("full", "free", v, token, entity_type, spelled, len(key) >= DISTINCT_DIGITS, False)))
+        return out
+    if runs == 1 and key.isalpha():
+        # one word ("Denver", "Xochitl"): as stored, capitalised as stored, never a stop word
+        if spelled not in STOP_WORDS:
+            out.append((key, _Pattern("full", "name", v, token, entity_type, spelled, False, v[:1].isupper())))
+    else:
+        distinct = ("@" in v or runs >= 2) and len(key) >= DISTINCT_CHARS
+        rule = "free" if distinct else "word"
+        out.append((key, _Pattern("full", rule, v, token, entity_type, spelled, distinct, False)))
+    if entity_type == "PERSON":
+        for part in name_parts(v):
+            k = compact(part)
+            if len(k) >= MIN_VALUE_CHARS:
+                out.append((k, _Pattern("part", "name", part, None, "PERSON", spelling(part), False, True)))
+    if entity_type == "EMAIL_ADDRESS" and v.count("@") == 1:
+        local = v.split("@", 1)[0]
+        k = compact(local)
+        separated = _alnum_runs(local) >= 2 or (any(c.isdigit() for c in k) and any(c.isalpha() for c in k))
+        if len(k) >= LOCAL_PART_CHARS and separated and k not in STOP_WORDS:
+            out.append((k, _Pattern("local", "word", local, None, "EMAIL_ADDRESS", spelling(local), False, False)))
+    return out
+
+
+def _capitalised_like(raw: str, upper_first: bool) -> bool:
+    if len(raw) >= 3 and raw.isupper():
+        return True  # "MARIA" in a heading
+    first = next((c for c in raw if c.isalpha()), "")
+    return bool(first) and first.isupper() == upper_first
+
+
+def _accept(p: _Pattern, text: str, start: int, end: int) -> bool:
+    raw = text[start:end]
+    same = spelling(raw) == p.spelling
+    if p.rule == "free":
+        return (same and p.distinct) or at_word_edges(text, start, end)
+    if p.rule == "digits":
+        return (same and p.distinct) or at_digit_edges(text, start, end)
+    if p.rule == "word":
+        return at_word_edges(text, start, end)
+    # "name": one word, exactly as stored, never glued into a longer word
+    return same and _capitalised_like(raw, p.upper_first) and at_word_edges(text, start, end)
+
+
 class Guard:
     """Finds known values of one scope in strings."""
 
     def __init__(self, known: Iterable[tuple[str, str, str]]) -> None:
         """``known``: (value, token, entity_type) for every live vault entry of the scope."""
-        self._ci = ahocorasick.Automaton()
-        self._cs = ahocorasick.Automaton()
-        full: dict[str, tuple[str, str, str]] = {}
-        parts: dict[str, str] = {}
+        table: dict[str, list[_Pattern]] = {}
+        full_keys: set[str] = set()
         for value, token, entity_type in known:
             if entity_type in UNGUARDED_TYPES or len(value.strip()) < MIN_VALUE_CHARS:
                 continue
-            v = value.strip()
-            full.setdefault(v.lower(), (v, token, entity_type))
-            if entity_type == "PERSON":
-                for part in name_parts(v):
-                    parts.setdefault(part, "PERSON")
-        for key, payload in full.items():
-            value = payload[0]
-            if value.replace("-", "").replace("'", "").isalpha() and " " not in value:
-                # a one-word value ("May", "Denver") is matched with its capitalisation only, and
-                # never when it is also a stop word: "may" in a sentence is not Ms. May
-                if key not in STOP_WORDS:
-                    self._cs.add_word(value, ("full", len(value), *payload))
-                continue
-            self._ci.add_word(key, ("full", len(key), *payload))
-            self._cs.add_word(value, ("full", len(value), *payload))
-        for part, entity_type in parts.items():
-            if part.lower() not in full:
-                self._cs.add_word(part, ("part", len(part), part, None, entity_type))
-        self.empty = not full
-        self._ci_empty = len(self._ci) == 0
-        if full:
-            if not self._ci_empty:
-                self._ci.make_automaton()
-            if len(self._cs):
-                self._cs.make_automaton()
-            else:
-                self.empty = True
+            for key, p in _patterns(value, token, entity_type):
+                if p.kind == "full":
+                    full_keys.add(key)
+                table.setdefault(key, []).append(p)
+        self._auto = ahocorasick.Automaton()
+        for key, pats in table.items():
+            if key in full_keys:  # a part that is also a known value in full is that value
+                pats = [p for p in pats if p.kind == "full"]
+            # full values first; among them the ones whose rule accepts most
+            pats.sort(key=lambda p: (p.kind != "full", p.rule != "free", p.rule != "digits"))
+            self._auto.add_word(key, (len(key), tuple(pats)))
+        self.empty = len(self._auto) == 0
+        if not self.empty:
+            self._auto.make_automaton()
 
     def find(self, text: str) -> list[GuardHit]:
-        if self.empty:
+        """Every acceptable occurrence of a known value in ``text`` (overlaps included: the
+        caller keeps the longest)."""
+        if self.empty or not text:
+            return []
+        f = Folded(text)
+        if not f.compact:
             return []
         hits: list[GuardHit] = []
-        lowered = text.lower()
-        if len(lowered) == len(text) and not self._ci_empty:
-            for end, (_kind, n, value, token, entity_type) in self._ci.iter(lowered):
-                start = end - n + 1
-                if _bounded(text, start, end + 1):
-                    hits.append(GuardHit(start, end + 1, entity_type, value, token))
-        for end, (kind, n, value, token, entity_type) in self._cs.iter(text):
-            start = end - n + 1
-            if _bounded(text, start, end + 1):
-                hits.append(
-                    GuardHit(start, end + 1, entity_type, value if kind == "full" else text[start : end + 1], token)
-                )
+        for end, (n, pats) in self._auto.iter(f.compact):
+            start = f.original(end - n + 1)
+            stop = f.original(end) + 1
+            if stop - start > _SPREAD * n + 4:
+                continue  # letters scattered across a long stretch of punctuation: not a spelling
+            for p in pats:
+                if _accept(p, text, start, stop):
+                    value = p.value if p.kind == "full" else text[start:stop]
+                    hits.append(GuardHit(start, stop, p.entity_type, value, p.token))
+                    break
         return hits
 
 

@@ -35,8 +35,22 @@ from veil.tokenizer.keyring import Keyring
 from veil.tokenizer.nlp import is_common_word
 from veil.tokenizer.settings import DetectionSettings, TokenSettings
 from veil.tokenizer.substitute import ContextFor, Render, Where, default_context, plan, splice, substitute_json
-from veil.tokenizer.tokens import TOKEN_RE, Scope, Tokenized, TokenRef, Untokenized
-from veil.tokenizer.vault import Entry, Vault
+from veil.tokenizer.tokens import (
+    ALNUM_TYPES,
+    DIGIT_TYPES,
+    TOKEN_RE,
+    TOKENIZE_MODES,
+    UNLINKED_PREFIX,
+    Deadline,
+    Scope,
+    Tokenized,
+    TokenizeMode,
+    TokenRef,
+    Untokenized,
+    format_token,
+    normalise,
+)
+from veil.tokenizer.vault import Vault
 from veil.tokenizer.walker import is_free_text, walk
 
 log = logging.getLogger(__name__)
@@ -81,12 +95,34 @@ class Tokenizer:
         self.vault.ttl_seconds = tokens.ttl_seconds
 
     # -- tokenise -----------------------------------------------------------------------------
-    def tokenize(self, value: Any, scope: Scope, source: str) -> Tokenized:
-        detector, hints = self._detector, self._hints
-        w = walk(value, hints)
+    def tokenize(
+        self,
+        value: Any,
+        scope: Scope,
+        source: str,
+        *,
+        mode: TokenizeMode = "data",
+        deadline: Deadline | None = None,
+    ) -> Tokenized:
+        """``value`` with every PII value found replaced by its token (a new value; the input is
+        never modified).
+
+        ``mode`` (docs/tokens.md, "Modes"): ``"data"`` for upstream payloads; ``"interface"`` for
+        listings, schemas and stub files (patterns and the guard, no key hints, no NER, no name or
+        place heuristics, so "Get Sum Tool" stays as it is); ``"sandbox_output"`` for what code in
+        the sandbox printed or returned (detection only, tokens of a throwaway scope that are never
+        linked to the scope's own: no equality oracle). ``deadline``: checked between stages and
+        slots; when it has passed, ``TokenizeBudgetExceeded`` is raised and nothing is returned."""
+        if mode not in TOKENIZE_MODES:
+            raise ValueError(f"tokenize mode must be one of {', '.join(TOKENIZE_MODES)}, not {mode!r}")
+        detector = self._detector
+        check = deadline.check if deadline is not None else _no_check
+        w = walk(value, None if mode == "interface" else self._hints)
+        check("walking the value")
+        assign = _Unlinked().assign if mode == "sandbox_output" else self._vault_assign(scope, source)
         hits: list[list[_Hit]] = [[] for _ in w.slots]
 
-        # 1. a string under a PII key is one entity, whole
+        # 1. a string (or number) under a PII key is one entity, whole
         free: list[int] = []
         for i, slot in enumerate(w.slots):
             text = slot.text.strip()
@@ -96,33 +132,53 @@ class Tokenizer:
                     hits[i].append(_Hit(start, start + len(text), slot.hint, text))
             else:
                 free.append(i)
-        self._fill_tokens(hits, scope, source)
+        _fill_tokens(hits, assign)
+        check("tokenising hinted fields")
         if not free:
             return self._finish(w, hits)
 
-        # 2. patterns on every other string; values known in the scope (hinted ones just above
-        #    included) found by the guard
+        # 2. patterns on every other string, key and long number; values known in the scope
+        #    (hinted ones just above included) found by the guard, except in sandbox output
         texts = [w.slots[i].text for i in free]
-        raw = detector.patterns([TextItem(t, w.slots[i].context) for t, i in zip(texts, free, strict=True)])
-        guard = self.vault.guard(scope.key)
-        known = [guard.find(t) for t in texts]
+        scan = [k for k, i in enumerate(free) if w.slots[i].kind != "number" or len(texts[k]) >= _NUMBER_DIGITS]
+        found = detector.patterns([TextItem(texts[k], w.slots[free[k]].context) for k in scan])
+        raw: list[list] = [[] for _ in free]
+        for k, spans in zip(scan, found, strict=True):
+            raw[k] = _interface_spans(spans) if mode == "interface" else spans
+        check("pattern detection")
+        known: list[list[GuardHit]] = [[] for _ in free]
+        if mode != "sandbox_output":
+            guard = self.vault.guard(scope.key)
+            for k, t in enumerate(texts):
+                known[k] = guard.find(t)
+                if k % 256 == 255:
+                    check("the exact-match guard")
+        check("the exact-match guard")
 
         # 3. NER on free text that still holds a capitalised word nothing above explains
-        ner_at = [
-            k
-            for k, i in enumerate(free)
-            if (w.slots[i].ner or (w.slots[i].hint is not None and is_free_text(texts[k])))
-            and _needs_ner(texts[k], [*detector.resolve(texts[k], raw[k]), *known[k]], detector.common_words)
-        ]
+        ner_at = (
+            []
+            if mode == "interface"
+            else [
+                k
+                for k, i in enumerate(free)
+                if (w.slots[i].ner or (w.slots[i].hint is not None and is_free_text(texts[k])))
+                and _needs_ner(texts[k], [*detector.resolve(texts[k], raw[k]), *known[k]], detector.common_words)
+            ]
+        )
         ner = detector.ner([TextItem(texts[k], ner=True) for k in ner_at])
         for k, spans in zip(ner_at, ner, strict=True):
             raw[k].extend(spans)
+        check("NER")
         before = {g.token for found in known for g in found} | {h.token for slot_hits in hits for h in slot_hits}
         for k, i in enumerate(free):
             spans = detector.resolve(texts[k], raw[k])
-            found = [_Hit(s.start, s.end, s.entity_type, texts[k][s.start : s.end]) for s in spans]
-            hits[i] = _merge(found, self._usable(known[k], detector))
-        self._fill_tokens(hits, scope, source)
+            if w.slots[i].kind == "number":
+                spans = [s for s in spans if s.entity_type in NUMBER_TYPES and s.end - s.start >= len(texts[k]) - 1]
+            found_hits = [_Hit(s.start, s.end, s.entity_type, texts[k][s.start : s.end]) for s in spans]
+            hits[i] = _merge(found_hits, self._usable(known[k], detector))
+        _fill_tokens(hits, assign)
+        check("assigning tokens")
 
         # 4. values first found in this call (by NER in one note) replaced everywhere in it
         fresh = {h.token: h for k, i in enumerate(free) for h in hits[i] if h.token and h.token not in before}
@@ -135,9 +191,16 @@ class Tokenizer:
                 if extra:
                     hits[i] = _merge(hits[i], extra)
             known_tokens = {h.token for slot_hits in hits for h in slot_hits}
-            self._fill_tokens(hits, scope, source)
+            _fill_tokens(hits, assign)
             fresh = {h.token: h for i in free for h in hits[i] if h.token and h.token not in known_tokens}
+            check("the exact-match guard (values new in this call)")
         return self._finish(w, hits)
+
+    def _vault_assign(self, scope: Scope, source: str) -> Callable[[list[tuple[str, str]]], list[tuple[str, str]]]:
+        def assign(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
+            return [(e.token, e.entity_type) for e in self.vault.assign(scope.key, items, source)]
+
+        return assign
 
     @staticmethod
     def _finish(w, hits: list[list[_Hit]]) -> Tokenized:
@@ -153,17 +216,6 @@ class Tokenizer:
         out = w.finish()
         log.debug("tokenized %d strings: %s", len(w.slots), entities)
         return Tokenized(out, entities, list(tokens))
-
-    def _fill_tokens(self, hits: list[list[_Hit]], scope: Scope, source: str) -> None:
-        todo = [(i, k) for i, slot_hits in enumerate(hits) for k, h in enumerate(slot_hits) if h.token is None]
-        if not todo:
-            return
-        entries: list[Entry] = self.vault.assign(
-            scope.key, [(hits[i][k].value, hits[i][k].entity_type) for i, k in todo], source
-        )
-        for (i, k), e in zip(todo, entries, strict=True):
-            h = hits[i][k]
-            hits[i][k] = _Hit(h.start, h.end, e.entity_type, h.value, e.token)
 
     @staticmethod
     def _usable(found: list[GuardHit], detector: Detector) -> list[_Hit]:
@@ -209,6 +261,56 @@ class Tokenizer:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+#: Types a bare number is tokenised as when detection finds one covering all its digits (numbers
+#: under a PII key are hinted; any number holding a known value is caught by the guard).
+NUMBER_TYPES = DIGIT_TYPES | ALNUM_TYPES
+_NUMBER_DIGITS = 7  # shorter bare numbers (counts, amounts, years) skip pattern detection
+#: Interface text is not a record: names and places found by heuristics there are words of a
+#: title or description ("Get Sum Tool"); known names and places are still caught by the guard.
+_HEURISTIC_TYPES = frozenset({"PERSON", "LOCATION", "NRP", "DATE_TIME", "ORGANIZATION"})
+
+
+def _no_check(stage: str) -> None:
+    return None
+
+
+def _interface_spans(spans: list) -> list:
+    return [s for s in spans if s.entity_type not in _HEURISTIC_TYPES]
+
+
+def _fill_tokens(hits: list[list[_Hit]], assign: Callable[[list[tuple[str, str]]], list[tuple[str, str]]]) -> None:
+    todo = [(i, k) for i, slot_hits in enumerate(hits) for k, h in enumerate(slot_hits) if h.token is None]
+    if not todo:
+        return
+    assigned = assign([(hits[i][k].value, hits[i][k].entity_type) for i, k in todo])
+    for (i, k), (token, entity_type) in zip(todo, assigned, strict=True):
+        h = hits[i][k]
+        hits[i][k] = _Hit(h.start, h.end, entity_type, h.value, token)
+
+
+class _Unlinked:
+    """Tokens for values in sandbox output: numbered in memory for this one call, deterministic
+    within it, never stored and never looked up in the vault. The sandbox never receives a raw
+    value, so a raw value in its output is one the code made (a guess); linking it to the
+    scope's token would tell the agent which guess is a real customer's (an equality oracle).
+    The ``CODE_`` prefix keeps them apart from the scope's tokens: ``untokenize`` refuses them."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[tuple[str, str], str] = {}
+        self._counts: dict[str, int] = {}
+
+    def assign(self, items: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        out = []
+        for value, entity_type in items:
+            key = (entity_type, normalise(value, entity_type))
+            token = self._tokens.get(key)
+            if token is None:
+                n = self._counts[entity_type] = self._counts.get(entity_type, 0) + 1
+                token = self._tokens[key] = format_token(UNLINKED_PREFIX + entity_type, n)
+            out.append((token, entity_type))
+        return out
+
+
 _WORD = re.compile(r"[^\W\d_][\w'\u2019-]*")
 _SENTENCE_END = '.!?:;\n"(['
 

@@ -9,12 +9,25 @@ finds it inside longer strings ("Dear [PERSON_2]," or "mailto:[EMAIL_ADDRESS_1]"
 from __future__ import annotations
 
 import re
+import time
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 #: The one documented token pattern. Group 1 is the entity type, group 2 the number.
 TOKEN_RE: re.Pattern[str] = re.compile(r"\[([A-Z][A-Z0-9_]*)_(\d+)\]")
+
+#: How ``Tokenizer.tokenize`` reads a value (docs/tokens.md, "Modes"):
+#: ``data``: an upstream's payload: key hints, patterns, NER, the guard, tokens of the scope;
+#: ``interface``: listings (tool, resource and prompt metadata, schemas, stub files): patterns for
+#: structured identifiers and the guard, no key hints, no NER, no name or place heuristics;
+#: ``sandbox_output``: what code in the sandbox printed or returned: detection only, and every value
+#: found gets a token of a throwaway per-call scope, never linked to the scope's tokens.
+TokenizeMode = Literal["data", "interface", "sandbox_output"]
+TOKENIZE_MODES: tuple[str, ...] = ("data", "interface", "sandbox_output")
+#: Entity-type prefix of the tokens given to values in sandbox output: ``[CODE_PHONE_NUMBER_1]``.
+#: They match ``TOKEN_RE`` but no scope ever issued them, so ``untokenize`` refuses them.
+UNLINKED_PREFIX = "CODE_"
 
 #: Entity types whose values are compared by their digits only (formatting varies by source).
 DIGIT_TYPES = frozenset({"PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "US_ITIN", "US_BANK_NUMBER", "UK_NHS", "ZIP_CODE"})
@@ -34,6 +47,34 @@ class Scope:
     def __post_init__(self) -> None:
         if not self.key or not isinstance(self.key, str):
             raise ValueError("Scope.key must be a non-empty string such as 'session:<id>'")
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """The time budget of one ``tokenize`` call. Checked between stages and slots; when it has
+    passed, ``check`` raises ``TokenizeBudgetExceeded`` naming ``setting`` (what the operator
+    raises), so the call fails closed instead of stalling or returning half-tokenised data."""
+
+    at: float  # time.monotonic() after which the call gives up
+    seconds: float  # the budget, for the message
+    setting: str  # the configuration field that sets the budget, e.g. "detection.budget_seconds"
+
+    @classmethod
+    def after(cls, seconds: float, *, setting: str) -> Deadline:
+        return cls(time.monotonic() + seconds, seconds, setting)
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+    def check(self, stage: str) -> None:
+        if time.monotonic() > self.at:
+            from veil.errors import TokenizeBudgetExceeded
+
+            raise TokenizeBudgetExceeded(
+                f"tokenising this result took longer than its time budget of {self.seconds:g} s (stopped in "
+                f"{stage}), so nothing was returned. Ask the operator to raise {self.setting}, or request "
+                "less data per call (a filter, a page size, or execute_code to reduce it in the sandbox)."
+            )
 
 
 @dataclass(frozen=True)

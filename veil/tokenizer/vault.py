@@ -39,7 +39,7 @@ from veil.errors import DatabaseError, TokenError
 from veil.tokenizer.crypto import EntryCrypto
 from veil.tokenizer.guard import Guard, Guards
 from veil.tokenizer.keyring import Keyring
-from veil.tokenizer.tokens import format_token, normal_forms, normalise
+from veil.tokenizer.tokens import UNLINKED_PREFIX, format_token, normal_forms, normalise
 
 log = logging.getLogger(__name__)
 
@@ -415,6 +415,12 @@ class Vault:
         out: dict[str, Entry] = {}
         for token in wanted:
             row = rows.get(token)
+            if row is None and token.startswith("[" + UNLINKED_PREFIX):
+                raise TokenError(
+                    f"token {token} stands for a value that code in the sandbox printed or returned: such values "
+                    "get throwaway tokens that never turn back into a value (so printing guesses cannot reveal "
+                    "which one is real). Use the value itself in your code, or a token from a tool result."
+                )
             if row is None:
                 raise TokenError(
                     f"token {token} is not known in this scope: it was never issued here (tokens are only valid "

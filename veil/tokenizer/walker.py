@@ -1,8 +1,14 @@
-"""Walking a JSON-like value: every string (and every number under a PII key) becomes a slot that
-detection fills, and the value is rebuilt with the replacements, in the same shape.
+"""Walking a JSON-like value: every string, every dict key and every number becomes a slot that
+detection and the guard fill, and the value is rebuilt with the replacements, in the same shape.
 
-Strings that are themselves JSON documents (MCP text content often carries a JSON tool result)
-are parsed, walked like the outer value, and serialised again, so key hints work inside them.
+* A dict key with a replacement becomes the tokenised key; when two keys of one dict end up the
+  same (``"Maria Lopez"`` and ``"maria lopez"`` both ``[PERSON_1]``), both are kept: the later
+  one gets a suffix, `` (2)``, `` (3)``..., in the dict's order, so the result is deterministic.
+* A number (int, or a float with no fraction) is a slot of its digits; with a replacement it
+  becomes that string (``4111111111111111`` -> ``"[CREDIT_CARD_1]"``).
+* Strings that are themselves JSON documents (MCP text content often carries a JSON tool result)
+  are parsed, walked like the outer value (keys and numbers included), and serialised again, so
+  key hints work inside them.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ class Slot:
     context: str  # words of the key name, as context for pattern recognizers
     write: Callable[[str], None]
     replacement: str | None = None
+    kind: str = "value"  # "value" (a string), "key" (a dict key) or "number"
 
 
 @dataclass
@@ -62,8 +69,9 @@ def _parse_embedded(text: str) -> Any | None:
     return value if isinstance(value, dict | list) else None
 
 
-def walk(value: Any, hints: HintTable) -> Walk:
-    """A copy of ``value`` (never mutated) with its slots collected."""
+def walk(value: Any, hints: HintTable | None) -> Walk:
+    """A copy of ``value`` (never mutated) with its slots collected. ``hints`` None: no key is
+    evidence of an entity type (interface text: schemas and listings are not records)."""
     w = Walk()
     _visit(value, "$", "", None, None, (), hints, w, lambda v: w.holder.__setitem__(0, v), 0)
     return w
@@ -76,22 +84,31 @@ def _visit(
     key: str | None,
     parent_key: str | None,
     siblings: tuple[str, ...],
-    hints: HintTable,
+    hints: HintTable | None,
     w: Walk,
     put: Callable[[Any], None],
     depth: int,
 ) -> None:
     if depth > _MAX_DEPTH:
         raise ValueError(f"value nested deeper than {_MAX_DEPTH} levels at {path}")
-    hint = hints.hint(key, schema, siblings, parent_key) if key is not None else None
+    hint = hints.hint(key, schema, siblings, parent_key) if key is not None and hints is not None else None
     if isinstance(value, dict):
         copy: dict[Any, Any] = {}
         put(copy)
         keys = tuple(str(k) for k in value)
-        for k, v in value.items():
+        new_keys: list[Any] = list(value)
+        # registered before the children's finalisers, so it runs after them (they write values
+        # under the original keys, e.g. a re-serialised JSON document)
+        w.finalisers.append(lambda: _rekey(copy, new_keys))
+        context = snake(key).replace("_", " ") if key else ""
+        for i, (k, v) in enumerate(value.items()):
             ks = str(k)
             child_schema = f"{schema}.{ks}" if schema else ks
             _visit(v, f"{path}.{ks}", child_schema, ks, key, keys, hints, w, _setter(copy, k), depth + 1)
+            if isinstance(k, str) and k.strip():
+                w.slots.append(
+                    Slot(k, f"{path}.{ks}<key>", None, is_free_text(k), context, _setter(new_keys, i), kind="key")
+                )
         return
     if isinstance(value, list | tuple):
         items: list[Any] = [None] * len(value)
@@ -111,16 +128,50 @@ def _visit(
         context = snake(key).replace("_", " ") if key else ""
         w.slots.append(Slot(value, path, hint, hint is None and is_free_text(value), context, put))
         return
-    if isinstance(value, int | float) and not isinstance(value, bool) and hint is not None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
         put(value)
-        text = str(value)
-        w.slots.append(Slot(text, path, hint, False, "", put))
+        text = number_text(value)
+        if text is not None:
+            context = snake(key).replace("_", " ") if key else ""
+            w.slots.append(Slot(text, path, hint, False, context, put, kind="number"))
+        elif hint is not None:
+            w.slots.append(Slot(str(value), path, hint, False, "", put, kind="number"))
         return
     put(value)
 
 
+def number_text(value: int | float) -> str | None:
+    """The digits a number is written with, when it could be an identifier: an int, or a float
+    with no fraction (JSON has one number type: 4155550132.0 is the same phone number); None for
+    a fraction (1234.5 is an amount) and for values that are not finite."""
+    if isinstance(value, float):
+        if not value.is_integer() or abs(value) >= 1e21:
+            return None
+        value = int(value)
+    try:
+        return str(value)
+    except ValueError:  # longer than Python's int-to-str limit: json.loads cannot make one either
+        return None
+
+
+def _rekey(copy: dict[Any, Any], new_keys: list[Any]) -> None:
+    """Rebuild ``copy`` in place with its tokenised keys, in order; a key that collides with an
+    earlier one gets `` (2)``, `` (3)``... (both values are kept)."""
+    old = list(copy)
+    if all(a is b for a, b in zip(old, new_keys, strict=True)):
+        return
+    values = list(copy.values())
+    copy.clear()
+    for k, v in zip(new_keys, values, strict=True):
+        name, n = k, 1
+        while name in copy:
+            n += 1
+            name = f"{k} ({n})"
+        copy[name] = v
+
+
 def _visit_embedded(
-    original: str, parsed: Any, path: str, hints: HintTable, w: Walk, put: Callable[[Any], None], depth: int
+    original: str, parsed: Any, path: str, hints: HintTable | None, w: Walk, put: Callable[[Any], None], depth: int
 ) -> None:
     """Walk a JSON document found inside a string; re-serialise it only if something in it changed
     (so an untouched document keeps its exact original bytes)."""
