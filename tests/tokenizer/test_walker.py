@@ -9,19 +9,25 @@ from veil.tokenizer.walker import is_free_text, number_text, walk
 
 
 def test_walk_rebuilds_same_shape_without_touching_the_input():
-    value = {"a": [1, "x", {"email": "a@b.co"}], "n": None, "ok": True, "zip": 80202}
+    value = {"a": [1, "x", {"email": "a@b.co"}, 4155550132], "n": None, "ok": True, "zip": 80202}
     w = walk(value, HintTable({}))
     by_path = {s.path: s for s in w.slots if s.kind != "key"}
-    # every number is a slot now (a card or phone number can come as a JSON number)
-    assert set(by_path) == {"$.a[0]", "$.a[1]", "$.a[2].email", "$.zip"}
-    assert by_path["$.a[0]"].kind == "number" and by_path["$.a[0]"].hint is None
-    assert {s.text for s in w.slots if s.kind == "key"} == {"a", "n", "ok", "zip", "email"}
+    # every number of four digits or more is a slot (a card or phone number can come as a JSON
+    # number); keys of three characters or more are slots (shorter ones can hold nothing)
+    assert set(by_path) == {"$.a[1]", "$.a[2].email", "$.a[3]", "$.zip"}
+    assert by_path["$.a[3]"].kind == "number" and by_path["$.a[3]"].hint is None
+    assert {s.text for s in w.slots if s.kind == "key"} == {"zip", "email"}
     assert by_path["$.a[2].email"].hint == "EMAIL_ADDRESS"
     assert by_path["$.zip"].hint == "ZIP_CODE"
     by_path["$.a[2].email"].replacement = "[EMAIL_ADDRESS_1]"
     by_path["$.zip"].replacement = "[ZIP_CODE_1]"
     out = w.finish()
-    assert out == {"a": [1, "x", {"email": "[EMAIL_ADDRESS_1]"}], "n": None, "ok": True, "zip": "[ZIP_CODE_1]"}
+    assert out == {
+        "a": [1, "x", {"email": "[EMAIL_ADDRESS_1]"}, 4155550132],
+        "n": None,
+        "ok": True,
+        "zip": "[ZIP_CODE_1]",
+    }
     assert value["a"][2]["email"] == "a@b.co" and value["zip"] == 80202
 
 
@@ -63,15 +69,15 @@ def _fill(w, mapping: dict[str, str]) -> None:
 
 @pytest.mark.req("tokenize:keys")
 def test_keys_are_slots_and_tokenised_keys_rebuild_the_dict_in_order():
-    value = {"id": 1, "maria@x.io": {"Maria Lopez": "vip"}, "tail": "t"}
+    value = {"id": 1, "maria@x.io": {"Maria Lopez": "vip"}, "tail": "t", "more": [{"tail": 1}, {"tail": 2}]}
     w = walk(value, HintTable({}))
-    keys = [s for s in w.slots if s.kind == "key"]
-    assert {s.text for s in keys} == {"id", "maria@x.io", "Maria Lopez", "tail"}
+    keys = [s.text for s in w.slots if s.kind == "key"]
+    assert sorted(keys) == ["Maria Lopez", "maria@x.io", "more", "tail", "tail"]  # one slot per key and context
     _fill(w, {"maria@x.io": "[EMAIL_ADDRESS_1]", "Maria Lopez": "[PERSON_1]"})
     out = w.finish()
-    assert list(out) == ["id", "[EMAIL_ADDRESS_1]", "tail"]
+    assert list(out) == ["id", "[EMAIL_ADDRESS_1]", "tail", "more"]
     assert out["[EMAIL_ADDRESS_1]"] == {"[PERSON_1]": "vip"}
-    assert list(value) == ["id", "maria@x.io", "tail"]  # the input is untouched
+    assert list(value) == ["id", "maria@x.io", "tail", "more"]  # the input is untouched
 
 
 @pytest.mark.req("tokenize:keys")

@@ -97,7 +97,9 @@ async def run_execute_code(gateway: Gateway, session: AgentSession, args: dict[s
         "result": outcome.result,
         "truncated": outcome.truncated,
     }
-    tokenised = await gateway.pipeline.tokenize_value(session, shown, "sandbox")
+    tokenised = await gateway.in_thread(
+        lambda: gateway.tokenizer.tokenize(shown, session.scope, "sandbox", mode="sandbox_output")
+    )
     payload = tokenised.value
     await gateway.record(
         session.event(

@@ -32,8 +32,8 @@ token they already have.
 
 from __future__ import annotations
 
-import bisect
 import functools
+import itertools
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import ahocorasick
 from spacy.lang.en.stop_words import STOP_WORDS
 
-from veil.tokenizer.tokens import ALNUM_TYPES, DIGIT_TYPES, normalise
+from veil.tokenizer.tokens import ALNUM_TYPES, DIGIT_TYPES, TOKEN_RE, normalise
 
 # Values of these types are too generic to replace on sight elsewhere ("Friday", "American").
 UNGUARDED_TYPES = frozenset({"DATE_TIME", "NRP", "URL"})
@@ -54,7 +54,7 @@ LOCAL_PART_CHARS = 6  # e-mail local parts guarded on their own from this length
 _SPREAD = 3  # a match may cover at most this many original characters per folded one (+4)
 
 _ASCII_DROP = re.compile(r"[^0-9A-Za-z]+")
-_ASCII_RUN = re.compile(r"[0-9A-Za-z]+")
+_ALNUM_MASK = bytes(1 if chr(b).isascii() and chr(b).isalnum() else 0 for b in range(256))
 _ASCII_RUN_OR_OTHER = re.compile(r"[0-9A-Za-z]+|[^\x00-\x7f]")
 _SPACES = re.compile(r"\s+")
 
@@ -76,13 +76,11 @@ def _fold_char(ch: str) -> str:
 class Folded:
     """A string's compact form and the way back to the original characters."""
 
-    __slots__ = ("_c_starts", "_map", "_o_starts", "compact", "text")
+    __slots__ = ("_map", "compact", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self._map: list[int] | None = None
-        self._c_starts: list[int] | None = None
-        self._o_starts: list[int] | None = None
+        self._map: list[int] | None = None  # original index of every compact character
         if text.isascii():
             self.compact = _ASCII_DROP.sub("", text).lower()
             return
@@ -101,22 +99,11 @@ class Folded:
         self.compact = "".join(parts)
         self._map = index
 
-    def _runs(self) -> None:
-        c_starts, o_starts, n = [], [], 0
-        for m in _ASCII_RUN.finditer(self.text):
-            c_starts.append(n)
-            o_starts.append(m.start())
-            n += m.end() - m.start()
-        self._c_starts, self._o_starts = c_starts, o_starts
-
     def original(self, i: int) -> int:
         """Index in the original string of compact character ``i``."""
-        if self._map is not None:
-            return self._map[i]
-        if self._c_starts is None:
-            self._runs()
-        k = bisect.bisect_right(self._c_starts, i) - 1  # type: ignore[arg-type]
-        return self._o_starts[k] + (i - self._c_starts[k])  # type: ignore[index]
+        if self._map is None:  # ASCII: the positions of its letters and digits, found in C
+            self._map = list(itertools.compress(range(len(self.text)), self.text.encode().translate(_ALNUM_MASK)))
+        return self._map[i]
 
 
 def compact(text: str) -> str:
@@ -255,7 +242,7 @@ def _patterns(value: str, token: str, entity_type: str) -> list[tuple[str, _Patt
     if entity_type == "PERSON":
         for part in name_parts(v):
             k = compact(part)
-            if len(k) >= MIN_VALUE_CHARS:
+            if len(k) >= 2:  # "Li", "Vu": name_parts already asks for two letters, capitalised
                 out.append((k, _Pattern("part", "name", part, None, "PERSON", spelling(part), False, True)))
     if entity_type == "EMAIL_ADDRESS" and v.count("@") == 1:
         local = v.split("@", 1)[0]
@@ -275,6 +262,8 @@ def _capitalised_like(raw: str, upper_first: bool) -> bool:
 
 def _accept(p: _Pattern, text: str, start: int, end: int) -> bool:
     raw = text[start:end]
+    if _quick_reject(p, raw):
+        return False
     same = spelling(raw) == p.spelling
     if p.rule == "free":
         return (same and p.distinct) or at_word_edges(text, start, end)
@@ -284,6 +273,11 @@ def _accept(p: _Pattern, text: str, start: int, end: int) -> bool:
         return at_word_edges(text, start, end)
     # "name": one word, exactly as stored, never glued into a longer word
     return same and _capitalised_like(raw, p.upper_first) and at_word_edges(text, start, end)
+
+
+def _quick_reject(p: _Pattern, raw: str) -> bool:
+    """A name spelled with the wrong capitalisation (the common case for words such as "Rose")."""
+    return p.rule == "name" and raw[0].isupper() != p.upper_first and not raw.isupper()
 
 
 class Guard:
@@ -320,11 +314,14 @@ class Guard:
         if not f.compact:
             return []
         hits: list[GuardHit] = []
+        tokens = [m.span() for m in TOKEN_RE.finditer(text)] if "[" in text else []
         for end, (n, pats) in self._auto.iter(f.compact):
             start = f.original(end - n + 1)
             stop = f.original(end) + 1
             if stop - start > _SPREAD * n + 4:
                 continue  # letters scattered across a long stretch of punctuation: not a spelling
+            if tokens and any(start < e and s < stop for s, e in tokens):
+                continue  # inside a token already there ("[US_SSN_1234]" holds no ZIP code)
             for p in pats:
                 if _accept(p, text, start, stop):
                     value = p.value if p.kind == "full" else text[start:stop]

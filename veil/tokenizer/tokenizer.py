@@ -17,6 +17,7 @@ Thread-safe and synchronous: the gateway calls it from worker threads.
 
 from __future__ import annotations
 
+import array
 import bisect
 import json
 import logging
@@ -122,20 +123,27 @@ class Tokenizer:
         assign = _Unlinked().assign if mode == "sandbox_output" else self._vault_assign(scope, source)
         hits: list[list[_Hit]] = [[] for _ in w.slots]
 
-        # 1. a string (or number) under a PII key is one entity, whole
+        # 1. a string (or number) under a PII key is one entity, whole; every other slot is
+        #    analysed once per distinct (text, context, kind): keys and values repeat a lot
         free: list[int] = []
+        same: dict[tuple, int] = {}
+        copies: list[tuple[int, int]] = []  # (slot, the slot analysed for it)
         for i, slot in enumerate(w.slots):
             text = slot.text.strip()
             if slot.hint and detector.wants(slot.hint) and not TOKEN_RE.search(slot.text):
                 if not detector.allowed_value(text):
                     start = slot.text.index(text)
                     hits[i].append(_Hit(start, start + len(text), slot.hint, text))
-            else:
+                continue
+            rep = same.setdefault((slot.text, slot.context, slot.ner, slot.kind, slot.hint), i)
+            if rep == i:
                 free.append(i)
+            else:
+                copies.append((i, rep))
         _fill_tokens(hits, assign)
         check("tokenising hinted fields")
         if not free:
-            return self._finish(w, hits)
+            return self._finish(w, hits, copies)
 
         # 2. patterns on every other string, key and long number; values known in the scope
         #    (hinted ones just above included) found by the guard, except in sandbox output
@@ -176,7 +184,7 @@ class Tokenizer:
             if w.slots[i].kind == "number":
                 spans = [s for s in spans if s.entity_type in NUMBER_TYPES and s.end - s.start >= len(texts[k]) - 1]
             found_hits = [_Hit(s.start, s.end, s.entity_type, texts[k][s.start : s.end]) for s in spans]
-            hits[i] = _merge(found_hits, self._usable(known[k], detector))
+            hits[i] = _merge(texts[k], found_hits, self._usable(known[k], detector))
         _fill_tokens(hits, assign)
         check("assigning tokens")
 
@@ -189,12 +197,12 @@ class Tokenizer:
             for k, i in enumerate(free):
                 extra = _uncovered(self._usable(guard.find(texts[k]), detector), hits[i])
                 if extra:
-                    hits[i] = _merge(hits[i], extra)
+                    hits[i] = _merge(texts[k], hits[i], extra)
             known_tokens = {h.token for slot_hits in hits for h in slot_hits}
             _fill_tokens(hits, assign)
             fresh = {h.token: h for i in free for h in hits[i] if h.token and h.token not in known_tokens}
             check("the exact-match guard (values new in this call)")
-        return self._finish(w, hits)
+        return self._finish(w, hits, copies)
 
     def _vault_assign(self, scope: Scope, source: str) -> Callable[[list[tuple[str, str]]], list[tuple[str, str]]]:
         def assign(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -203,7 +211,9 @@ class Tokenizer:
         return assign
 
     @staticmethod
-    def _finish(w, hits: list[list[_Hit]]) -> Tokenized:
+    def _finish(w, hits: list[list[_Hit]], copies: list[tuple[int, int]]) -> Tokenized:
+        for i, rep in copies:
+            hits[i] = hits[rep]
         entities: dict[str, int] = {}
         tokens: dict[str, None] = {}
         for slot, slot_hits in zip(w.slots, hits, strict=True):
@@ -355,20 +365,38 @@ def _uncovered(found: list[_Hit], hits: list[_Hit]) -> list[_Hit]:
     return out
 
 
-def _merge(existing: list[_Hit], extra: list[_Hit]) -> list[_Hit]:
-    """Longest first; a longer guard hit replaces the shorter detections it covers. A coverage map
-    instead of pairwise overlap tests keeps this linear in the hits and their lengths."""
+def _merge(text: str, existing: list[_Hit], extra: list[_Hit]) -> list[_Hit]:
+    """Longest first; a longer hit replaces the shorter ones it covers. Hits that only partly
+    overlap (a recognizer's "Eoin L", the guard's "Lewandowski") become one hit over both, so no
+    part of either is left raw; it takes the longer one's type and gets a token of its own.
+    A coverage map (and which hit owns each character) instead of pairwise overlap tests keeps
+    this linear in the hits and their lengths."""
     hits = [*existing, *extra]
     if not hits:
         return []
-    covered = bytearray(max(h.end for h in hits))
-    out: list[_Hit] = []
-    for h in sorted(hits, key=lambda h: (-(h.end - h.start), h.token is None)):
-        if covered.find(1, h.start, h.end) != -1:
-            continue
+    size = max(h.end for h in hits)
+    covered = bytearray(size)
+    owner = array.array("i", bytes(4 * size))
+    out: list[_Hit | None] = []
+
+    def take(h: _Hit) -> None:
         covered[h.start : h.end] = b"\x01" * (h.end - h.start)
+        owner[h.start : h.end] = array.array("i", [len(out)]) * (h.end - h.start)
         out.append(h)
-    return sorted(out, key=lambda h: h.start)
+
+    for h in sorted(hits, key=lambda h: (-(h.end - h.start), h.token is None)):
+        if covered.find(1, h.start, h.end) == -1:
+            take(h)
+        elif covered.find(0, h.start, h.end) != -1:  # partly covered: one hit over all of them
+            ids = {owner[p] for p in range(h.start, h.end) if covered[p]}
+            parts = [out[i] for i in ids]
+            start = min(h.start, *(o.start for o in parts if o))
+            end = max(h.end, *(o.end for o in parts if o))
+            longest = max((o for o in parts if o), key=lambda o: o.end - o.start)
+            for i in ids:
+                out[i] = None
+            take(_Hit(start, end, longest.entity_type, text[start:end]))
+    return sorted((h for h in out if h is not None), key=lambda h: h.start)
 
 
 def _replace(text: str, hits: list[_Hit]) -> str:

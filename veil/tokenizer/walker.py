@@ -13,6 +13,7 @@ detection and the guard fill, and the value is rebuilt with the replacements, in
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,9 +22,13 @@ from typing import Any
 from veil.tokenizer.hints import HintTable, snake
 
 _MAX_DEPTH = 200
+# Shorter keys and numbers can hold no value the tokenizer would replace (the guard needs three
+# characters, four digits; detection more): not worth a slot. "-123" counts its sign.
+_MIN_KEY_CHARS = 3
+_MIN_NUMBER_DIGITS = 4
 
 
-@dataclass
+@dataclass(slots=True)
 class Slot:
     text: str
     path: str  # JSON path of the value, e.g. ``$.customers[3].notes[0]``
@@ -40,6 +45,9 @@ class Walk:
     holder: list[Any] = field(default_factory=lambda: [None])  # [rebuilt root]
     slots: list[Slot] = field(default_factory=list)
     finalisers: list[Callable[[], None]] = field(default_factory=list)
+    # one slot per distinct (key, context): the same keys repeat in every record
+    key_slots: dict[tuple[str, str], Slot] = field(default_factory=dict)
+    renamed: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def finish(self) -> Any:
         for slot in self.slots:
@@ -56,6 +64,12 @@ def is_free_text(text: str) -> bool:
     if len(words) >= 3:
         return True
     return len(words) == 2 and any(c.isupper() for c in text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _free_key(key: str) -> bool:
+    """``is_free_text`` for dict keys, which repeat in every record."""
+    return is_free_text(key)
 
 
 def _parse_embedded(text: str) -> Any | None:
@@ -96,19 +110,19 @@ def _visit(
         copy: dict[Any, Any] = {}
         put(copy)
         keys = tuple(str(k) for k in value)
-        new_keys: list[Any] = list(value)
+        context = snake(key).replace("_", " ") if key else ""
         # registered before the children's finalisers, so it runs after them (they write values
         # under the original keys, e.g. a re-serialised JSON document)
-        w.finalisers.append(lambda: _rekey(copy, new_keys))
-        context = snake(key).replace("_", " ") if key else ""
-        for i, (k, v) in enumerate(value.items()):
+        w.finalisers.append(lambda: _rekey(copy, context, w.renamed))
+        for k, v in value.items():
             ks = str(k)
             child_schema = f"{schema}.{ks}" if schema else ks
             _visit(v, f"{path}.{ks}", child_schema, ks, key, keys, hints, w, _setter(copy, k), depth + 1)
-            if isinstance(k, str) and k.strip():
-                w.slots.append(
-                    Slot(k, f"{path}.{ks}<key>", None, is_free_text(k), context, _setter(new_keys, i), kind="key")
-                )
+            if isinstance(k, str) and len(k) >= _MIN_KEY_CHARS and not k.isspace() and (k, context) not in w.key_slots:
+                write = _setter(w.renamed, (k, context))
+                slot = Slot(k, f"{path}.{ks}<key>", None, _free_key(k), context, write, kind="key")
+                w.key_slots[(k, context)] = slot
+                w.slots.append(slot)
         return
     if isinstance(value, list | tuple):
         items: list[Any] = [None] * len(value)
@@ -131,7 +145,7 @@ def _visit(
     if isinstance(value, int | float) and not isinstance(value, bool):
         put(value)
         text = number_text(value)
-        if text is not None:
+        if text is not None and (hint is not None or len(text) >= _MIN_NUMBER_DIGITS):
             context = snake(key).replace("_", " ") if key else ""
             w.slots.append(Slot(text, path, hint, False, context, put, kind="number"))
         elif hint is not None:
@@ -154,19 +168,19 @@ def number_text(value: int | float) -> str | None:
         return None
 
 
-def _rekey(copy: dict[Any, Any], new_keys: list[Any]) -> None:
+def _rekey(copy: dict[Any, Any], context: str, renamed: dict[tuple[str, str], str]) -> None:
     """Rebuild ``copy`` in place with its tokenised keys, in order; a key that collides with an
     earlier one gets `` (2)``, `` (3)``... (both values are kept)."""
-    old = list(copy)
-    if all(a is b for a, b in zip(old, new_keys, strict=True)):
+    if not renamed or not any((k, context) in renamed for k in copy if isinstance(k, str)):
         return
-    values = list(copy.values())
+    items = list(copy.items())
     copy.clear()
-    for k, v in zip(new_keys, values, strict=True):
-        name, n = k, 1
+    for k, v in items:
+        new = renamed.get((k, context), k) if isinstance(k, str) else k
+        name, n = new, 1
         while name in copy:
             n += 1
-            name = f"{k} ({n})"
+            name = f"{new} ({n})"
         copy[name] = v
 
 
