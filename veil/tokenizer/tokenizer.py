@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import array
 import bisect
+import contextlib
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from spacy.lang.en.stop_words import STOP_WORDS
 
+from veil.errors import TokenizeBudgetExceeded
 from veil.tokenizer.detector import Detector, TextItem
 from veil.tokenizer.guard import Guard, GuardHit
 from veil.tokenizer.hints import HintTable
@@ -149,7 +151,9 @@ class Tokenizer:
         #    (hinted ones just above included) found by the guard, except in sandbox output
         texts = [w.slots[i].text for i in free]
         scan = [k for k, i in enumerate(free) if w.slots[i].kind != "number" or len(texts[k]) >= _NUMBER_DIGITS]
-        found = detector.patterns([TextItem(texts[k], w.slots[free[k]].context) for k in scan])
+        at = deadline.at if deadline is not None else None
+        with _budget(deadline, "pattern detection"):
+            found = detector.patterns([TextItem(texts[k], w.slots[free[k]].context) for k in scan], at)
         raw: list[list] = [[] for _ in free]
         for k, spans in zip(scan, found, strict=True):
             raw[k] = _interface_spans(spans) if mode == "interface" else spans
@@ -174,7 +178,8 @@ class Tokenizer:
                 and _needs_ner(texts[k], [*detector.resolve(texts[k], raw[k]), *known[k]], detector.common_words)
             ]
         )
-        ner = detector.ner([TextItem(texts[k], ner=True) for k in ner_at])
+        with _budget(deadline, "NER"):
+            ner = detector.ner([TextItem(texts[k], ner=True) for k in ner_at], at)
         for k, spans in zip(ner_at, ner, strict=True):
             raw[k].extend(spans)
         check("NER")
@@ -282,6 +287,19 @@ _HEURISTIC_TYPES = frozenset({"PERSON", "LOCATION", "NRP", "DATE_TIME", "ORGANIZ
 
 def _no_check(stage: str) -> None:
     return None
+
+
+@contextlib.contextmanager
+def _budget(deadline: Deadline | None, stage: str) -> Iterator[None]:
+    """Detection checks the deadline inside its own passes; its error is re-raised with the
+    message that names the setting (detection does not know it)."""
+    try:
+        yield
+    except TokenizeBudgetExceeded:
+        if deadline is None:
+            raise
+        deadline.check(stage)
+        raise
 
 
 def _interface_spans(spans: list) -> list:
