@@ -530,21 +530,7 @@ ORACLE = "guard/runner: values produced by sandbox code never linked to existing
 # Cases that fail today, with the component whose fix they wait for. When a fix lands the case
 # XPASSes, the strict xfail fails the run, and its line here is deleted.
 PENDING: dict[str, str] = {
-    "echo-ssn-glued-in-not-found-error": wait(1, GUARD_GLUED),
-    "echo-card-glued-in-not-found-error": wait(1, GUARD_GLUED),
-    "echo-stored-note-returned-later": wait(1, GUARD_GLUED),
-    "echo-everything-echo-tool": wait(1, GUARD_GLUED),
-    "echo-dbhub-token-glued-in-sql-literal": wait(1, GUARD_GLUED),
     "echo-token-as-key-inside-json-text": wait(1, GUARD_KEYS),
-    "blind-dbhub-ssn-without-dashes": wait(2, GUARD_FORMS),
-    "blind-dbhub-names-run-together": wait(2, GUARD_FORMS),
-    "blind-dbhub-json-object-keys": wait(2, GUARD_KEYS),
-    "blind-dbhub-json-numbers": wait(2, GUARD_KEYS),
-    "blind-dbhub-full-width-digits": wait(2, GUARD_FORMS),
-    "blind-dbhub-zero-width-characters": wait(2, GUARD_FORMS),
-    "blind-dbhub-name-in-url": wait(2, GUARD_FORMS),
-    "blind-dbhub-email-local-part": wait(2, GUARD_FORMS),
-    "blind-hostile-keys-and-numbers": wait(2, GUARD_KEYS),
     "listing-enum": wait(3, LISTINGS),
     "listing-default": wait(3, LISTINGS),
     "listing-examples": wait(3, LISTINGS),
@@ -557,11 +543,6 @@ PENDING: dict[str, str] = {
     "listing-search-tools-full-detail": wait(3, LISTINGS),
     "listing-sandbox-stub-files": wait(3, LISTINGS),
     "fp-tool-title-get-sum-tool": wait(4, NOT_NER),
-    "sandbox-echoed-error-reversed-and-char-codes": wait(6, GUARD_GLUED),
-    "sandbox-dbhub-rows-reversed": wait(6, GUARD_FORMS),
-    "oracle-guessed-phone-numbers": wait(7, ORACLE),
-    "oracle-guessed-ssns-and-emails": wait(7, ORACLE),
-    "audit-spaced-name-in-sql-error": wait(8, GUARD_FORMS),
 }
 
 

@@ -8,6 +8,7 @@ from veil.tokenizer.guard import Folded, Guard, name_parts, spelling
 
 KNOWN = [
     ("123-45-6789", "[US_SSN_1]", "US_SSN"),
+    ("056-17-0234", "[US_SSN_2]", "US_SSN"),
     ("Maria Lopez", "[PERSON_1]", "PERSON"),
     ("Tammy Alexander", "[PERSON_2]", "PERSON"),
     ("tammy.alexander57@x.com", "[EMAIL_ADDRESS_1]", "EMAIL_ADDRESS"),
@@ -69,6 +70,7 @@ def test_full_values_need_no_word_boundary(text, expected):
         ("card 4111-1111-1111-1111", "4111-1111-1111-1111", "[CREDIT_CARD_1]"),
         ("iban de89370400440532013000 ok", "de89370400440532013000", "[IBAN_CODE_1]"),
         ("zip 80202-1234", "80202", "[ZIP_CODE_1]"),
+        ("56170234", "56170234", "[US_SSN_2]"),  # 056-17-0234 as an integer: leading zero lost
     ],
 )
 def test_identifiers_are_found_by_their_digits_whatever_the_separators(text, expected, token):
@@ -134,6 +136,15 @@ def test_email_local_part_and_a_local_part_that_spells_a_known_name():
     assert found("https://x.example/~tammy_alexander57/") == [("tammy_alexander57", None)]
     # another address whose local part spells a known person: the name part is caught
     assert found("wrote from tammy.alexander99@other.org") == [("tammy.alexander", "[PERSON_2]")]
+
+
+@pytest.mark.req("tokenize:guard-normalised")
+def test_a_plain_local_part_is_guarded_where_it_spells_a_known_name():
+    g = Guard(
+        [("Ana Nakamura", "[PERSON_1]", "PERSON"), ("anakamura@corp.example", "[EMAIL_ADDRESS_1]", "EMAIL_ADDRESS")]
+    )
+    assert found("handle: anakamura", g) == [("anakamura", None)]
+    assert found("handle: anakamuras", g) == []
 
 
 @pytest.mark.req("tokenize:guard-normalised")

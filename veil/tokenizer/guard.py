@@ -37,7 +37,7 @@ import itertools
 import re
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import ahocorasick
 from spacy.lang.en.stop_words import STOP_WORDS
@@ -182,7 +182,7 @@ class GuardHit:
 
 @dataclass(frozen=True)
 class _Pattern:
-    kind: str  # "full" | "part" | "local"
+    kind: str  # "full" | "part" | "local" ("local-if-name" until a known name is found in it)
     rule: str  # "free" | "digits" | "word" | "name"
     value: str
     token: str | None
@@ -224,6 +224,11 @@ def _patterns(value: str, token: str, entity_type: str) -> list[tuple[str, _Patt
             if len(k) >= MIN_DIGITS and k.isdigit():
                 p = _Pattern("full", "digits", v, token, entity_type, spelled, len(k) >= DISTINCT_DIGITS, False)
                 out.append((k, p))
+                # as a JSON number (an integer column) it loses its leading zeros: 056-17-0234 -> 56170234
+                if k[0] == "0" and len(k.lstrip("0")) >= DISTINCT_DIGITS:
+                    out.append(
+                        (k.lstrip("0"), _Pattern("full", "digits", v, token, entity_type, spelled, False, False))
+                    )
         return out
     if len(key) < MIN_VALUE_CHARS:
         return out
@@ -248,9 +253,14 @@ def _patterns(value: str, token: str, entity_type: str) -> list[tuple[str, _Patt
         local = v.split("@", 1)[0]
         k = compact(local)
         separated = _alnum_runs(local) >= 2 or (any(c.isdigit() for c in k) and any(c.isalpha() for c in k))
-        if len(k) >= LOCAL_PART_CHARS and separated and k not in STOP_WORDS:
-            out.append((k, _Pattern("local", "word", local, None, "EMAIL_ADDRESS", spelling(local), False, False)))
+        if len(k) >= LOCAL_PART_CHARS and k not in STOP_WORDS:
+            # one plain word ("anakamura", but also "support") only where it spells a known name
+            kind = "local" if separated else "local-if-name"
+            out.append((k, _Pattern(kind, "word", local, None, "EMAIL_ADDRESS", spelling(local), False, False)))
     return out
+
+
+NAME_EVIDENCE_CHARS = 4  # a known name word this long inside a plain local part makes it a name
 
 
 def _capitalised_like(raw: str, upper_first: bool) -> bool:
@@ -287,13 +297,28 @@ class Guard:
         """``known``: (value, token, entity_type) for every live vault entry of the scope."""
         table: dict[str, list[_Pattern]] = {}
         full_keys: set[str] = set()
+        name_words: set[str] = set()
+        plain_locals: list[tuple[str, _Pattern]] = []
         for value, token, entity_type in known:
             if entity_type in UNGUARDED_TYPES or len(value.strip()) < MIN_VALUE_CHARS:
                 continue
+            if entity_type == "PERSON":
+                name_words.update(w for w in (compact(x) for x in value.split()) if len(w) >= NAME_EVIDENCE_CHARS)
             for key, p in _patterns(value, token, entity_type):
+                if p.kind == "local-if-name":
+                    plain_locals.append((key, p))
+                    continue
                 if p.kind == "full":
                     full_keys.add(key)
                 table.setdefault(key, []).append(p)
+        if plain_locals and name_words:
+            names = ahocorasick.Automaton()
+            for w in name_words:
+                names.add_word(w, w)
+            names.make_automaton()
+            for key, p in plain_locals:
+                if next(names.iter(key), None) is not None:
+                    table.setdefault(key, []).append(replace(p, kind="local"))
         self._auto = ahocorasick.Automaton()
         for key, pats in table.items():
             if key in full_keys:  # a part that is also a known value in full is that value
