@@ -530,7 +530,6 @@ ORACLE = "guard/runner: values produced by sandbox code never linked to existing
 # Cases that fail today, with the component whose fix they wait for. When a fix lands the case
 # XPASSes, the strict xfail fails the run, and its line here is deleted.
 PENDING: dict[str, str] = {
-    "echo-token-as-key-inside-json-text": wait(1, GUARD_KEYS),
     "listing-enum": wait(3, LISTINGS),
     "listing-default": wait(3, LISTINGS),
     "listing-examples": wait(3, LISTINGS),
