@@ -401,3 +401,16 @@ def test_the_budget_is_checked_between_stages_of_a_large_value(tokenizer, scope)
     with pytest.raises(TokenizeBudgetExceeded, match="stopped in"):
         tokenizer.tokenize(big, scope, "crm", deadline=Recording(time.monotonic() - 1, 1.0, "x.budget"))
     assert len(seen) == 3
+
+
+def test_partly_overlapping_hits_become_one_hit_so_nothing_is_left_raw():
+    from veil.tokenizer.tokenizer import _Hit, _merge
+
+    text = "Spoke with Eoin Lewandowski today"
+    recognizer = _Hit(11, 17, "PERSON", "Eoin L")  # a span cut short inside a name
+    guard = _Hit(16, 27, "PERSON", "Lewandowski")
+    assert _merge(text, [recognizer], [guard]) == [_Hit(11, 27, "PERSON", "Eoin Lewandowski")]
+    inside = _Hit(16, 20, "PERSON", "Lewa")
+    assert _merge(text, [guard], [inside]) == [guard]  # wholly covered: the longer one stands
+    apart = _Hit(0, 5, "PERSON", "Spoke")
+    assert _merge(text, [apart], [guard]) == [apart, guard]
