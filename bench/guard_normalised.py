@@ -13,7 +13,8 @@ and rows keyed by e-mail), as the strings, keys and numbers the tokenizer's walk
 guard. The vault holds every value of every customer (names, e-mails, phones, SSNs, cards,
 streets, cities, ZIP codes, dates of birth), as a busy scope does after an export.
 
-Reported per guard (CPU time of the process, so other load on the machine counts little): median time to build the automaton, median time to scan the export, and
+Reported per guard (CPU time of the process, so other load on the machine counts little):
+median time to build the automaton, median time to scan the export, and
 "caught": of the known values planted in an echo corpus (glued to other characters, without
 separators, run together, full-width, with zero-width characters, as numbers and as keys), the
 fraction the guard finds. Plus the new guard's worst time per MB over hostile inputs.
