@@ -64,7 +64,7 @@ def column_chart(
     every = max(1, math.ceil(n / 16))
     for i, label in enumerate(labels):
         x = left + slot * i + (slot - bar) / 2
-        base = top + plot_h
+        base: float = top + plot_h
         for j, values in enumerate(series.values()):
             h = plot_h * values[i] / top_value if top_value else 0
             if h > 0:

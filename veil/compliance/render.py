@@ -105,7 +105,8 @@ def _days(report: dict[str, Any]) -> list[str]:
     start = datetime.fromisoformat(report["period"]["from"]).astimezone(UTC).date()
     end = datetime.fromisoformat(report["period"]["to"]).astimezone(UTC)
     last = (end - timedelta(microseconds=1)).date()
-    days, d = [], start
+    days: list[str] = []
+    d = start
     while d <= last and len(days) < 400:
         days.append(d.isoformat())
         d += timedelta(days=1)

@@ -61,8 +61,11 @@ def _message(err: jsonschema.ValidationError) -> str:
     """Schema errors in words that name the field and never echo long values."""
     where = _where(tuple(err.absolute_path))
     v = err.validator
+    # The stubs type these as "maybe unset"; a ValidationError from a validator always has them.
+    value: Any = err.validator_value
+    schema: Any = err.schema
     if v == "type":
-        expected = err.validator_value if isinstance(err.validator_value, str) else " or ".join(err.validator_value)
+        expected = value if isinstance(value, str) else " or ".join(value)
         return (
             f"{where} must be {'an' if expected[0] in 'aeiou' else 'a'} {expected}, not {type(err.instance).__name__}"
         )
@@ -70,24 +73,24 @@ def _message(err: jsonschema.ValidationError) -> str:
         missing = err.message.split("'")[1] if "'" in err.message else err.message
         return f"{where} is missing the required field '{missing}'"
     if v == "enum":
-        return f"{where} must be one of: {', '.join(map(str, err.validator_value))}"
+        return f"{where} must be one of: {', '.join(map(str, value))}"
     if v == "const":
-        return f"{where} must be {err.validator_value!r}"
+        return f"{where} must be {value!r}"
     if v == "pattern":
-        return f"{where} does not have the expected form (pattern {err.validator_value})"
+        return f"{where} does not have the expected form (pattern {value})"
     if v in {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}:
-        return f"{where} must be {v.replace('exclusiveM', 'above m').replace('imum', 'imum')} {err.validator_value}"
+        return f"{where} must be {v.replace('exclusiveM', 'above m').replace('imum', 'imum')} {value}"
     if v == "minItems":
-        return f"{where} must have at least {err.validator_value} item(s)"
+        return f"{where} must have at least {value} item(s)"
     if v == "minLength":
         return f"{where} must not be empty"
     if v == "uniqueItems":
         return f"{where} lists the same item twice"
     if v == "oneOf":
-        if err.schema.get("oneOf") and all("required" in s for s in err.schema["oneOf"]):
-            keys = " or ".join(f"'{s['required'][0]}'" for s in err.schema["oneOf"])
+        if schema.get("oneOf") and all("required" in s for s in schema["oneOf"]):
+            keys = " or ".join(f"'{s['required'][0]}'" for s in schema["oneOf"])
             return f"{where} needs exactly one of {keys}"
-        return f"{where} has an unexpected form: {err.schema.get('description', 'see `veil policy schema`')}"
+        return f"{where} has an unexpected form: {schema.get('description', 'see `veil policy schema`')}"
     return f"{where}: {err.message[:200]}"
 
 

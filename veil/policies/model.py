@@ -47,16 +47,22 @@ class Step:
     reason: str
 
 
-class PrincipalLike(Protocol):
-    name: str
-    roles: frozenset[str]
-    tenant: str | None
+class PrincipalLike(Protocol):  # read-only members: frozen dataclasses (Principal) satisfy it
+    @property
+    def name(self) -> str: ...
+    @property
+    def roles(self) -> frozenset[str]: ...
+    @property
+    def tenant(self) -> str | None: ...
 
 
-class TokenLike(Protocol):
-    token: str
-    entity_type: str
-    sources: frozenset[str]
+class TokenLike(Protocol):  # read-only members: TokenRef (frozen) satisfies it
+    @property
+    def token(self) -> str: ...
+    @property
+    def entity_type(self) -> str: ...
+    @property
+    def sources(self) -> frozenset[str]: ...
 
 
 @dataclass(frozen=True)

@@ -270,7 +270,8 @@ class Vault:
                         break
                     except sa.exc.DBAPIError as exc:
                         if not _is_deadlock(exc) or attempt == _DEADLOCK_RETRIES - 1:
-                            raise DatabaseError(f"writing to the token vault failed: {exc.orig.sqlstate}") from None
+                            sqlstate = getattr(exc.orig, "sqlstate", None)
+                            raise DatabaseError(f"writing to the token vault failed: {sqlstate}") from None
         return out  # type: ignore[return-value]
 
     def _renew_threshold(self) -> datetime | None:
