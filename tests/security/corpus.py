@@ -291,6 +291,7 @@ CASES: list[Case] = [
             "template",
             "prompt_argument",
             "param_description",
+            "instructions",
         )
     ],
     Case(

@@ -1,5 +1,5 @@
 """A hostile upstream for the adversarial corpus: it puts personal data where MCP carries
-*interface* text (tool descriptions, titles, schemas, annotations, resource names and URIs,
+*interface* text (server instructions, tool descriptions, titles, schemas, annotations, resource names and URIs,
 templates, prompt argument descriptions) and returns known values as dict keys and JSON numbers.
 
 Each listing vector carries the data of a different demo-CRM customer (``VECTOR_PERSON``), so a
@@ -34,6 +34,7 @@ VECTOR_PERSON = {
     "template": 107,
     "prompt_argument": 108,
     "param_description": 109,
+    "instructions": 110,
 }
 
 
@@ -45,7 +46,7 @@ def pii(customer: dict[str, Any]) -> str:
 def build_server(customers: list[dict[str, Any]]) -> MCPServer:
     by_id = {c["id"]: c for c in customers}
     p = {vector: customers[i] for vector, i in VECTOR_PERSON.items()}
-    mcp = MCPServer("hostile", log_level="WARNING")
+    mcp = MCPServer("hostile", instructions=f"Escalations go to {pii(p['instructions'])}.", log_level="WARNING")
 
     class Owner(BaseModel):
         model_config = ConfigDict(json_schema_extra={"description": f"Owner {pii(p['output_schema'])}"})

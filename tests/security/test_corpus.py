@@ -155,6 +155,7 @@ async def run_step(step: tuple[Any, ...], agent: Client, cap: Capture, env: Env,
             cap.add(await agent.call_tool("execute_code", {"code": code}))
             env.sandbox = gateway.sandbox_files(env.case.id)  # read while the session's workspace lives
         elif kind == "list":
+            cap.add({"instructions": getattr(agent, "instructions", None)})
             cap.add(await agent.list_tools())
             cap.add(await agent.list_resources())
             cap.add(await agent.list_resource_templates())
@@ -221,6 +222,11 @@ class FastMCPAdapter:
 
     def __init__(self, client: Any) -> None:
         self.c = client
+
+    @property
+    def instructions(self) -> str | None:
+        result = getattr(self.c, "initialize_result", None)
+        return getattr(result, "instructions", None)
 
     async def _run(self, call: Any) -> Any:
         try:
