@@ -111,11 +111,23 @@ def test_cmd(file: str, cases: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
+def _parse_now(now: str | None) -> datetime | None:
+    if not now:
+        return None
+    try:
+        return datetime.fromisoformat(now.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter("use an ISO 8601 time such as 2025-01-31T09:00:00Z", param_hint="--now") from None
+
+
 @policy_group.command("explain")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--text", help="Text to run detection on.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), help="JSON file to run detection on.")
 @click.option("--call", help="""A tool call: 'crm__send_email {"to": "[EMAIL_ADDRESS_1]"}'.""")
+@click.option("--resource", help="A resource, written UPSTREAM:URI: which access rule decides reading it.")
+@click.option("--prompt", help="A prompt, written UPSTREAM__PROMPT: which access rule decides getting it.")
+@click.option("--action", help="With --resource/--prompt: read, subscribe, get or complete (default read/get).")
 @click.option("--principal", default="anonymous", show_default=True, help="Who makes the call.")
 @click.option("--role", "roles", multiple=True, help="A role of the principal (repeatable).")
 @click.option("--tenant", help="The principal's tenant.")
@@ -126,16 +138,31 @@ def explain_cmd(
     text: str | None,
     json_file: str | None,
     call: str | None,
+    resource: str | None,
+    prompt: str | None,
+    action: str | None,
     principal: str,
     roles: tuple[str, ...],
     tenant: str | None,
     sources: tuple[str, ...],
     now: str | None,
 ) -> None:
-    """Show what FILE detects in a text or JSON document, or which rules decide a tool call."""
-    if sum(x is not None for x in (text, json_file, call)) != 1:
-        raise click.UsageError("give exactly one of --text, --json or --call")
+    """Show what FILE detects in a text or JSON document, or which rules decide a tool call, a
+    resource or a prompt."""
+    if sum(x is not None for x in (text, json_file, call, resource, prompt)) != 1:
+        raise click.UsageError("give exactly one of --text, --json, --call, --resource or --prompt")
     policy = load_policy(file)
+    if resource is not None or prompt is not None:
+        from veil.policies.explain import explain_target
+
+        who = Principal(name=principal, roles=frozenset(roles), tenant=tenant, via="config")
+        kind, target = ("resource", resource) if resource is not None else ("prompt", prompt)
+        try:
+            out = explain_target(policy, kind, target or "", action, who, now=_parse_now(now))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=f"--{kind}") from None
+        click.echo(out, nl=False)
+        return
     if call is not None:
         from veil.policies.explain import explain_call
 

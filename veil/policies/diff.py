@@ -34,7 +34,9 @@ def summarise_rule(rule: dict[str, Any], section: str) -> str:
         if "args" in rule:
             parts.append(f"in arguments {_list(rule['args'])}")
     else:
-        parts.append(f"tools {_list(rule['tools'])}")
+        parts += [f"{key} {_list(rule[key])}" for key in ("tools", "resources", "prompts") if key in rule]
+        if "actions" in rule:
+            parts.append(f"for actions {_list(rule['actions'])}")
     if "principals" in rule:
         parts.append(f"for principals {_list(rule['principals'])}")
     if "roles" in rule:

@@ -111,6 +111,33 @@ def _substitution(policy: Policy, name: str, upstream: str, tool: str, args: Any
     return out
 
 
+def explain_target(
+    policy: Policy, kind: str, target: str, action: str | None, principal: Principal, *, now: datetime | None = None
+) -> str:
+    """The access decision for a resource (``UPSTREAM:URI``) or prompt (``UPSTREAM__PROMPT``)."""
+    if kind == "resource":
+        upstream, sep, name = target.partition(":")
+        if not sep or not upstream or not name or name.startswith("//"):  # "crm://x": the upstream is missing
+            raise ValueError(f"resource '{target}' must be written UPSTREAM:URI, e.g. crm:crm://customers/C0001")
+    else:
+        upstream, name = split_tool(target)
+    action = action or ("read" if kind == "resource" else "get")
+    allowed = {"resource": ("read", "subscribe", "complete"), "prompt": ("get", "complete")}[kind]
+    if action not in allowed:
+        raise ValueError(f"action '{action}' does not apply to a {kind}: use one of {', '.join(allowed)}")
+    roles = ", ".join(sorted(principal.roles)) or "none"
+    lines = [
+        f"policy: {policy.name} ({policy.path.name})",
+        f"{kind}: {target} ({action}) by {principal.name} (roles: {roles}; tenant: {principal.tenant or 'none'})",
+        "",
+        "access:",
+    ]
+    decision, steps = policy.explain_target(principal, kind, upstream, name, action, now=now)
+    lines += _steps(steps)
+    lines.append(f"  => {_verdict(decision)}")
+    return "\n".join(lines) + "\n"
+
+
 def explain_detection(policy: Policy, detector: Any, value: Any) -> str:
     """What is detected in ``value`` (span, type, score, recognizer, why) and the token each gets."""
     from veil.policies.detection import detect

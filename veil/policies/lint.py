@@ -147,8 +147,11 @@ def _covers(earlier: dict[str, Any], later: dict[str, Any], section: str) -> boo
     """True when ``earlier`` (unconditional) matches everything ``later`` can match."""
     if "when" in earlier:
         return False
-    tools_key = "tools" if section == "access" else "to"
-    if not GlobSet(earlier[tools_key]).covers(GlobSet(later[tools_key])):
+    keys = {"flows": ("to",), "substitution": ("to",), "access": ("tools", "resources", "prompts")}[section]
+    for key in keys:
+        if key in later and (key not in earlier or not GlobSet(earlier[key]).covers(GlobSet(later[key]))):
+            return False
+    if "actions" in earlier and ("actions" not in later or not set(later["actions"]) <= set(earlier["actions"])):
         return False
     if section == "substitution":
         return ArgSet(earlier["args"]).covers(ArgSet(later["args"]))
@@ -190,7 +193,7 @@ def _destination_checks(
 ) -> Iterable[Problem]:
     for section, key in (("flows", "to"), ("access", "tools"), ("substitution", "to")):
         for i, rule in enumerate(doc.get(section) or []):
-            for j, glob in enumerate(rule[key]):
+            for j, glob in enumerate(rule.get(key, [])):
                 path = (section, i, key, j)
                 if tools is not None:
                     known = list(tools) + list(VEIL_TOOLS)

@@ -222,12 +222,15 @@ def build_policy(located: Located, file: str, digest: str, path: Path) -> Policy
                 id=r["id"],
                 effect=r["effect"],
                 section="access",
-                tools=GlobSet(r["tools"]),
+                tools=GlobSet(r.get("tools", ())),
                 principals=_globs(r.get("principals")),
                 roles=frozenset(r["roles"]) if "roles" in r else None,
                 when=_condition(r.get("when"), located, file, ("access", i, "when")),
                 description=r.get("description"),
                 line=located.at(("access", i))[0],
+                resources=_globs(r.get("resources")),
+                prompts=_globs(r.get("prompts")),
+                actions=frozenset(r["actions"]) if "actions" in r else None,
             )
             for i, r in enumerate(doc["access"] or [])
         ]

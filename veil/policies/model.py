@@ -7,8 +7,14 @@ cannot be evaluated decides *deny* (fail closed).
 
 When no flow rule matches, the built-in fallback applies: a value may go back to the upstream it
 came from (``default:same-upstream``), anywhere else is refused (``default:deny``). When the policy
-has no ``access`` section every principal may use every tool (``default:allow-all``); with one,
+has no ``access`` section every principal may use everything (``default:allow-all``); with one,
 anything no rule allows is refused (``default:deny``).
+
+Access rules name what they cover by kind: ``tools`` (globs on ``UPSTREAM__TOOL``), ``resources``
+(globs on ``UPSTREAM:URI``; a template is matched by its template text) and ``prompts`` (globs on
+``UPSTREAM__PROMPT``), optionally narrowed to ``actions`` (tools: ``call``; resources: ``read``,
+``subscribe``, ``complete``; prompts: ``get``, ``complete``). A rule applies to a kind only if it
+names patterns for it, so a ``tools: ["*"]`` rule never opens resources or prompts.
 
 Every evaluation can return its trace — each rule considered, in order, and why it did or did not
 match — which is what ``veil policy explain`` prints and what audit records on request.
@@ -79,6 +85,13 @@ class Rule:
     when: Condition | None = None
     description: str | None = None
     line: int | None = None
+    resources: GlobSet | None = None  # access rules: globs on UPSTREAM:URI
+    prompts: GlobSet | None = None  # access rules: globs on UPSTREAM__PROMPT
+    actions: frozenset[str] | None = None  # access rules: None means every action
+
+    def globs(self, kind: str) -> GlobSet | None:
+        """The rule's patterns for a kind of access target (tool, resource, prompt)."""
+        return {"tool": self.tools, "resource": self.resources, "prompt": self.prompts}[kind]
 
     @property
     def ref(self) -> str:
@@ -248,32 +261,68 @@ class Policy:
         """May ``principal`` use execute_code (access rules on ``veil__execute_code``)?"""
         return self.decide_access(principal, EXECUTE_UPSTREAM, EXECUTE_TOOL, now=now)
 
+    def decide_resource(
+        self, principal: PrincipalLike, upstream: str, uri: str, action: str = "read", *, now: datetime | None = None
+    ) -> Decision:
+        """May ``principal`` list/read (or subscribe to, complete) the resource ``uri`` of ``upstream``?"""
+        return self.explain_target(principal, "resource", upstream, uri, action, now=now, trace=False)[0]
+
+    def decide_prompt(
+        self, principal: PrincipalLike, upstream: str, prompt: str, action: str = "get", *, now: datetime | None = None
+    ) -> Decision:
+        """May ``principal`` list/get (or complete) ``upstream``'s prompt?"""
+        return self.explain_target(principal, "prompt", upstream, prompt, action, now=now, trace=False)[0]
+
     def explain_access(
         self, principal: PrincipalLike, upstream: str, tool: str, *, now: datetime | None = None, trace: bool = True
     ) -> tuple[Decision, list[Step]]:
-        dest = f"{upstream}__{tool}"
+        return self.explain_target(principal, "tool", upstream, tool, "call", now=now, trace=trace)
+
+    def explain_target(
+        self,
+        principal: PrincipalLike,
+        kind: str,
+        upstream: str,
+        name: str,
+        action: str,
+        *,
+        now: datetime | None = None,
+        trace: bool = True,
+    ) -> tuple[Decision, list[Step]]:
+        """The access decision for a tool, resource or prompt, with the trace ``explain`` prints."""
+        dest = f"{upstream}:{name}" if kind == "resource" else f"{upstream}__{name}"
+        what = {"tool": "use", "resource": f"{action} the resource", "prompt": f"{action} the prompt"}[kind]
         if self.access is None:
             decision = Decision(
-                True, "default:allow-all", "the policy has no access section: every principal may use every tool"
+                True, "default:allow-all", "the policy has no access section: every principal may use everything"
             )
             return decision, [Step(decision.rule, True, decision.reason)]
+
+        def target_miss(rule: Rule) -> str | None:
+            globs = rule.globs(kind)
+            if globs is None:
+                return f"the rule names no {kind}s"
+            if not globs.matches(dest):
+                return f"{kind} {dest} does not match [{globs}]"
+            if rule.actions is not None and action not in rule.actions:
+                return f"action '{action}' is not one of [{', '.join(sorted(rule.actions))}]"
+            return None
+
         found, steps = _first_match(
             self.access,
             trace=trace,
-            miss=lambda rule: not rule.tools.matches(dest) or _who_miss(rule, principal),
-            why_not=lambda rule: (
-                _who(rule, principal) if rule.tools.matches(dest) else f"tool {dest} does not match [{rule.tools}]"
-            ),
+            miss=lambda rule: target_miss(rule) is not None or _who_miss(rule, principal),
+            why_not=lambda rule: target_miss(rule) or _who(rule, principal),
             make_activation=lambda: activation(
                 principal_name=principal.name,
                 roles=principal.roles,
                 tenant=principal.tenant,
                 upstream=upstream,
-                tool=tool,
+                tool=name,
                 now=now,
             ),
             denied="access is denied",
-            subject=f"{principal.name} to use {dest}",
+            subject=f"{principal.name} to {what} {dest}",
             matched=dest,
         )
         if found is not None:
@@ -281,7 +330,7 @@ class Policy:
         decision = Decision(
             False,
             "default:deny",
-            f"no access rule allows {principal.name} to use {dest}: add one to the access section",
+            f"no access rule allows {principal.name} to {what} {dest}: add one to the access section",
         )
         steps.append(Step(decision.rule, True, decision.reason))
         return decision, steps

@@ -83,13 +83,24 @@ _FLOW_RULE = {
 _ACCESS_RULE = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["id", "tools", "effect"],
+    "required": ["id", "effect"],
+    "anyOf": [{"required": ["tools"]}, {"required": ["resources"]}, {"required": ["prompts"]}],
     "properties": {
         "id": RULE_ID,
         "description": {"type": "string"},
         "tools": {
             **GLOBS,
             "description": "Globs on UPSTREAM__TOOL; Veil's own tools are veil__execute_code and veil__search_tools.",
+        },
+        "resources": {**GLOBS, "description": "Globs on UPSTREAM:URI (templates match by their template text)."},
+        "prompts": {**GLOBS, "description": "Globs on UPSTREAM__PROMPT."},
+        "actions": {
+            "type": "array",
+            "minItems": 1,
+            "uniqueItems": True,
+            "items": {"type": "string", "enum": ["call", "read", "subscribe", "get", "complete"]},
+            "description": "What the rule covers (tools: call; resources: read, subscribe, complete; "
+            "prompts: get, complete); absent: every action.",
         },
         "principals": {**GLOBS, "description": "Globs on the principal's name."},
         "roles": {**GLOBS, "description": "The principal must hold at least one of these roles."},
