@@ -175,6 +175,8 @@ class AuthConfig(_Strict):
 class LimitsConfig(_Strict):
     max_message_bytes: int = 4 * 1024 * 1024
     upstream_timeout_s: float = 60.0
+    # An HTTP agent session with no request for this long ends, and its upstream processes stop.
+    session_idle_timeout_s: float = Field(default=300.0, gt=0)
 
 
 class AuditConfig(_Strict):

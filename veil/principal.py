@@ -15,6 +15,7 @@ class Principal:
     roles: frozenset[str] = field(default_factory=frozenset)
     tenant: str | None = None
     via: Literal["stdio", "api_key", "jwt", "config", "anonymous"] = "config"
+    credential: str | None = None  # the API key id or JWT id it authenticated with (binds sessions)
 
     @classmethod
     def from_os_user(cls, roles: frozenset[str] = frozenset(), tenant: str | None = None) -> Principal:

@@ -36,6 +36,8 @@ TEST_POLICY = textwrap.dedent(
     access:
       - id: everyone
         tools: ["*"]
+        resources: ["*"]
+        prompts: ["*"]
         effect: allow
     """
 )

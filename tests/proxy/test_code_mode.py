@@ -202,3 +202,17 @@ async def test_access_rule_denying_execute_code_hides_and_refuses_it(make_config
     assert not (tmp_path / "crm-calls.jsonl").exists() or all(
         json.loads(line)["tool"] == "ping" for line in (tmp_path / "crm-calls.jsonl").read_text().splitlines()
     )
+
+
+@pytest.mark.req("sandbox:json-text-results")
+async def test_a_json_text_result_reaches_sandbox_code_as_python_objects(make_config, tmp_path: Path) -> None:
+    from proxy.test_runner import ADDRESS, asker_config
+
+    config = asker_config(make_config, tmp_path).model_copy(update={"expose": "both"})
+    async with serving(config) as (_gateway, url), agent(url) as client:
+        code = "from servers import asker\nr = asker.record_as_text()\nprint(r['visits'], r['email'])\ntype(r).__name__"
+        result = await execute(client, code)
+    out = as_text(result)
+    assert not result.is_error, out
+    assert "3 [EMAIL_ADDRESS_" in out and "dict" in out
+    assert ADDRESS not in out

@@ -83,6 +83,10 @@ def upstream_processes() -> list[str]:
     return [line for line in lines if "_server.py" in line]
 
 
+async def tenant_key(gateway: Any, principal: str, roles: list[str], tenant: str) -> tuple[str, str]:
+    return await gateway.in_thread(lambda: create_key(gateway.engine, principal, roles, tenant=tenant))
+
+
 def assert_refused(response: httpx.Response) -> None:
     assert response.status_code == 401, response.text
     assert response.headers["www-authenticate"].startswith("Bearer")
@@ -192,19 +196,26 @@ async def test_jwt_valid_and_expired(make_config, signing_key, tmp_path: Path) -
 
 
 @pytest.mark.req("auth:http")
-async def test_an_mcp_session_presented_by_another_principal_is_refused(make_config, tmp_path: Path) -> None:
+@pytest.mark.req("session:identity-bound")
+async def test_an_mcp_session_presented_by_another_identity_is_refused(make_config, tmp_path: Path) -> None:
+    """Bob of acme opens a session. A key of another tenant whose principal is also called bob,
+    and Eve, present its id on POST, GET and DELETE: refused and audited; Bob's session lives on."""
     async with serving(make_config(auth={"required": True})) as (gateway, url):
         start = last_seq(gateway)
-        _, bob = await gateway.in_thread(create_key, gateway.engine, "bob", ["support"])
-        _, eve = await gateway.in_thread(create_key, gateway.engine, "eve", ["support"])
+        _, bob = await tenant_key(gateway, "bob", ["support"], "acme")
+        _, other_bob = await tenant_key(gateway, "bob", ["supervisor"], "globex")
+        _, eve = await tenant_key(gateway, "eve", ["support"], "acme")
         headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
         async with httpx.AsyncClient(timeout=30) as http:
 
-            async def post(credential: str, message: dict[str, Any], session: str | None = None) -> httpx.Response:
-                extra = {"authorization": f"Bearer {credential}", "mcp-protocol-version": "2025-06-18"}
+            def extra(credential: str, session: str | None) -> dict[str, str]:
+                out = {**headers, "authorization": f"Bearer {credential}", "mcp-protocol-version": "2025-06-18"}
                 if session is not None:
-                    extra["mcp-session-id"] = session
-                return await http.post(url, json=message, headers={**headers, **extra})
+                    out["mcp-session-id"] = session
+                return out
+
+            async def post(credential: str, message: dict[str, Any], session: str | None = None) -> httpx.Response:
+                return await http.post(url, json=message, headers=extra(credential, session))
 
             opened = await post(bob, INITIALIZE)
             assert opened.status_code == 200
@@ -214,18 +225,85 @@ async def test_an_mcp_session_presented_by_another_principal_is_refused(make_con
             as_bob = await post(bob, {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": get}, session)
             assert '"result"' in as_bob.text and "[EMAIL_ADDRESS_1]" in as_bob.text
 
-            # Eve has a valid key but presents Bob's MCP session: she gets neither his tools nor his tokens.
+            # Same principal name, other tenant and key (whose role may export), and Eve: neither gets
+            # Bob's tools or tokens, on any HTTP method.
             mail = {"name": "mailer__send_email", "arguments": {"to": "[EMAIL_ADDRESS_1]", "subject": "s", "body": "b"}}
-            for n, (method, params) in enumerate([("tools/call", mail), ("tools/call", get), ("tools/list", {})]):
-                as_eve = await post(eve, {"jsonrpc": "2.0", "id": 10 + n, "method": method, "params": params}, session)
-                assert '"error"' in as_eve.text and "another principal" in as_eve.text, as_eve.text
-                assert '"result"' not in as_eve.text
-                assert '"code":-32004' in as_eve.text.replace(" ", "")  # AuthError's code
-        principals = {s.principal.name for s in gateway.sessions.values()}
+            export = {"name": "crm__export_customers", "arguments": {}}
+            for n, (who, method, params) in enumerate(
+                [
+                    (other_bob, "tools/call", export),
+                    (other_bob, "tools/call", get),
+                    (eve, "tools/call", mail),
+                    (eve, "tools/list", {}),
+                ]
+            ):
+                refused = await post(who, {"jsonrpc": "2.0", "id": 10 + n, "method": method, "params": params}, session)
+                assert refused.status_code == 404 and '"result"' not in refused.text, refused.text
+                assert refused.json()["error"]["code"] == -32004  # AuthError's code
+            stream = await http.get(url, headers=extra(other_bob, session))
+            assert stream.status_code == 404
+            ended = await http.delete(url, headers=extra(eve, session))
+            assert ended.status_code == 404
+
+            # Bob's session is untouched.
+            again = await post(bob, {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": get}, session)
+            assert '"result"' in again.text and "[EMAIL_ADDRESS_1]" in again.text
+        principals = {(s.principal.name, s.principal.tenant) for s in gateway.sessions.values()}
         refusals = events_since(gateway, start, "auth.failed")
-    assert [(r.principal, r.outcome) for r in refusals] == [("eve", "denied")] * 3
-    assert all("another principal" in r.detail["reason"] for r in refusals)
-    assert principals == {"bob"}
+    assert [(r.principal, r.outcome) for r in refusals] == [("bob", "denied")] * 2 + [("eve", "denied")] * 2 + [
+        ("bob", "denied"),
+        ("eve", "denied"),
+    ]
+    assert all(r.detail["reason"] == "session_of_another_identity" for r in refusals)
+    assert [r.detail["http_method"] for r in refusals][-2:] == ["GET", "DELETE"]
+    assert principals == {("bob", "acme")}
     assert not (tmp_path / "outbox.jsonl").exists()
     crm_calls = (tmp_path / "crm-calls.jsonl").read_text().splitlines()
-    assert len(crm_calls) == 1  # Bob's call only
+    assert len(crm_calls) == 2 and "export" not in "".join(crm_calls)  # Bob's calls only
+
+
+@pytest.mark.req("session:identity-bound")
+async def test_2026_agents_are_keyed_by_their_full_identity(make_config) -> None:
+    """Without transport sessions, two keys whose principals share a name get two agent sessions."""
+    async with serving(make_config(auth={"required": True})) as (gateway, url):
+        start = last_seq(gateway)
+        _, acme = await tenant_key(gateway, "bob", ["support"], "acme")
+        _, globex = await tenant_key(gateway, "bob", ["support"], "globex")
+        for key in (acme, globex, acme):
+            async with (
+                create_mcp_http_client(headers={"Authorization": f"Bearer {key}"}) as http,
+                Client(streamable_http_client(url, http_client=http), mode="auto") as agent,
+            ):
+                assert agent.protocol_version >= "2026"
+                await agent.call_tool("crm__get_customer", {"customer_id": "C0001"})
+        with gateway.engine.connect() as conn:
+            calls = conn.execute(
+                sa.text(
+                    "SELECT tenant, session_id FROM audit_events WHERE seq > :s AND kind = 'tool.call' ORDER BY seq"
+                ),
+                {"s": start},
+            ).all()
+    assert [c.tenant for c in calls] == ["acme", "globex", "acme"]
+    assert calls[0].session_id == calls[2].session_id != calls[1].session_id
+
+
+@pytest.mark.req("session:idle-timeout")
+async def test_idle_http_sessions_end_and_their_upstreams_stop(make_config) -> None:
+    import anyio
+
+    config = make_config(limits={"session_idle_timeout_s": 1})
+    async with serving(config) as (gateway, url):
+        start = last_seq(gateway)
+        async with Client(url, mode="auto", read_timeout_seconds=60) as modern:
+            await modern.call_tool("crm__ping", {})
+            async with Client(url, mode="legacy", read_timeout_seconds=60) as legacy:
+                await legacy.call_tool("crm__ping", {})
+                assert gateway.sessions and upstream_processes()
+                # Both clients stay connected but send nothing: their sessions end all the same.
+                with anyio.fail_after(30):
+                    while gateway.sessions or upstream_processes():
+                        await anyio.sleep(0.1)
+        closes = events_since(gateway, start, "session.close")
+        opened = events_since(gateway, start, "session.open")
+    assert len(opened) == 2  # one per client, each ended while its client was still connected
+    assert len(closes) == 2 and {r.detail["reason"] for r in closes} <= {"idle", "closed"}

@@ -1,8 +1,14 @@
 """The audit event: one typed record per access, with a stable ``kind`` name.
 
-Events never carry raw PII: values appear only as tokens (pseudonyms scoped to ``scope``),
-arguments only as a digest, and messages only after tokenisation. Kinds are stable strings that
-reports and ``veil audit`` rely on; add new ones here, never rename.
+Events never carry raw PII, nor any text from an upstream or the agent: values appear only as
+tokens (pseudonyms scoped to ``scope``), arguments and URIs only as digests, refusals only as
+error class, JSON-RPC code and the runner stage that refused (``detail.error``, ``detail.code``,
+``detail.stage``). Kinds are stable strings that reports and ``veil audit`` rely on; add new
+ones here, never rename.
+
+Every flow that sends something out of Veil writes an ``INTENT`` event (outcome ``pending``)
+and makes it durable before anything is sent; its outcome event names it in ``detail.intent``.
+An intent without an outcome is an unfinished call (Veil stopped in between).
 """
 
 from __future__ import annotations
@@ -15,10 +21,19 @@ from typing import Any
 # Stable event kinds.
 SESSION_OPEN = "session.open"
 SESSION_CLOSE = "session.close"
+INITIALIZE = "session.initialize"
+INTENT = "call.intent"  # durable before anything leaves Veil; see detail.method and detail.for
+REQUEST = "request"  # any other agent request (server/discover, unknown methods)
+PING = "ping"
 TOOLS_LIST = "tools.list"
 TOOL_CALL = "tool.call"  # a call to an upstream tool (direct or from execute_code)
+RESOURCES_LIST = "resources.list"  # resources/list and resources/templates/list
 RESOURCE_READ = "resource.read"
+RESOURCE_SUBSCRIBE = "resource.subscribe"  # resources/subscribe and unsubscribe
+PROMPTS_LIST = "prompts.list"
 PROMPT_GET = "prompt.get"
+COMPLETION = "completion.complete"
+SET_LEVEL = "logging.set_level"
 NOTIFICATION = "notification.relay"  # upstream log/progress/sampling/elicitation relayed to the agent
 CODE_EXECUTE = "code.execute"
 AUTH_FAILED = "auth.failed"
@@ -33,6 +48,7 @@ CHECKPOINT = "audit.checkpoint"
 OK = "ok"
 DENIED = "denied"
 ERROR = "error"
+PENDING = "pending"  # an intent
 
 
 @dataclass
@@ -64,6 +80,6 @@ class AuditEvent:
     rule: str | None = None
     duration_ms: float | None = None
     policy_version: str | None = None
-    detail: dict[str, Any] = field(default_factory=dict)  # tokenised, PII-free extra facts
+    detail: dict[str, Any] = field(default_factory=dict)  # codes, counts, digests: never free text
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))

@@ -122,4 +122,6 @@ class JwtVerifier:
         tenant = claims.get(cfg.tenant_claim) if cfg.tenant_claim else None
         if tenant is not None and not isinstance(tenant, str):
             raise auth_error(INVALID_CLAIMS, f"JWT claim '{cfg.tenant_claim}' must be a string")
-        return Principal(name=name, roles=frozenset(raw_roles), tenant=tenant, via="jwt")
+        token_id = claims.get("jti") or claims.get("sub") or name
+        credential = f"jwt:{claims.get('iss') or ''}:{token_id}"
+        return Principal(name=name, roles=frozenset(raw_roles), tenant=tenant, via="jwt", credential=credential)

@@ -133,4 +133,4 @@ def verify_key(engine: sa.Engine, credential: str, *, now: datetime | None = Non
     if stale:  # a write at most once a minute per key, not one per request
         with engine.begin() as conn:
             conn.execute(sa.text("UPDATE api_keys SET last_used_at = now() WHERE key_id = :k"), {"k": key_id})
-    return Principal(name=principal, roles=frozenset(roles), tenant=tenant, via="api_key")
+    return Principal(name=principal, roles=frozenset(roles), tenant=tenant, via="api_key", credential=f"key:{key_id}")

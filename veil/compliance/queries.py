@@ -207,7 +207,28 @@ def incidents(conn: sa.Connection, p: Period) -> dict[str, Any]:
             ORDER BY seq LIMIT :limit""",
         params,
     )
-    return {"by_outcome": _clean(by_outcome), "events": _clean(listed), "listed_limit": INCIDENT_LIMIT}
+    return {
+        "by_outcome": _clean(by_outcome),
+        "events": _clean(listed),
+        "listed_limit": INCIDENT_LIMIT,
+        "unfinished": unfinished(conn, p),
+    }
+
+
+def unfinished(conn: sa.Connection, p: Period | None = None, *, since: int = 0) -> list[dict[str, Any]]:
+    """Calls whose intent is in the trail but whose outcome is not: Veil stopped between them."""
+    where, params = p.where() if p is not None else ("true", {})
+    params |= {"intent": ev.INTENT, "since": since, "limit": INCIDENT_LIMIT}
+    rows = _rows(
+        conn,
+        f"""SELECT i.seq, i.id::text AS id, i.ts, i.principal, i.session_id, i.upstream, i.tool,
+                   i.detail->>'method' AS method
+            FROM audit_events i WHERE {where.replace("ts", "i.ts")} AND i.kind = :intent AND i.seq > :since
+              AND NOT EXISTS (SELECT 1 FROM audit_events o WHERE o.detail->>'intent' = i.id::text)
+            ORDER BY i.seq LIMIT :limit""",
+        params,
+    )
+    return _clean(rows)
 
 
 def policies(conn: sa.Connection, p: Period) -> dict[str, Any]:

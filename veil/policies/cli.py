@@ -150,7 +150,7 @@ def explain_cmd(
     """Show what FILE detects in a text or JSON document, or which rules decide a tool call, a
     resource or a prompt."""
     if sum(x is not None for x in (text, json_file, call, resource, prompt)) != 1:
-        raise click.UsageError("give exactly one of --text, --json, --call, --resource or --prompt")
+        raise click.UsageError("give exactly one of --text, --json or --call (or --resource, --prompt)")
     policy = load_policy(file)
     if resource is not None or prompt is not None:
         from veil.policies.explain import explain_target

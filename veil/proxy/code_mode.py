@@ -1,19 +1,20 @@
 """Glue between the front server and the sandbox: ``execute_code`` and the stub resources.
 
-Every tool call the agent's code makes comes back here as ``call_tool(upstream, tool, args)`` and
-takes exactly the path of a direct call (access, untokenise, upstream, tokenise, audit). What the
-code prints or returns is tokenised once more before the agent sees it, and the execution itself
-is an audit event that must be durable before the result is returned.
+``execute_code`` is a flow through the runner like any other method (its handler is
+``veil.proxy.methods.ExecuteCode``): access, audit intent, then ``execute`` here, then
+``shape_result``. Every tool call the agent's code makes comes back as
+``call_tool(upstream, tool, args)`` and is its own flow (``via="code"``). What the code prints or
+returns is tokenised once more before the agent sees it.
 """
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 import mcp_types as types
 
-from veil.audit import events as ev
-from veil.errors import AccessDenied, InvalidArguments, UpstreamError
+from veil.errors import InvalidArguments, UpstreamError
 from veil.proxy.catalogue import CatalogueEntry
 from veil.sandbox.spec import ExecutionResult, ToolSpec
 
@@ -40,37 +41,39 @@ def tool_specs(gateway: Gateway, session: AgentSession, entries: list[CatalogueE
 
 
 def result_value(result: types.CallToolResult) -> Any:
-    """What a sandboxed function returns: structured content as Python objects, else the text."""
+    """What a sandboxed function returns: structured content as Python objects; else the text,
+    parsed as JSON when it is JSON (most real servers return JSON as text with no output schema)."""
     if result.structured_content is not None:
         structured = result.structured_content
         # FastMCP wraps non-object results as {"result": ...}; give the code the value itself.
         if isinstance(structured, dict) and set(structured) == {"result"}:
-            return structured["result"]
+            return _json_or_text(structured["result"])
         return structured
-    texts = [c.text for c in result.content if isinstance(c, types.TextContent)]
-    return "\n".join(texts)
+    return _json_or_text("\n".join(c.text for c in result.content if isinstance(c, types.TextContent)))
 
 
-async def run_execute_code(gateway: Gateway, session: AgentSession, args: dict[str, Any]) -> types.CallToolResult:
-    code = args.get("code")
-    timeout_s = args.get("timeout_s")
-    reset = bool(args.get("reset", False))
+def _json_or_text(value: Any) -> Any:
+    """A string holding a JSON object or array becomes that object; anything else is kept."""
+    if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def check_args(args: dict[str, Any]) -> None:
+    """execute_code's arguments, checked before anything runs (messages name the field)."""
+    code, timeout_s = args.get("code"), args.get("timeout_s")
     if not isinstance(code, str) or not code.strip():
         raise InvalidArguments("execute_code needs 'code': a non-empty string of Python 3 source")
     if timeout_s is not None and (not isinstance(timeout_s, int | float) or timeout_s <= 0):
         raise InvalidArguments("execute_code 'timeout_s' must be a positive number of seconds")
 
-    decision = gateway.policy.decide_execute(session.principal)
-    if not decision.allowed:
-        await gateway.record(
-            session.event(ev.CODE_EXECUTE, outcome=ev.DENIED, decision="deny", rule=decision.rule, tool="execute_code")
-        )
-        raise AccessDenied(
-            f"principal '{session.principal.name}' may not use execute_code (policy rule '{decision.rule}': "
-            f"{decision.reason})",
-            rule=decision.rule,
-        )
 
+async def execute(gateway: Gateway, session: AgentSession, args: dict[str, Any]) -> ExecutionResult:
+    """Run the agent's code; each tool call it makes is a flow through the runner (via="code")."""
+    timeout_s = args.get("timeout_s")
     entries, _ = await session.catalogue()
     specs = tool_specs(gateway, session, entries)
 
@@ -81,14 +84,21 @@ async def run_execute_code(gateway: Gateway, session: AgentSession, args: dict[s
         return result_value(result)
 
     limit = gateway.sandbox_config().timeout_s
-    outcome: ExecutionResult = await gateway.sandbox.execute(
+    return await gateway.sandbox.execute(
         session.id,
-        code,
+        args["code"],
         catalogue=specs,
         call_tool=call_tool,
         timeout_s=min(float(timeout_s), limit) if timeout_s else None,
-        reset=reset,
+        reset=bool(args.get("reset", False)),
     )
+
+
+async def shape_result(gateway: Gateway, session: AgentSession, outcome: ExecutionResult, flow: Any) -> Any:
+    """What the agent sees of an execution: its output, tokenised again (the code may have built
+    values the tokenizer has not seen), in the tokenizer's sandbox mode (no equality oracle)."""
+    from veil.proxy.pipeline import SANDBOX
+
     shown = {
         "outcome": outcome.outcome,
         "message": outcome.message,
@@ -97,30 +107,21 @@ async def run_execute_code(gateway: Gateway, session: AgentSession, args: dict[s
         "result": outcome.result,
         "truncated": outcome.truncated,
     }
-    tokenised = await gateway.in_thread(
-        lambda: gateway.tokenizer.tokenize(shown, session.scope, "sandbox", mode="sandbox_output")
-    )
+    tokenised = await gateway.pipeline.tokenize_value(session, shown, "sandbox", mode=SANDBOX)
     payload = tokenised.value
-    await gateway.record(
-        session.event(
-            ev.CODE_EXECUTE,
-            outcome=ev.OK if outcome.outcome == "ok" else outcome.outcome,
-            tool="execute_code",
-            args_digest=outcome.code_sha256,
-            entities=dict(tokenised.entities),
-            tokens=list(tokenised.tokens),
-            duration_ms=outcome.duration_ms,
-            detail={
-                "code_sha256": outcome.code_sha256,
-                "cpu_s": outcome.cpu_s,
-                "max_rss_mb": outcome.max_rss_mb,
-                "tool_calls": outcome.tool_calls,
-                "bytes_returned": outcome.bytes_returned,
-                "truncated": outcome.truncated,
-                "restarted": outcome.restarted,
-                "reset": reset,
-            },
-        )
+    flow.entities.update(tokenised.entities)
+    flow.tokens.extend(tokenised.tokens)
+    if outcome.outcome != "ok":
+        flow.outcome = outcome.outcome
+    flow.detail.update(
+        code_sha256=outcome.code_sha256,
+        cpu_s=outcome.cpu_s,
+        max_rss_mb=outcome.max_rss_mb,
+        tool_calls=outcome.tool_calls,
+        bytes_returned=outcome.bytes_returned,
+        truncated=outcome.truncated,
+        restarted=outcome.restarted,
+        reset=bool(flow.params.arguments.get("reset", False)) if flow.params.arguments else False,
     )
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=_render(payload))],

@@ -28,6 +28,7 @@ from veil.errors import ConfigError
 from veil.policies import PolicyStore
 from veil.principal import Principal
 from veil.proxy.pipeline import Pipeline
+from veil.proxy.runner import Runner
 from veil.proxy.session import AgentSession
 from veil.proxy.survey import survey
 from veil.tokenizer import Tokenizer
@@ -41,6 +42,7 @@ class Gateway:
     def __init__(self, config: VeilConfig) -> None:
         self.config = config
         self.pipeline = Pipeline(self)
+        self.runner = Runner(self)
         self.sessions: dict[str, AgentSession] = {}
         self._stack = AsyncExitStack()
         # Tokenisation is CPU-bound (spaCy) and runs in threads; two workers per core is plenty.
@@ -161,6 +163,10 @@ class Gateway:
     def policy(self) -> Any:
         return self.policies.current
 
+    def code_mode(self) -> bool:
+        """Is execute_code offered (config ``expose`` and a sandbox manager)?"""
+        return self.config.expose in ("code", "both") and self.sandbox is not None
+
     def token_scope_kind(self) -> str:
         return self.config.token_scope or self.policy.tokens.scope
 
@@ -177,14 +183,15 @@ class Gateway:
         self.sessions[session.id] = session
         return session
 
-    async def close_session(self, session: AgentSession) -> None:
+    async def close_session(self, session: AgentSession, *, reason: str = "closed") -> None:
         if session.closed:
             return
-        self.sessions.pop(session.id, None)
-        await session.aclose()
-        if self.sandbox is not None:
-            await self.sandbox.close_session(session.id)
         try:
-            await self.record(session.event(ev.SESSION_CLOSE))
+            await session.aclose()
+            if self.sandbox is not None:
+                await self.sandbox.close_session(session.id)
+            await self.record(session.event(ev.SESSION_CLOSE, detail={"reason": reason}))
         except Exception as exc:  # closing must not fail on a full stop; the gap shows in the trail
             log.error("could not audit the close of session %s (%s)", session.id, type(exc).__name__)
+        finally:
+            self.sessions.pop(session.id, None)  # last: a session gone from here is closed and audited

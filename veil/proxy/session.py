@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 import warnings
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import mcp_types as types
-from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.message import ServerMessageMetadata
 
 from veil.audit import events as ev
 from veil.errors import ToolNotFound, VeilError
 from veil.principal import Principal
 from veil.proxy.catalogue import CatalogueEntry, gateway_name
+from veil.proxy.shaping import from_wire, to_wire, withhold_binary
 from veil.proxy.upstreams import UpstreamConnection
 from veil.tokenizer import Scope
 
@@ -35,12 +37,6 @@ M = TypeVar("M")
 R = TypeVar("R")
 
 
-# Identifiers and schemas in listings are the upstream's interface, not data: not tokenised.
-LISTING_KEYS = frozenset(
-    {"name", "inputSchema", "outputSchema", "annotations", "uri", "uriTemplate", "mimeType", "arguments", "icons"}
-)
-
-
 def scope_for(kind: str, session_id: str, principal: Principal) -> Scope:
     """The vault scope tokens are deterministic within (policy ``tokens.scope``)."""
     if kind == "principal":
@@ -51,9 +47,8 @@ def scope_for(kind: str, session_id: str, principal: Principal) -> Scope:
 
 
 class FrontChannel:
-    """The agent connection upstream messages are relayed on: the request the session is serving
-    (so on Streamable HTTP they ride that request's response stream), or the connection's own
-    channel when no request is in flight."""
+    """The agent request a session is serving: upstream messages that belong to it ride its
+    response stream (on Streamable HTTP) or the connection (stdio)."""
 
     def __init__(self, server_session: ServerSession, request_id: Any) -> None:
         self.server_session = server_session
@@ -77,15 +72,23 @@ class FrontChannel:
 
 
 class AgentSession:
+    """One agent's session: its identity, token scope, upstream connections, and the agent
+    requests in flight (where upstream messages are relayed)."""
+
     def __init__(self, gateway: Gateway, principal: Principal, *, session_id: str | None = None) -> None:
         self.gw = gateway
         self.id = session_id or uuid.uuid4().hex
         self.principal = principal
+        self.identity = identity_of(principal)
         self.scope = scope_for(gateway.token_scope_kind(), self.id, principal)
         self._connections: dict[str, UpstreamConnection] = {}
         self._tools: dict[str, list[CatalogueEntry]] = {}
         self._tools_lock = anyio.Lock()
-        self.front: FrontChannel | None = None  # where upstream messages are relayed to the agent
+        self._requests: list[FrontChannel] = []  # agent requests in flight, oldest first
+        self.front: FrontChannel | None = None  # the last agent request's channel (standing channel)
+        self._queued: list[tuple[str, Any]] = []  # log messages that arrived between requests
+        self.log_level: Any = None
+        self.last_used = time.monotonic()
         self.closed = False
 
     # -- audit ---------------------------------------------------------------------------------
@@ -101,6 +104,93 @@ class AgentSession:
             scope=self.scope.key,
             **fields,
         )
+
+    # -- agent requests in flight ----------------------------------------------------------------
+
+    async def enter_request(self, ctx: Any) -> None:
+        """An agent request starts: upstream messages now ride it; queued log messages go first."""
+        channel = FrontChannel(ctx.session, ctx.request_id)
+        self._requests.append(channel)
+        self.front = channel
+        self.last_used = time.monotonic()
+        queued, self._queued = self._queued, []
+        for upstream, params in queued:
+            await self._send_log(channel, upstream, params)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._requests)
+
+    def leave_request(self, ctx: Any) -> None:
+        self._requests = [c for c in self._requests if c.request_id != ctx.request_id]
+        self.last_used = time.monotonic()
+
+    def progress_relay(self, flow: Any) -> Any:
+        """A progress callback relaying an upstream's progress (message tokenised) to the agent."""
+        ctx = flow.ctx
+        if ctx is None:
+            return None
+        source = flow.target.upstream or ""
+
+        async def relay(progress: float, total: float | None, message: str | None) -> None:
+            text = await self.gw.pipeline.tokenize_text(self, message, source) if message else None
+            try:
+                await ctx.session.report_progress(progress, total, text)
+            except Exception as exc:  # the agent may not have asked for progress, or went away
+                log.debug("progress not relayed (%s)", type(exc).__name__)
+
+        return relay
+
+    async def deliver_log(self, upstream: str, params: types.LoggingMessageNotificationParams) -> str:
+        """Relay a tokenised log message: on the request in flight, else queued for the next one.
+        Returns ``delivered``, ``queued`` or ``dropped`` (queue full, or the agent went away)."""
+        if self._requests:
+            return "delivered" if await self._send_log(self._requests[-1], upstream, params) else "dropped"
+        if len(self._queued) >= MAX_QUEUED_LOGS:
+            return "dropped"
+        self._queued.append((upstream, params))
+        return "queued"
+
+    @staticmethod
+    async def _send_log(channel: FrontChannel, upstream: str, params: Any) -> bool:
+        try:
+            await channel.log(params.level, params.data, f"{upstream}/{params.logger or ''}")
+            return True
+        except Exception as exc:  # the agent may have gone; the upstream must not notice
+            log.debug("could not relay a log message from '%s' (%s)", upstream, type(exc).__name__)
+            return False
+
+    async def deliver_notification(self, upstream: str, notification: Any) -> str:
+        method = getattr(notification, "method", "")
+        if method == "notifications/tools/list_changed":
+            with contextlib.suppress(VeilError):
+                await self.upstream_tools(upstream, refresh=True)
+        relayed = _RELAYED_NOTIFICATIONS.get(method)
+        if relayed is None:
+            return "not_relayed"  # progress arrives through the call's callback; cancellations are ours
+        front = self._requests[-1] if self._requests else self.front
+        if front is None:
+            return "no_channel"
+        try:
+            await front.notify(relayed(notification))
+        except Exception as exc:
+            log.debug("could not relay %s from '%s' (%s)", method, upstream, type(exc).__name__)
+            return "failed"
+        return "delivered"
+
+    async def ask_agent(self, what: str, request: Any, result_type: type[R]) -> R:
+        """Send a server-to-client request (sampling, elicitation) on the request in flight."""
+        front = self._requests[-1] if self._requests else None
+        if front is None or not front.can_send_request:
+            raise VeilError(
+                f"the agent connected to Veil cannot answer {what} requests now (no request in flight, the "
+                "capability was not declared, or its protocol revision has no server-to-client requests)",
+                code=types.METHOD_NOT_FOUND,
+            )
+        try:
+            return await front.request(request, result_type)
+        except Exception as exc:
+            raise VeilError(f"the agent did not answer the {what} request ({type(exc).__name__})") from None
 
     # -- upstreams -----------------------------------------------------------------------------
 
@@ -120,15 +210,45 @@ class AgentSession:
             self._connections[upstream] = conn
         return conn
 
+    def open_upstreams(self) -> list[str]:
+        return sorted(self._connections)
+
+    async def listing(self, method: str, call: Any, field: str) -> list[tuple[str, Any]]:
+        """``(upstream, item)`` for every upstream's tools/resources/templates/prompts, tokenised as
+        interface text. Unreachable upstreams are skipped; items whose identifiers would change
+        under tokenisation (a name or argument name holding personal data) are withheld."""
+        out: list[tuple[str, Any]] = []
+        for upstream in self.gw.config.upstreams:
+            try:
+                conn = await self.connection(upstream)
+                listed = await conn.request(method, call)
+            except (VeilError, MCPError):
+                continue
+            out += [(upstream, item) for item in await self._interface(upstream, getattr(listed, field))]
+        return out
+
+    async def _interface(self, upstream: str, items: list[Any]) -> list[Any]:
+        if not items:
+            return []
+        wire = [withhold_binary(to_wire(item)) for item in items]
+        tokenised = await self.gw.pipeline.tokenize_interface(self, wire, upstream)
+        kept = []
+        for item, before, after in zip(items, wire, tokenised.value, strict=True):
+            if _identifiers(before) != _identifiers(after):
+                log.warning("withheld a listed item of '%s': its name would carry personal data", upstream)
+                continue
+            kept.append(from_wire(type(item), after))
+        return kept
+
     async def upstream_tools(self, upstream: str, *, refresh: bool = False) -> list[CatalogueEntry]:
-        """The upstream's tools with descriptions tokenised in this session's scope (cached)."""
+        """The upstream's tools, tokenised as interface text in this session's scope (cached)."""
         async with self._tools_lock:
             if refresh or upstream not in self._tools:
                 conn = await self.connection(upstream)
                 listed = await conn.request("tools/list", lambda c: c.list_tools())
-                tokenised, _ = await self.gw.pipeline.tokenize_model(self, listed, upstream, keep=LISTING_KEYS)
+                tools = await self._interface(upstream, listed.tools)
                 prefix = self.gw.config.prefix(upstream)
-                self._tools[upstream] = [CatalogueEntry(upstream, tool, prefix) for tool in tokenised.tools]
+                self._tools[upstream] = [CatalogueEntry(upstream, tool, prefix) for tool in tools]
             return self._tools[upstream]
 
     async def catalogue(self) -> tuple[list[CatalogueEntry], dict[str, str]]:
@@ -170,98 +290,69 @@ class AgentSession:
         self._connections.clear()
 
 
+MAX_QUEUED_LOGS = 256
+
+
+def identity_of(principal: Principal) -> tuple[str | None, str, str, str | None]:
+    """Who a session belongs to: tenant, subject, how they authenticated and with which key or token."""
+    return (principal.tenant, principal.name, principal.via, getattr(principal, "credential", None))
+
+
+def _identifiers(item: dict[str, Any]) -> tuple[Any, ...]:
+    """The parts of a listed item an agent must send back verbatim to use it."""
+    args = item.get("arguments")
+    return (item.get("name"), tuple(a.get("name") for a in args) if isinstance(args, list) else None)
+
+
 class _Relay:
-    """Relays what an upstream sends on its own initiative to the agent, tokenised."""
+    """Where an upstream connection hands what its upstream sends on its own: into the runner."""
 
     def __init__(self, session: AgentSession) -> None:
         self.session = session
 
-    async def _audit(self, upstream: str, what: str, tokenised: Any, outcome: str = ev.OK) -> None:
-        await self.session.gw.record(
-            self.session.event(
-                ev.NOTIFICATION,
-                upstream=upstream,
-                outcome=outcome,
-                entities=dict(tokenised.entities) if tokenised is not None else {},
-                tokens=list(tokenised.tokens) if tokenised is not None else [],
-                detail={"message": what},
-            )
+    async def _run(self, upstream: str, method: str, params: Any) -> Any:
+        from veil.proxy.flow import Flow, Target
+
+        runner = self.session.gw.runner
+        flow = Flow(
+            method=method,
+            origin="upstream",
+            params=params,
+            session=self.session,
+            target=Target(upstream=upstream),
+            handler=runner.handler_for(method) if method in runner.handlers else runner.handlers["notifications/*"],
         )
+        return await runner.run(flow)
 
     async def on_log(self, upstream: str, params: types.LoggingMessageNotificationParams) -> None:
-        front = self.session.front
-        tokenised = await self.session.gw.pipeline.tokenize_value(
-            self.session, {"data": params.data, "logger": params.logger}, upstream
-        )
-        await self._audit(upstream, "notifications/message", tokenised)
-        if front is None:
-            return
-        logger = tokenised.value.get("logger")
-        try:
-            await front.log(params.level, tokenised.value["data"], f"{upstream}/{logger or ''}")
-        except Exception as exc:  # the agent may have gone; the upstream must not notice
-            log.debug("could not relay a log message from '%s' (%s)", upstream, type(exc).__name__)
+        await self._run(upstream, "notifications/message", params)
 
     async def on_notification(self, upstream: str, notification: Any) -> None:
-        front = self.session.front
         method = getattr(notification, "method", "")
-        if method == "notifications/tools/list_changed":
-            with contextlib.suppress(VeilError):
-                await self.session.upstream_tools(upstream, refresh=True)
-        if front is None:
-            return
-        try:
-            if method in _RELAYED_NOTIFICATIONS:
-                await front.notify(_RELAYED_NOTIFICATIONS[method]())
-            # Progress arrives through the call's progress callback; log messages through on_log;
-            # other notifications (resource updates by URI, cancellations) are not relayed.
-        except Exception as exc:
-            log.debug("could not relay %s from '%s' (%s)", method, upstream, type(exc).__name__)
-
-    async def _tokenize_request(self, upstream: str, params: M, what: str) -> tuple[M, FrontChannel | None]:
-        tokenised, report = await self.session.gw.pipeline.tokenize_model(self.session, params, upstream)
-        front = self.session.front
-        usable = front is not None and front.can_send_request
-        await self._audit(upstream, what, report, ev.OK if usable else ev.ERROR)
-        return tokenised, front if usable else None
+        if method == "notifications/message":
+            return  # arrives through on_log
+        await self._run(upstream, method or "notifications/*", notification)
 
     async def on_sampling(
         self, upstream: str, params: types.CreateMessageRequestParams
     ) -> types.CreateMessageResult | types.ErrorData:
-        return await self._relay_request(
-            upstream, params, "sampling/createMessage", types.CreateMessageRequest, types.CreateMessageResult
-        )
+        flow = await self._run(upstream, "sampling/createMessage", params)
+        return await flow.handler.answer(flow)
 
     async def on_elicitation(
         self, upstream: str, params: types.ElicitRequestParams
     ) -> types.ElicitResult | types.ErrorData:
-        return await self._relay_request(
-            upstream, params, "elicitation/create", types.ElicitRequest, types.ElicitResult
-        )
-
-    async def _relay_request(self, upstream: str, params: Any, what: str, request_type: Any, result_type: Any) -> Any:
-        """Tokenise a server-to-client request, audit it, and ask the agent; errors go back as ErrorData."""
-        tokenised, front = await self._tokenize_request(upstream, params, what)
-        if front is None:
-            return _cannot_relay(what)
-        try:
-            return await front.request(request_type(params=tokenised), result_type)
-        except Exception as exc:
-            return types.ErrorData(
-                code=types.INTERNAL_ERROR, message=f"the agent did not answer the {what} request ({type(exc).__name__})"
-            )
+        flow = await self._run(upstream, "elicitation/create", params)
+        return await flow.handler.answer(flow)
 
 
-_RELAYED_NOTIFICATIONS = {
-    "notifications/tools/list_changed": types.ToolListChangedNotification,
-    "notifications/resources/list_changed": types.ResourceListChangedNotification,
-    "notifications/prompts/list_changed": types.PromptListChangedNotification,
+def _relay_list_changed(cls: Any) -> Any:
+    return lambda _notification: cls()
+
+
+_RELAYED_NOTIFICATIONS: dict[str, Any] = {
+    "notifications/tools/list_changed": _relay_list_changed(types.ToolListChangedNotification),
+    "notifications/resources/list_changed": _relay_list_changed(types.ResourceListChangedNotification),
+    "notifications/prompts/list_changed": _relay_list_changed(types.PromptListChangedNotification),
+    "notifications/resources/updated": lambda n: n,  # already tokenised (its URI) by the runner
 }
-
-
-def _cannot_relay(what: str) -> types.ErrorData:  # what: the MCP method
-    return types.ErrorData(
-        code=types.METHOD_NOT_FOUND,
-        message=f"the agent connected to Veil cannot answer {what} requests on its connection "
-        "(it did not declare the capability, or its protocol revision has no server-to-client requests)",
-    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import anyio
@@ -22,7 +23,7 @@ from veil.errors import AuthError
 from veil.principal import Principal
 from veil.proxy.front import Front
 from veil.proxy.gateway import Gateway
-from veil.proxy.session import AgentSession
+from veil.proxy.session import AgentSession, identity_of
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,24 @@ def configured_principal(gateway: Gateway) -> Principal:
     return Principal.from_os_user(roles, cfg.tenant)
 
 
+class StdioBinding:
+    """stdio: one agent, one principal (from config), one session for the process."""
+
+    def __init__(self, principal: Principal, session: AgentSession) -> None:
+        self._principal = principal
+        self._session = session
+
+    async def principal(self, ctx: ServerRequestContext[Any, Any]) -> Principal:
+        return self._principal
+
+    async def session(self, ctx: ServerRequestContext[Any, Any], principal: Principal) -> AgentSession:
+        return self._session
+
+
 async def serve_stdio(gateway: Gateway) -> None:
-    session = await gateway.open_session(configured_principal(gateway))
-
-    async def resolve(ctx: ServerRequestContext[Any, Any]) -> AgentSession:
-        return session
-
-    front = Front(gateway, resolve)
+    principal = configured_principal(gateway)
+    session = await gateway.open_session(principal)
+    front = Front(gateway, StdioBinding(principal, session))
     try:
         async with stdio_server() as (read, write):
             await front.server.run(read, write, front.server.create_initialization_options(NOTIFICATIONS))
@@ -53,66 +65,111 @@ async def serve_stdio(gateway: Gateway) -> None:
             await gateway.close_session(session)
 
 
-class HttpSessions:
-    """Maps HTTP requests to agent sessions.
+def _identity_key(identity: tuple[Any, ...]) -> str:
+    return "identity:" + "|".join("" if part is None else str(part) for part in identity)
 
-    Handshake-era clients carry an ``Mcp-Session-Id``: one agent session per transport session.
-    2026-07-28 clients have no transport session; their requests share one agent session per
-    principal, so tokens stay stable across their calls.
+
+class HttpSessions:
+    """Maps HTTP requests to agent sessions, each bound to one identity.
+
+    Handshake-era clients carry an ``Mcp-Session-Id``: one agent session per transport session,
+    owned by the identity that initialised it (``AuthMiddleware`` refuses its id to anyone else,
+    on POST, GET and DELETE alike). 2026-07-28 clients have no transport session; their requests
+    share one agent session per identity (tenant, subject, key or token id), so tokens stay stable
+    across their calls. Sessions idle for ``limits.session_idle_timeout_s`` end, and with them
+    their upstream processes.
     """
 
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self._by_key: dict[str, AgentSession] = {}
         self._lock = anyio.Lock()
+        self.owners: dict[str, tuple[Any, ...]] = {}  # transport session id -> identity
 
-    async def resolve(self, ctx: ServerRequestContext[Any, Any]) -> AgentSession:
+    async def principal(self, ctx: ServerRequestContext[Any, Any]) -> Principal:
         request = ctx.request
-        principal: Principal = request.scope["state"]["veil_principal"]
+        principal = request.scope.get("state", {}).get("veil_principal") if request is not None else None
+        if principal is None:
+            raise AuthError("this request carries no authenticated identity")
+        return principal
+
+    async def session(self, ctx: ServerRequestContext[Any, Any], principal: Principal) -> AgentSession:
+        request = ctx.request
         transport_id = request.headers.get("mcp-session-id")
-        key = f"mcp:{transport_id}" if transport_id else f"principal:{principal.name}"
+        identity = identity_of(principal)
+        key = f"mcp:{transport_id}" if transport_id else _identity_key(identity)
         async with self._lock:
             session = self._by_key.get(key)
-            if session is not None and session.principal.name != principal.name:
-                # A session id presented by someone else: never hand over another principal's tokens.
-                await self.gw.record(
-                    ev.AuditEvent(
-                        kind=ev.AUTH_FAILED,
-                        outcome=ev.DENIED,
-                        principal=principal.name,
-                        roles=sorted(principal.roles),
-                        policy_version=self.gw.policy.version,
-                        detail={"reason": "MCP session of another principal", "path": request.url.path},
-                    )
-                )
-                raise AuthError("this MCP session belongs to another principal")
+            owner = self.owners.get(transport_id) if transport_id else None
+            if (session is not None and session.identity != identity) or (owner is not None and owner != identity):
+                # A session id presented by someone else: never hand over another identity's tokens.
+                await audit_foreign_session(self.gw, principal, request.method, request.url.path)
+                raise AuthError("this MCP session belongs to another identity")
             if session is None or session.closed:
                 session = await self.gw.open_session(principal, session_id=None)
                 self._by_key[key] = session
                 if transport_id:
+                    self.owners.setdefault(transport_id, identity)
                     self._close_with_transport(ctx, key, session)
         return session
 
     def _close_with_transport(self, ctx: ServerRequestContext[Any, Any], key: str, session: AgentSession) -> None:
-        """End the agent session (and its upstream processes) when its MCP transport session ends."""
+        """End the agent session (and its upstream processes) when its MCP transport session ends
+        (DELETE, or the SDK's idle timeout, set from ``limits.session_idle_timeout_s``)."""
         connection = getattr(ctx.session, "_connection", None)  # the SDK exposes no public accessor
         if connection is None:
             return
+        transport_id = key.removeprefix("mcp:")
 
         async def close() -> None:
             self._by_key.pop(key, None)
+            self.owners.pop(transport_id, None)
             await self.gw.close_session(session)
 
         connection.exit_stack.push_async_callback(close)
 
+    async def reap_idle(self) -> None:
+        """End agent sessions without a request for longer than the timeout; runs forever.
+
+        The SDK ends idle transport sessions too, but not while the client holds its GET stream
+        open, and 2026-07-28 clients have no transport session: so Veil reaps by its own clock.
+        A later request on a kept transport session gets a fresh agent session."""
+        timeout = self.gw.config.limits.session_idle_timeout_s
+        while True:
+            await anyio.sleep(min(timeout / 4, 30.0))
+            now = time.monotonic()
+            async with self._lock:
+                idle = [(k, s) for k, s in self._by_key.items() if not s.busy and now - s.last_used > timeout]
+                for key, _ in idle:
+                    del self._by_key[key]
+            for _, session in idle:
+                with anyio.CancelScope(shield=True):
+                    await self.gw.close_session(session, reason="idle")
+
+
+async def audit_foreign_session(gateway: Gateway, principal: Principal, method: str, path: str) -> None:
+    await gateway.record(
+        ev.AuditEvent(
+            kind=ev.AUTH_FAILED,
+            outcome=ev.DENIED,
+            principal=principal.name,
+            roles=sorted(principal.roles),
+            tenant=principal.tenant,
+            policy_version=gateway.policy.version,
+            detail={"reason": "session_of_another_identity", "http_method": method, "path": path},
+        )
+    )
+
 
 class AuthMiddleware:
-    """ASGI middleware: authenticate, audit refusals, and pass the principal on in the scope."""
+    """ASGI middleware: authenticate, audit refusals, pass the principal on in the scope, and
+    keep every MCP transport session (POST, GET, DELETE) to the identity that initialised it."""
 
-    def __init__(self, app: Any, gateway: Gateway, authenticate: Any) -> None:
+    def __init__(self, app: Any, gateway: Gateway, authenticate: Any, sessions: HttpSessions) -> None:
         self.app = app
         self.gw = gateway
         self.authenticate = authenticate
+        self.sessions = sessions
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -132,23 +189,39 @@ class AuthMiddleware:
                 path=scope.get("path"),
                 policy_version=self.gw.policy.version,
             )
-            body = json.dumps(
-                {"jsonrpc": "2.0", "id": None, "error": {"code": exc.code, "message": f"unauthorized: {exc.message}"}}
-            ).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 401,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"www-authenticate", b'Bearer realm="veil"'),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await _refuse(send, 401, exc.code, f"unauthorized: {exc.message}")
             return
+        identity = identity_of(principal)
+        transport_id = headers.get("mcp-session-id")
+        if transport_id is not None:
+            owner = self.sessions.owners.get(transport_id)
+            if owner is not None and owner != identity:
+                await audit_foreign_session(self.gw, principal, scope.get("method", "?"), scope.get("path", ""))
+                await _refuse(send, 404, AuthError.code, "unknown MCP session for this identity")
+                return
         scope.setdefault("state", {})["veil_principal"] = principal
-        await self.app(scope, receive, send)
+
+        async def bind_new_session(message: dict[str, Any]) -> None:
+            # The transport session id is issued on the initialize response: bind it to its identity.
+            if transport_id is None and message["type"] == "http.response.start":
+                for k, v in message.get("headers", []):
+                    if k.decode("latin-1").lower() == "mcp-session-id":
+                        self.sessions.owners.setdefault(v.decode("latin-1"), identity)
+            await send(message)
+
+        await self.app(scope, receive, bind_new_session)
+
+
+async def _refuse(send: Any, status: int, code: int, message: str) -> None:
+    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b'Bearer realm="veil"')],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def make_authenticator(gateway: Gateway):
@@ -168,16 +241,17 @@ def make_authenticator(gateway: Gateway):
     return authenticate
 
 
-def http_app(gateway: Gateway, host: str) -> Any:
+def http_app(gateway: Gateway, host: str) -> tuple[Any, Any, HttpSessions]:
     sessions = HttpSessions(gateway)
-    front = Front(gateway, sessions.resolve)
+    front = Front(gateway, sessions)
     app = front.server.streamable_http_app(
         host=host,
+        session_idle_timeout=gateway.config.limits.session_idle_timeout_s,
         # Room for the JSON-RPC envelope, so oversized arguments get Veil's message naming the limit;
         # far larger bodies are refused by the transport before they are read.
         max_request_body_size=gateway.config.limits.max_message_bytes + 64 * 1024,
     )
-    return AuthMiddleware(app, gateway, make_authenticator(gateway)), app
+    return AuthMiddleware(app, gateway, make_authenticator(gateway), sessions), app, sessions
 
 
 async def serve_http(
@@ -187,11 +261,17 @@ async def serve_http(
     once it is listening (for ``TaskGroup.start``)."""
     import uvicorn
 
-    wrapped, inner = http_app(gateway, host)
+    wrapped, inner, sessions = http_app(gateway, host)
     config = uvicorn.Config(wrapped, host=host, port=port, log_level="warning", lifespan="off", access_log=False)
     server = uvicorn.Server(config)
     async with inner.router.lifespan_context(inner), anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
+
+        async def serve() -> None:
+            await server.serve()
+            tg.cancel_scope.cancel()  # stops the idle reaper with the server
+
+        tg.start_soon(serve)
+        tg.start_soon(sessions.reap_idle)
         while not server.started:
             if server.should_exit:
                 raise OSError(f"could not listen on {host}:{port}")
