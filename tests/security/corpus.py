@@ -524,24 +524,12 @@ GUARD_FORMS = "guard (h-guard): known values in normal forms (digits only, full-
 GUARD_KEYS = "guard (h-guard): known values as dict keys and JSON numbers"
 DETECT_DOB = "detect (h-detect): DATE_OF_BIRTH tokenised under the shipped policies"
 DETECT_ZIP = "detect (h-detect): ZIP codes as part of an address under the shipped policies"
-LISTINGS = "runner (h-runner): listings through the guard and the pattern recognizers"
 NOT_NER = "detect/runner: interface text not fed to NER, timestamps are not phone numbers"
 ORACLE = "guard/runner: values produced by sandbox code never linked to existing tokens"
 
 # Cases that fail today, with the component whose fix they wait for. When a fix lands the case
 # XPASSes, the strict xfail fails the run, and its line here is deleted.
 PENDING: dict[str, str] = {
-    "listing-enum": wait(3, LISTINGS),
-    "listing-default": wait(3, LISTINGS),
-    "listing-examples": wait(3, LISTINGS),
-    "listing-output-schema": wait(3, LISTINGS),
-    "listing-title": wait(3, LISTINGS),
-    "listing-resource": wait(3, LISTINGS),
-    "listing-template": wait(3, LISTINGS),
-    "listing-prompt-argument": wait(3, LISTINGS),
-    "listing-param-description": wait(3, LISTINGS),
-    "listing-search-tools-full-detail": wait(3, LISTINGS),
-    "listing-sandbox-stub-files": wait(3, LISTINGS),
     "fp-tool-title-get-sum-tool": wait(4, NOT_NER),
 }
 

@@ -231,13 +231,20 @@ class AgentSession:
         if not items:
             return []
         wire = [withhold_binary(to_wire(item)) for item in items]
-        tokenised = await self.gw.pipeline.tokenize_interface(self, wire, upstream)
-        kept = []
-        for item, before, after in zip(items, wire, tokenised.value, strict=True):
-            if _identifiers(before) != _identifiers(after):
+        # Names are tokenised apart, as bare strings (under a "name" key they would count as a
+        # person's name); an item whose name would change is withheld, never renamed.
+        names = [_pop_identifiers(item) for item in wire]
+        flat = [n for item_names in names for n in item_names]
+        tokenised = await self.gw.pipeline.tokenize_interface(self, [wire, flat], upstream)
+        items_after, flat_after = tokenised.value
+        kept, at = [], 0
+        for item, after, item_names in zip(items, items_after, names, strict=True):
+            same = flat_after[at : at + len(item_names)] == item_names
+            at += len(item_names)
+            if not same:
                 log.warning("withheld a listed item of '%s': its name would carry personal data", upstream)
                 continue
-            kept.append(from_wire(type(item), after))
+            kept.append(from_wire(type(item), _put_identifiers(after, item_names)))
         return kept
 
     async def upstream_tools(self, upstream: str, *, refresh: bool = False) -> list[CatalogueEntry]:
@@ -298,10 +305,25 @@ def identity_of(principal: Principal) -> tuple[str | None, str, str, str | None]
     return (principal.tenant, principal.name, principal.via, getattr(principal, "credential", None))
 
 
-def _identifiers(item: dict[str, Any]) -> tuple[Any, ...]:
-    """The parts of a listed item an agent must send back verbatim to use it."""
-    args = item.get("arguments")
-    return (item.get("name"), tuple(a.get("name") for a in args) if isinstance(args, list) else None)
+def _pop_identifiers(item: dict[str, Any]) -> list[str]:
+    """Take out the parts of a listed item an agent must send back verbatim to use it: its name and
+    its arguments' names (prompts)."""
+    names = [item.pop("name") if isinstance(item.get("name"), str) else ""]
+    for arg in item.get("arguments") or []:
+        if isinstance(arg, dict) and isinstance(arg.get("name"), str):
+            names.append(arg.pop("name"))
+    return names
+
+
+def _put_identifiers(item: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    rest = iter(names)
+    name = next(rest)
+    if name:
+        item = {"name": name, **item}
+    for arg in item.get("arguments") or []:
+        if isinstance(arg, dict):
+            arg["name"] = next(rest)
+    return item
 
 
 class _Relay:
