@@ -7,6 +7,7 @@ agent that accepts the default sends the token back; the upstream must receive t
 """
 
 # No `from __future__ import annotations`: MCPServer evaluates the Resolve annotations at run time.
+import asyncio
 import json
 import os
 import warnings
@@ -65,6 +66,26 @@ async def chatty(ctx: Context) -> str:
         warnings.simplefilter("ignore", MCPDeprecationWarning)
         await ctx.log("info", f"working for {ADDRESS}", logger_name="asker")
     return "done"
+
+
+_background: set[Any] = set()
+
+
+@mcp.tool()
+async def log_later(ctx: Context) -> str:
+    """Returns at once; a moment later, between calls, logs a line naming the customer."""
+    session = ctx.session
+
+    async def later() -> None:
+        await asyncio.sleep(0.3)  # after the response has gone: no request of the agent is in flight
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            await session.send_log_message("info", f"later for {ADDRESS}", logger="asker")
+
+    task = asyncio.get_running_loop().create_task(later())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return "scheduled"
 
 
 # A hostile listing: the customer's address (a value Veil's vault knows once it has been

@@ -392,3 +392,28 @@ def test_result_value_parses_json_text_for_sandbox_code() -> None:
     assert result_value(text("plain words")) == "plain words"
     wrapped = types.CallToolResult(content=[], structured_content={"result": '{"a": 1}'})
     assert result_value(wrapped) == {"a": 1}
+
+
+@pytest.mark.req("relay:logs-between-calls")
+async def test_a_log_line_between_calls_is_queued_and_delivered_with_the_next_request(
+    make_config, tmp_path: Path
+) -> None:
+    import anyio
+
+    agent = Agent()
+    async with serving(asker_config(make_config, tmp_path)) as (gateway, url):
+        start = mark(gateway)
+        async with Client(url, mode="legacy", read_timeout_seconds=60, logging_callback=agent.on_log) as client:
+            assert (await client.call_tool("asker__log_later", {})).content[0].text == "scheduled"
+            with anyio.fail_after(30):  # waits for the upstream's line to reach Veil, bounded
+                while not [r for r in rows(gateway, start) if r.detail.get("method") == "notifications/message"]:
+                    await anyio.sleep(0.05)
+            (queued,) = [r for r in rows(gateway, start) if r.detail.get("method") == "notifications/message"]
+            assert queued.detail["delivery"] == "queued" and queued.outcome == "ok"
+            assert agent.logs == []
+            await client.send_ping()  # the next request carries it
+            with anyio.fail_after(30):
+                while not agent.logs:
+                    await anyio.sleep(0.05)
+    shown = json.dumps([p.model_dump(mode="json") for p in agent.logs])
+    assert "later for" in shown and ADDRESS not in shown and TOKEN_RE.search(shown)
