@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import textwrap
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from mcp_types import methods as sdk_methods
 
 from proxy.harness import outbox, serving
 from veil.audit import events as ev
-from veil.compliance.queries import unfinished
+from veil.compliance.queries import Period, incidents, unfinished
 from veil.tokenizer import TOKEN_RE
 
 # The SDK marks subscribe, setLevel and logging deprecated in 2026-07-28; handshake-era agents use them.
@@ -254,7 +255,10 @@ async def test_nothing_is_sent_when_the_audit_intent_cannot_be_written(make_conf
         await gateway.record(crashed)
         with gateway.engine.connect() as conn:
             open_intents = {u["id"] for u in unfinished(conn, since=start)}
+            now = datetime.now(UTC)
+            reported = incidents(conn, Period(now - timedelta(hours=1), now + timedelta(hours=1)))["unfinished"]
         assert str(crashed.id) in open_intents and str(intent.id) not in open_intents
+        assert str(crashed.id) in {u["id"] for u in reported}  # the report's incidents section lists it
 
 
 def asker_config(make_config, tmp_path: Path) -> Any:

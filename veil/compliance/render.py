@@ -313,6 +313,23 @@ def html_report(report: dict[str, Any], *, generated: datetime | None = None) ->
             if inc["events"]
             else ""
         )
+        + (
+            "<h3>Unfinished calls</h3><p>An intent was recorded but no outcome: Veil stopped between them.</p>"
+            + table(
+                inc["unfinished"],
+                [
+                    ("seq", "Seq", "n"),
+                    ("ts", "Time", "t"),
+                    ("principal", "Principal", "s"),
+                    ("session_id", "Session", "m"),
+                    ("method", "Method", "m"),
+                    ("upstream", "Upstream", "m"),
+                ],
+                "",
+            )
+            if inc.get("unfinished")
+            else ""
+        )
         + "</section>"
     )
     pol = report["policies"]
