@@ -204,11 +204,6 @@ class SandboxProcess:
                 "the sandbox did not start as expected (firejail's process tree is not jail -> init -> python)"
             )
         self.jail_pids = (self.proc.pid, inits[0], workers[0])
-        # Batch scheduling for the code (inherited by what it starts): waking it (the next
-        # execution, a tool result) never preempts Veil's event loop, and its CPU-bound work
-        # yields to Veil's own.
-        with contextlib.suppress(OSError):
-            os.sched_setscheduler(workers[0], os.SCHED_BATCH, os.sched_param(0))
         self.watch = proctree.Watch(workers[0])
         self.cpu_mark = self.watch.cpu_seconds()
         if cgroups is None:
