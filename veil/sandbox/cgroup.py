@@ -24,6 +24,8 @@ import contextlib
 import errno
 import os
 import secrets
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,18 +55,55 @@ def _write(path: Path, value: str) -> None:
         os.close(fd)
 
 
-@dataclass(frozen=True)
+# Started with each manager's cgroup parents: waits for EOF on stdin, which comes when the manager
+# closes or when Veil dies (even by SIGKILL), then kills every process left in those groups and
+# removes them. Without it, interpreters stopped between executions would outlive a crashed Veil.
+WATCHDOG = """
+import os, pathlib, signal, sys, time
+sys.stdin.buffer.read()
+parents = [pathlib.Path(p) for p in sys.argv[1:]]
+for _ in range(100):
+    left = False
+    for group in [g for p in parents for g in p.glob("sb-*")]:
+        try:
+            pids = (group / "cgroup.procs").read_text().split()
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            group.rmdir()
+        except OSError:
+            left = True
+    if not left:
+        break
+    time.sleep(0.05)
+for parent in parents:
+    try:
+        parent.rmdir()
+    except OSError:
+        pass
+"""
+
+
+@dataclass
 class Layout:
-    """Where this Veil process keeps its sandboxes' groups, one parent per controller hierarchy."""
+    """Where one manager keeps its sandboxes' groups (one parent per controller hierarchy, named
+    after Veil's pid and a random tag), and the watchdog that cleans them up if Veil dies."""
 
     version: int
     pids_parent: Path
     memory_parent: Path
+    watchdog: subprocess.Popen[bytes] | None = None
 
     @classmethod
     def detect(cls) -> Layout:
-        """The hierarchies of this host, with the per-process parent directories created; or SandboxError."""
-        tag = f"veil-sandboxes.{os.getpid()}"
+        """The hierarchies of this host, with the manager's parent directories created and
+        watched; or SandboxError."""
+        tag = f"veil-sandboxes.{os.getpid()}.{secrets.token_hex(4)}"
         v1_pids, v1_mem = ROOT / "pids", ROOT / "memory"
         try:
             if (v1_pids / "cgroup.procs").exists() and (v1_mem / "cgroup.procs").exists():
@@ -72,22 +111,38 @@ class Layout:
                 memory = v1_mem / _own_path("memory").lstrip("/") / tag
                 pids.mkdir(exist_ok=True)
                 memory.mkdir(exist_ok=True)
-                return cls(1, pids, memory)
-            controllers = ROOT / "cgroup.controllers"
-            if controllers.exists() and {"pids", "memory"} <= set(controllers.read_text().split()):
+                layout = cls(1, pids, memory)
+            else:
+                controllers = ROOT / "cgroup.controllers"
+                if not controllers.exists() or not {"pids", "memory"} <= set(controllers.read_text().split()):
+                    raise SandboxError(f"no usable cgroup controllers on this host. {FIX}")
                 parent = ROOT / _own_path("").lstrip("/") / tag
                 parent.mkdir(exist_ok=True)
                 _write(parent / "cgroup.subtree_control", "+pids +memory")
-                return cls(2, parent, parent)
+                layout = cls(2, parent, parent)
         except OSError as exc:
             raise SandboxError(f"cannot create the sandboxes' cgroups ({exc.strerror}). {FIX}") from None
-        raise SandboxError(f"no usable cgroup controllers on this host. {FIX}")
+        layout.watchdog = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", WATCHDOG, *sorted({str(layout.pids_parent), str(layout.memory_parent)})],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # not in Veil's process group: a signal to Veil's group spares it
+        )
+        return layout
 
     def remove(self) -> None:
-        """Remove the per-process parents (empty once every sandbox group is gone)."""
-        for parent in {self.pids_parent, self.memory_parent}:
-            with contextlib.suppress(OSError):
-                parent.rmdir()
+        """Let the watchdog kill what is left and remove the groups and parents, and wait for it."""
+        if self.watchdog is None:
+            return
+        watchdog, self.watchdog = self.watchdog, None
+        assert watchdog.stdin is not None
+        watchdog.stdin.close()
+        try:
+            watchdog.wait(10)
+        except subprocess.TimeoutExpired:
+            watchdog.kill()
+            watchdog.wait()
 
 
 @dataclass

@@ -202,7 +202,7 @@ class SandboxManager:
         self._pool.clear()
         await self.settle()
         if self._cgroups is not None:
-            self._cgroups.remove()
+            await asyncio.to_thread(self._cgroups.remove)
 
     async def settle(self) -> None:
         """Wait until every stopped sandbox has exited (benchmarks, tests, shutdown)."""
