@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 import warnings
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import mcp_types as types
@@ -33,8 +33,6 @@ if TYPE_CHECKING:
     from veil.proxy.gateway import Gateway
 
 log = logging.getLogger(__name__)
-M = TypeVar("M")
-R = TypeVar("R")
 
 
 def scope_for(kind: str, session_id: str, principal: Principal) -> Scope:
@@ -63,7 +61,7 @@ class FrontChannel:
             warnings.simplefilter("ignore", MCPDeprecationWarning)  # logging is deprecated in 2026-07-28
             await self.server_session.send_log_message(level, data, logger=logger, related_request_id=self.request_id)
 
-    async def request(self, request: Any, result_type: type[R]) -> R:
+    async def request(self, request: Any, result_type: Any) -> Any:
         metadata = ServerMessageMetadata(related_request_id=self.request_id)
         return await self.server_session.send_request(request, result_type, metadata=metadata)
 
@@ -178,7 +176,7 @@ class AgentSession:
             return "failed"
         return "delivered"
 
-    async def ask_agent(self, what: str, request: Any, result_type: type[R]) -> R:
+    async def ask_agent(self, what: str, request: Any, result_type: Any) -> Any:
         """Send a server-to-client request (sampling, elicitation) on the request in flight."""
         front = self._requests[-1] if self._requests else None
         if front is None or not front.can_send_request:

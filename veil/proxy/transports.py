@@ -95,6 +95,8 @@ class HttpSessions:
 
     async def session(self, ctx: ServerRequestContext[Any, Any], principal: Principal) -> AgentSession:
         request = ctx.request
+        if request is None:
+            raise AuthError("this request carries no HTTP context to bind a session to")
         transport_id = request.headers.get("mcp-session-id")
         identity = identity_of(principal)
         key = f"mcp:{transport_id}" if transport_id else _identity_key(identity)
