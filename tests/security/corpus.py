@@ -16,14 +16,14 @@ Steps (tuples):
   ("dos", TOOL, ARGS)       the call, while another session pings the CRM five times
 
 Checks, for every case: no value named in ``needles`` (fields of the case's customer,
-``email_local`` for the local part of its e-mail, or ``hostile:VECTOR:FIELD`` for the hostile
-server's listing data) occurs, in any normal form of
-``leakcheck``, in what the agent received, in the sandbox files, in the audit rows written
-during the case, or in the gateway's log output (``places`` narrows this only where the
-threat model says no gateway can do better, e.g. an agent asking SQL to reverse a column is an
-upstream encoding what it holds: there the audit rows are checked). ``forbid``: templates that must not occur in
-what the agent received (the equality oracle: the record's own token). ``intact``: templates
-that must occur in it unchanged (false positives).
+``email_local`` for the local part of its e-mail, ``date_of_birth_us`` for its date of birth as
+MM/DD/YYYY, or ``hostile:VECTOR:FIELD`` for the hostile server's listing data) occurs, in any
+normal form of ``leakcheck``, in what the agent received, in the sandbox files, in the audit
+rows written during the case, or in the gateway's log output (``places`` narrows this only where
+the threat model says no gateway can do better, e.g. an agent asking SQL to reverse a column is
+an upstream encoding what it holds: there the audit rows are checked). ``forbid``: templates
+that must not occur in what the agent received (the equality oracle: the record's own token).
+``intact``: templates that must occur in it unchanged (false positives).
 
 ``pending`` marks a case that fails today: ``"<class>: waiting for <component>"``. It becomes a
 strict xfail, so the day the fix lands the case XPASSes, fails, and the mark is removed.
@@ -63,6 +63,8 @@ class Case:
 SQL = "db__execute_sql"
 ID = "'<<cid>>'"
 FULL_WIDTH = "".join(chr(0xFF10 + d) for d in range(10))  # full-width 0-9
+ASCII_UPPER = "".join(chr(ord("A") + i) for i in range(26))
+FULL_WIDTH_UPPER = "".join(chr(0xFF21 + i) for i in range(26))  # full-width A-Z
 
 
 def sql(query: str) -> tuple[Any, ...]:
@@ -168,6 +170,27 @@ CASES: list[Case] = [
         (sql('select \'{"<<c.email>>": 1, "9<<c.ssn>>": 2}\'::jsonb as v'),),
         ("email", "ssn"),
     ),
+    Case(
+        "echo-email-glued-between-letters",
+        1,
+        (("call", "crm__get_customer", {"customer_id": "abc<<c.email>>def"}),),
+        ("email",),
+    ),
+    Case(
+        "echo-everything-echo-from-sandbox-code",
+        1,
+        (
+            (
+                "code",
+                "from servers import crm, everything\n"
+                "c = crm.get_customer(customer_id='<<cid>>')\n"
+                "r = everything.echo(message='x' + c['ssn'] + 'x' + c['email'])\n"
+                "dump(r)\n"
+                "print(str(r)[::-1])\n",
+            ),
+        ),
+        ("ssn", "email"),
+    ),
     # -- 2. blind spots: values the detector misses unless the guard knows them in every form ---
     Case(
         "blind-dbhub-ssn-without-dashes",
@@ -254,6 +277,58 @@ CASES: list[Case] = [
         (sql(f"select split_part(email, '@', 1) as handle from customers where id={ID}"),),
         ("email_local", "full_name"),
         note="the local part of a known e-mail (often the name run together) is a normal form of that e-mail",
+    ),
+    Case(
+        "blind-dbhub-name-last-comma-first",
+        2,
+        (sql(f"select last_name || ', ' || first_name as v from customers where id={ID}"),),
+        ("full_name", "last_name"),
+    ),
+    Case(
+        "blind-dbhub-card-other-separators",
+        2,
+        (
+            sql(
+                "select replace(card_number,'-','.') as a, replace(card_number,'-',' ') as b "
+                f"from customers where id={ID}"
+            ),
+        ),
+        ("card_number",),
+    ),
+    Case(
+        "blind-dbhub-phone-e164",
+        2,
+        (sql(f"select '+1' || regexp_replace(phone,'\\D','','g') as v from customers where id={ID}"),),
+        ("phone",),
+    ),
+    Case(
+        "blind-dbhub-spaced-digits",
+        2,
+        (sql(f"select regexp_replace(ssn, '(\\d)', '\\1 ', 'g') as v from customers where id={ID}"),),
+        ("ssn",),
+    ),
+    Case(
+        "blind-dbhub-full-width-upper-name",
+        2,
+        (
+            sql(
+                f"select translate(upper(full_name), '{ASCII_UPPER}', '{FULL_WIDTH_UPPER}') as v "
+                f"from customers where id={ID}"
+            ),
+        ),
+        ("full_name",),
+    ),
+    Case(
+        "blind-dbhub-date-of-birth-us-format",
+        2,
+        (sql(f"select to_char(date_of_birth::date, 'MM/DD/YYYY') as v from customers where id={ID}"),),
+        ("date_of_birth_us",),
+    ),
+    Case(
+        "blind-dbhub-email-in-mailto-url",
+        2,
+        (sql(f"select 'mailto:' || email || '?subject=hi' as v from customers where id={ID}"),),
+        ("email",),
     ),
     Case(
         "blind-crm-date-of-birth", 2, (("call", "crm__get_customer", {"customer_id": "<<cid>>"}),), ("date_of_birth",)
@@ -525,11 +600,13 @@ GUARD_KEYS = "guard (h-guard): known values as dict keys and JSON numbers"
 DETECT_DOB = "detect (h-detect): DATE_OF_BIRTH tokenised under the shipped policies"
 DETECT_ZIP = "detect (h-detect): ZIP codes as part of an address under the shipped policies"
 NOT_NER = "detect/runner: interface text not fed to NER, timestamps are not phone numbers"
+DATE_FORMATS = "guard (h-guard): a known date of birth written in another date format (MM/DD/YYYY)"
 ORACLE = "guard/runner: values produced by sandbox code never linked to existing tokens"
 
 # Cases that fail today, with the component whose fix they wait for. When a fix lands the case
 # XPASSes, the strict xfail fails the run, and its line here is deleted.
 PENDING: dict[str, str] = {
+    "blind-dbhub-date-of-birth-us-format": wait(2, DATE_FORMATS),
 }
 
 

@@ -128,6 +128,9 @@ def needle_values(case: Case, cid: str) -> list[str]:
         if needle.startswith("hostile:"):
             _, vector, fld = needle.split(":")
             out.append(str(CUSTOMERS[hostile_server.VECTOR_PERSON[vector]][fld]))
+        elif needle == "date_of_birth_us":
+            year, month, day = customer(cid)["date_of_birth"].split("-")
+            out.append(f"{month}/{day}/{year}")
         elif needle == "email_local":
             out.append(customer(cid)["email"].split("@")[0])
         elif needle in ("street", "city", "zip"):
