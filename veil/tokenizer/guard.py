@@ -65,7 +65,7 @@ def _fold_char(ch: str) -> str:
     """One character's compact form: NFKD, no combining marks, no Cf, case-folded, alnum only."""
     if unicodedata.category(ch) == "Cf":
         return ""
-    out = []
+    out: list[str] = []
     for c in unicodedata.normalize("NFKD", ch):
         if unicodedata.combining(c):
             continue

@@ -198,9 +198,9 @@ class Tokenizer:
         for _ in range(2):
             if not fresh:
                 break
-            guard = Guard((h.value, h.token, h.entity_type) for h in fresh.values())
+            new_values = Guard((h.value, h.token, h.entity_type) for h in fresh.values() if h.token)
             for k, i in enumerate(free):
-                extra = _uncovered(self._usable(guard.find(texts[k]), detector), hits[i])
+                extra = _uncovered(self._usable(new_values.find(texts[k]), detector), hits[i])
                 if extra:
                     hits[i] = _merge(texts[k], hits[i], extra)
             known_tokens = {h.token for slot_hits in hits for h in slot_hits}
