@@ -220,3 +220,19 @@ def test_titles_and_possessives_are_not_part_of_a_name(detector):
     text = "Met Dr. Jane Roe today; Jane Roe's file is updated, and Mrs. Ann Bell signed."
     people = [v for t, v in found(detector, text) if t == "PERSON"]
     assert people and set(people) <= {"Jane Roe", "Ann Bell"}
+
+
+@pytest.mark.req("tokenize:ner")
+def test_names_listed_next_to_a_name_are_people(detector):
+    got = found(detector, "The brainchild of our 3 founders: Eklund, Michael and Hodge. The idea was born in 2009.")
+    people = {v for t, v in got if t == "PERSON"}
+    assert {"Michael", "Hodge"} <= people
+    assert not {v for t, v in found(detector, "Maria Lopez and Company signed.") if t == "PERSON"} & {"Company"}
+
+
+@pytest.mark.req("tokenize:ner")
+def test_model_dates_must_name_a_day_or_year(detector):
+    got = found(detector, "Next week the 38-year-old client visits again; she was here on Tuesday, 2/10/2025.")
+    dates = {v for t, v in got if t == "DATE_TIME"}
+    assert "Next week" not in dates and not any("year-old" in d for d in dates)
+    assert any("Tuesday" in d or "2/10/2025" in d for d in dates)
