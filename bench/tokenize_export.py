@@ -77,10 +77,21 @@ def presidio_engine():
     return BatchAnalyzerEngine(analyzer), BatchAnonymizerEngine()
 
 
+def presidio_shape(value):
+    """``analyze_dict`` refuses lists of objects ("Lists of objects are not yet supported"): such
+    lists become objects keyed by index, the least change that lets plain Presidio see them."""
+    if isinstance(value, dict):
+        return {k: presidio_shape(v) for k, v in value.items()}
+    if isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+        return {str(i): presidio_shape(v) for i, v in enumerate(value)}
+    return value
+
+
 def run_presidio(engines, records: list[dict]) -> tuple[float, list[dict]]:
     batch, anonymizer = engines
+    shaped = [presidio_shape(r) for r in records]
     t0 = time.perf_counter()
-    out = [anonymizer.anonymize_dict(list(batch.analyze_dict(r, language="en"))) for r in records]
+    out = [anonymizer.anonymize_dict(list(batch.analyze_dict(r, language="en"))) for r in shaped]
     return time.perf_counter() - t0, out
 
 
