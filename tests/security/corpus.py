@@ -410,6 +410,25 @@ CASES: list[Case] = [
         (("code", "lookup_by_email(email='<<c.email>>')\n"),),
         intact=("lookup_by_email(email='<<c.email>>')",),
     ),
+    Case(
+        "fp-same-person-same-token-across-forms",
+        4,
+        (
+            (
+                "code",
+                "from servers import crm, db\n"
+                "c = crm.get_customer(customer_id='<<cid>>')\n"
+                'r = db.execute_sql(sql="select full_name as a, upper(full_name) as b, '
+                "first_name || ' ' || last_name as d, ssn as f, replace(ssn, '-', '') as g "
+                "from customers where id='<<cid>>'\")\n"
+                "row = r['data']['statements'][0]['rows'][0]\n"
+                "print('SAME NAME', {row['a'], row['b'], row['d']} == {c['full_name']})\n"
+                "print('SAME SSN', {row['f'], row['g']} == {c['ssn']})\n",
+            ),
+        ),
+        ("full_name", "ssn"),
+        intact=("SAME NAME True", "SAME SSN True"),
+    ),
     # -- 5. regex denial of service ---------------------------------------------------------------
     Case(
         "dos-64k-street-address-echo-does-not-stall-others",
