@@ -625,7 +625,6 @@ ORACLE = "guard/runner: values produced by sandbox code never linked to existing
 # Cases that fail today, with the component whose fix they wait for. When a fix lands the case
 # XPASSes, the strict xfail fails the run, and its line here is deleted.
 PENDING: dict[str, str] = {
-    "blind-dbhub-date-of-birth-us-format": wait(2, DATE_FORMATS),
 }
 
 

@@ -212,3 +212,13 @@ def test_the_guard_is_linear_on_hostile_input():
     # stretches of punctuation are not a spelling of it
     assert found("M a r i a  L o p e z") == [("M a r i a  L o p e z", "[PERSON_1]")]
     assert found("m----a----r----i----a----l----o----p----e----z") == []
+
+
+@pytest.mark.req("tokenize:guard-normalised")
+@pytest.mark.parametrize(
+    "text", ["born 03/14/1981.", "dob: 14.03.1981", "3/14/1981", "March 14, 1981", "14 Mar 1981", "19810314"]
+)
+def test_a_known_date_of_birth_in_another_date_format(text):
+    g = Guard([("1981-03-14", "[DATE_OF_BIRTH_1]", "DATE_OF_BIRTH")])
+    assert [t for _, t in found(text, g)] == ["[DATE_OF_BIRTH_1]"], found(text, g)
+    assert found("order 0314198155 of 2026-03-14", g) == []  # other digits, another date

@@ -38,6 +38,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 import ahocorasick
 from spacy.lang.en.stop_words import STOP_WORDS
@@ -218,6 +219,10 @@ def _patterns(value: str, token: str, entity_type: str) -> list[tuple[str, _Patt
     key = compact(v)
     out: list[tuple[str, _Pattern]] = []
     spelled = spelling(v)
+    if entity_type in DATE_TYPES:
+        for k in date_forms(v):
+            rule = "digits" if k.isdigit() else "word"
+            out.append((k, _Pattern("full", rule, v, token, entity_type, spelled, False, False)))
     if entity_type in DIGIT_TYPES or (key.isdigit() and entity_type not in ALNUM_TYPES):
         digits = normalise(v, entity_type) if entity_type in DIGIT_TYPES else key
         for k in dict.fromkeys((re.sub(r"\D", "", key), digits)):
@@ -261,6 +266,66 @@ def _patterns(value: str, token: str, entity_type: str) -> list[tuple[str, _Patt
 
 
 NAME_EVIDENCE_CHARS = 4  # a known name word this long inside a plain local part makes it a name
+
+
+#: Types whose values are dates: also found written in the other usual date formats.
+DATE_TYPES = frozenset({"DATE_OF_BIRTH"})
+_DATE_INPUT = (
+    "%Y-%m-%d",
+    "%m/%d/%Y",
+    "%Y/%m/%d",
+    "%d.%m.%Y",
+    "%B %d, %Y",
+    "%b %d, %Y",
+    "%d %B %Y",
+    "%d %b %Y",
+    "%Y%m%d",
+)
+_MONTHS = (
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+)
+
+
+def date_forms(value: str) -> list[str]:
+    """Compact forms of a date in the other usual spellings (1981-03-14: 03/14/1981, 14/03/1981,
+    3/14/1981, 19810314, March 14, 1981, 14 Mar 1981, ...); empty when ``value`` is not a date
+    with a four-digit year. Two-digit years are left out: six digits match too much."""
+    d = None
+    for fmt in _DATE_INPUT:
+        try:
+            d = datetime.strptime(value.strip(), fmt).date()
+            break
+        except ValueError:
+            continue
+    if d is None:
+        return []
+    y, m, day = d.year, d.month, d.day
+    month = _MONTHS[m - 1]
+    forms = {
+        f"{m:02d}{day:02d}{y}",
+        f"{day:02d}{m:02d}{y}",
+        f"{y}{m:02d}{day:02d}",
+        f"{m}{day}{y}",
+        f"{day}{m}{y}",
+        f"{month}{day}{y}",
+        f"{day}{month}{y}",
+        f"{month[:3]}{day}{y}",
+        f"{day}{month[:3]}{y}",
+        f"{month}{day:02d}{y}",
+        f"{day:02d}{month}{y}",
+    }
+    return sorted(forms - {compact(value)})
 
 
 def _capitalised_like(raw: str, upper_first: bool) -> bool:
