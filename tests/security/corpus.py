@@ -624,8 +624,7 @@ ORACLE = "guard/runner: values produced by sandbox code never linked to existing
 
 # Cases that fail today, with the component whose fix they wait for. When a fix lands the case
 # XPASSes, the strict xfail fails the run, and its line here is deleted.
-PENDING: dict[str, str] = {
-}
+PENDING: dict[str, str] = {}
 
 
 def by_id() -> dict[str, Case]:
