@@ -58,6 +58,13 @@ def _policy(config: str | None, policy: str | None):  # type: ignore[no-untyped-
 @click.option("--policy", type=click.Path(dir_okay=False, exists=True), help="Policy for --kind ropa metadata.")
 @click.option("--public-key", type=click.Path(dir_okay=False, exists=True), help="Trusted checkpoint key (PEM).")
 @click.option("--no-verify", is_flag=True, help="Skip recomputing the hash chain for the integrity section.")
+@click.option(
+    "--raw-pii-threshold",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Flag sessions whose agent sent at least this many raw PII values (possible probing).",
+)
 def report(
     config: str | None,
     database_url: str | None,
@@ -72,6 +79,7 @@ def report(
     policy: str | None,
     public_key: str | None,
     no_verify: bool,
+    raw_pii_threshold: int,
 ) -> None:
     """Produce a compliance report for a period (progress on stderr, one line per section)."""
     from veil.compliance import render
@@ -104,7 +112,14 @@ def report(
                     _write_html(ropa_html(data), fmt, out, progress)
             else:
                 key = load_public_key(Path(public_key)) if public_key else _local_public_key(config, data_dir)
-                data = build_report(conn, period, public_key=key, verify_chain=not no_verify, progress=progress)
+                data = build_report(
+                    conn,
+                    period,
+                    public_key=key,
+                    verify_chain=not no_verify,
+                    progress=progress,
+                    raw_pii_threshold=raw_pii_threshold,
+                )
                 if fmt == "json":
                     out.write_text(render.json_report(data), encoding="utf-8")
                 elif fmt == "csv":

@@ -166,6 +166,40 @@ def flows(conn: sa.Connection, p: Period) -> dict[str, Any]:
     return {"untokenisations": _clean(rows)}
 
 
+RAW_PII_THRESHOLD = 10  # default of `veil report --raw-pii-threshold`
+
+
+def agent_raw_pii(conn: sa.Connection, p: Period, threshold: int = RAW_PII_THRESHOLD) -> dict[str, Any]:
+    """Raw PII the agent itself sent (``detail.agent_raw_pii``: counts by type, set by the proxy's
+    untokenise stage), per session, most first. The agent only ever sees tokens, so these are
+    guesses or typed values: a session probing an echoing upstream (an equality oracle no gateway
+    can close, docs/threat-model.md) stands out here, flagged at ``threshold`` values or more."""
+    where, params = p.where()
+    params |= {"threshold": threshold, "limit": INCIDENT_LIMIT}
+    per_session = f"""SELECT coalesce(a.session_id, '') AS session_id, a.principal,
+                   sum(e.value::bigint) AS raw_values, count(DISTINCT a.seq) AS calls,
+                   string_agg(DISTINCT e.key, ' ' ORDER BY e.key) AS entity_types,
+                   min(a.ts) AS first, max(a.ts) AS last
+            FROM audit_events a, jsonb_each_text(a.detail->'agent_raw_pii') e
+            WHERE {where.replace("ts ", "a.ts ").replace("principal =", "a.principal =")}
+              AND jsonb_typeof(a.detail->'agent_raw_pii') = 'object'
+            GROUP BY 1, 2"""
+    sessions = _rows(
+        conn,
+        f"""SELECT *, raw_values >= :threshold AS flagged FROM ({per_session}) s
+            ORDER BY raw_values DESC, session_id LIMIT :limit""",
+        params,
+    )
+    totals = _rows(
+        conn,
+        f"""SELECT count(*) AS sessions, count(*) FILTER (WHERE raw_values >= :threshold) AS flagged_sessions,
+                   coalesce(sum(raw_values), 0) AS raw_values
+            FROM ({per_session}) s""",
+        params,
+    )[0]
+    return {"threshold": threshold, **_clean([totals])[0], "sessions": _clean(sessions), "listed_limit": INCIDENT_LIMIT}
+
+
 def refusals(conn: sa.Connection, p: Period) -> dict[str, Any]:
     where, params = p.where()
     params |= {"auth": ev.AUTH_FAILED}
@@ -287,6 +321,7 @@ SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "access": access,
     "personal_data": personal_data,
     "flows": flows,
+    "agent_raw_pii": agent_raw_pii,
     "refusals": refusals,
     "incidents": incidents,
     "policies": policies,
@@ -300,8 +335,10 @@ def build_report(
     public_key: Ed25519PublicKey | None = None,
     verify_chain: bool = True,
     progress: Callable[[str], None] | None = None,
+    raw_pii_threshold: int = RAW_PII_THRESHOLD,
 ) -> dict[str, Any]:
-    """All sections as JSON data. ``progress`` gets one line per finished section."""
+    """All sections as JSON data. ``progress`` gets one line per finished section;
+    ``raw_pii_threshold``: sessions whose agent sent at least this many raw values are flagged."""
     report: dict[str, Any] = {
         "period": {
             "from": period.start.isoformat(),
@@ -312,7 +349,7 @@ def build_report(
     }
     for name, fn in SECTIONS.items():
         t = time.perf_counter()
-        report[name] = fn(conn, period)
+        report[name] = fn(conn, period, raw_pii_threshold) if fn is agent_raw_pii else fn(conn, period)
         if progress:
             progress(f"{name} ({time.perf_counter() - t:.2f}s)")
     if verify_chain:

@@ -241,6 +241,7 @@ def html_report(report: dict[str, Any], *, generated: datetime | None = None) ->
         )
         + "</section>"
     )
+    parts.append(_agent_raw_pii_html(report.get("agent_raw_pii")))
     ref = report["refusals"]
     parts.append(
         "<section id='refusals'><h2>Refusals</h2><p class='lead'>Calls and flows the policy denied, and requests "
@@ -369,6 +370,42 @@ def html_report(report: dict[str, Any], *, generated: datetime | None = None) ->
     return "".join(parts)
 
 
+def _agent_raw_pii_html(raw: dict[str, Any] | None) -> str:
+    """Sessions whose agent sent raw PII (it only ever sees tokens: these are its own guesses or
+    typed values), most first; those at or over the threshold flagged as possible probing."""
+    if raw is None:
+        return ""
+    flagged = raw["flagged_sessions"]
+    badge = (
+        f"<span class='badge bad'>{flagged} session(s) flagged: {raw['threshold']}+ raw values</span>"
+        if flagged
+        else f"<span class='badge ok'>no session at {raw['threshold']}+ raw values</span>"
+    )
+    rows = [{**r, "flagged": "PROBING?" if r["flagged"] else ""} for r in raw["sessions"]]
+    return (
+        "<section id='agent-raw-pii'><h2>Raw personal data sent by the agent</h2><p class='lead'>The agent only "
+        "sees tokens, so a raw value in its arguments is its own: a guess or a typed value. Many of them in one "
+        "session can be probing an upstream that echoes what it is sent (an existence oracle no gateway can "
+        "close; see docs/threat-model.md). Counts by entity type only, never values.</p>"
+        + badge
+        + table(
+            rows,
+            [
+                ("flagged", "Flag", "s"),
+                ("session_id", "Session", "m"),
+                ("principal", "Principal", "s"),
+                ("raw_values", "Raw values", "n"),
+                ("entity_types", "Entity types", "m"),
+                ("calls", "Calls", "n"),
+                ("first", "First", "t"),
+                ("last", "Last", "t"),
+            ],
+            "The agent sent no raw personal data in this period.",
+        )
+        + "</section>"
+    )
+
+
 def _integrity_html(integrity: dict[str, Any]) -> str:
     if integrity.get("verified") is None:
         body = "<p class='empty'>" + escape("; ".join(integrity.get("notes", []))) + "</p>"
@@ -449,6 +486,11 @@ def csv_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, Any]]:
         for name, rows in report[section].items():
             if isinstance(rows, list):
                 emit(section, name, rows)
+    raw = report.get("agent_raw_pii")
+    if raw is not None:
+        for metric in ("threshold", "sessions", "flagged_sessions", "raw_values"):
+            out.append(("agent_raw_pii", "totals", "", metric, raw[metric]))
+        emit("agent_raw_pii", "sessions", [{**r, "flagged": int(r["flagged"])} for r in raw["sessions"]])
     for name in ("in_force_at_start", "loaded", "rejected"):
         for row in report["policies"][name]:
             out.append(("policies", name, _key(row, set()), "count", 1))

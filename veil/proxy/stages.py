@@ -20,6 +20,7 @@ from veil.audit import digest_args
 from veil.audit import events as ev
 from veil.errors import AccessDenied, AuthError, FlowDenied, InvalidArguments
 from veil.proxy.flow import Flow
+from veil.proxy.pipeline import SANDBOX
 
 if TYPE_CHECKING:
     from veil.proxy.runner import Runner
@@ -124,6 +125,14 @@ class Untokenise:
         tool = flow.handler.destination(flow)
         policy = runner.gw.policy
         rules: dict[str, str] = {}
+        # The agent only ever sees tokens, so a raw value in what it sends is its own (a guess,
+        # typed PII): probing an echoing upstream is an equality oracle no gateway can close.
+        # Counted by type on the audit row (never values; detection only, no vault writes, no
+        # links to the scope's tokens) so reports can show probing sessions. Visibility, not a
+        # block: the call goes on as the policy says. docs/threat-model.md, "Residual risks".
+        raw = await runner.gw.pipeline.tokenize_value(flow.session, value, "agent", mode=SANDBOX)
+        if raw.entities:
+            flow.detail["agent_raw_pii"] = dict(sorted(raw.entities.items()))
 
         def decide(ref: Any, path: str) -> None:
             d = policy.decide_flow(flow.principal, ref, upstream, tool, path)
