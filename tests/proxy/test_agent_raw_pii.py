@@ -133,3 +133,33 @@ async def test_probing_session_is_counted_audited_and_flagged(make_config, datab
     pdf = tmp_path / "r.pdf"
     report(database_url, pdf)
     assert pdf.read_bytes().startswith(b"%PDF")
+
+
+async def test_probing_from_sandbox_code_is_counted_on_each_call(make_config) -> None:
+    """The efficient probe: one execute_code looping over the guesses. Each call the code makes is
+    a tool.call flow (via=code) and carries its own count; the code itself is not scanned."""
+    code = (
+        "from servers import crm\n"
+        f"guesses = {GUESSES!r}\n"
+        "for g in guesses:\n"
+        "    try:\n"
+        "        crm.get_customer(customer_id=g)\n"
+        "    except Exception:\n"
+        "        pass\n"
+        "print(len(guesses))"
+    )
+    async with serving(make_config(expose="both")) as (gateway, url):
+        start = mark(gateway)
+        async with Client(url, mode="legacy", read_timeout_seconds=120) as agent:
+            got = await agent.call_tool("execute_code", {"code": code})
+            assert not got.is_error, got
+        rows = session_rows(gateway, start)
+    calls = [r for r in rows if r.kind == "tool.call"]
+    assert len(calls) == len(GUESSES) and all(r.detail.get("via") == "code" for r in calls)
+    counts: dict[str, int] = {}
+    for r in calls:
+        for entity_type, n in r.detail.get("agent_raw_pii", {}).items():
+            counts[entity_type] = counts.get(entity_type, 0) + n
+    assert counts == {"PHONE_NUMBER": len(PHONES), "EMAIL_ADDRESS": len(EMAILS)}
+    assert all("agent_raw_pii" not in r.detail for r in rows if r.kind == "code.execute")
+    assert leaked("\n".join(r.whole for r in rows)) == []

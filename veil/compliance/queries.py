@@ -192,7 +192,7 @@ def agent_raw_pii(conn: sa.Connection, p: Period, threshold: int = RAW_PII_THRES
     )
     totals = _rows(
         conn,
-        f"""SELECT count(*) AS sessions, count(*) FILTER (WHERE raw_values >= :threshold) AS flagged_sessions,
+        f"""SELECT count(*) AS session_count, count(*) FILTER (WHERE raw_values >= :threshold) AS flagged_sessions,
                    coalesce(sum(raw_values), 0) AS raw_values
             FROM ({per_session}) s""",
         params,

@@ -488,7 +488,7 @@ def csv_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, Any]]:
                 emit(section, name, rows)
     raw = report.get("agent_raw_pii")
     if raw is not None:
-        for metric in ("threshold", "sessions", "flagged_sessions", "raw_values"):
+        for metric in ("threshold", "session_count", "flagged_sessions", "raw_values"):
             out.append(("agent_raw_pii", "totals", "", metric, raw[metric]))
         emit("agent_raw_pii", "sessions", [{**r, "flagged": int(r["flagged"])} for r in raw["sessions"]])
     for name in ("in_force_at_start", "loaded", "rejected"):
