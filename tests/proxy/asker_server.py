@@ -68,6 +68,14 @@ async def chatty(ctx: Context) -> str:
     return "done"
 
 
+@mcp.tool()
+async def roots(ctx: Context) -> str:
+    """Asks the agent for its roots; records what arrives."""
+    listed = await ctx.session.list_roots()
+    record("roots", " ".join(str(r.uri) for r in listed.roots))
+    return "noted"
+
+
 _background: set[Any] = set()
 
 

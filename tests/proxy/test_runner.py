@@ -295,6 +295,10 @@ class Agent:
     async def on_log(self, params: types.LoggingMessageNotificationParams) -> None:
         self.logs.append(params)
 
+    async def on_roots(self, context: Any) -> types.ListRootsResult:
+        token = next(TOKEN_RE.search(s).group(0) for s in self.seen if TOKEN_RE.search(s))
+        return types.ListRootsResult(roots=[types.Root(uri=f"file:///mail/{token}", name="mail")])
+
 
 @pytest.mark.req("relay:answers-untokenised")
 async def test_sampling_and_elicitation_answers_are_untokenised_for_the_asking_upstream(
@@ -311,9 +315,11 @@ async def test_sampling_and_elicitation_answers_are_untokenised_for_the_asking_u
             sampling_callback=agent.on_sampling,
             elicitation_callback=agent.on_elicitation,
             logging_callback=agent.on_log,
+            list_roots_callback=agent.on_roots,
         ) as client:
             assert not (await client.call_tool("asker__summarise", {"topic": "renewal"})).is_error
             assert not (await client.call_tool("asker__confirm", {"topic": "renewal"})).is_error
+            assert not (await client.call_tool("asker__roots", {})).is_error
             await client.call_tool("asker__chatty", {})
         relays = [r for r in rows(gateway, start, kind="notification.relay")]
     # The agent saw only tokens, the schema default included ...
@@ -321,12 +327,14 @@ async def test_sampling_and_elicitation_answers_are_untokenised_for_the_asking_u
     assert all(TOKEN_RE.search(s) for s in agent.seen)
     # ... and the asking upstream got the real value back, never a token.
     asked = [json.loads(line) for line in (tmp_path / "asked.jsonl").read_text().splitlines()]
-    assert {a["kind"] for a in asked} == {"sampling", "elicitation"}
+    assert {a["kind"] for a in asked} == {"sampling", "elicitation", "roots"}
     for answer in asked:
         assert ADDRESS in answer["value"] and not TOKEN_RE.search(answer["value"]), answer
     # Each answer is audited as an outbound value to the asking upstream.
-    answered = [r for r in relays if r.detail.get("method") in ("sampling/createMessage", "elicitation/create")]
-    assert len(answered) == 2 and all(r.outcome == "ok" for r in answered)
+    answered = [
+        r for r in relays if r.detail.get("method") in ("sampling/createMessage", "elicitation/create", "roots/list")
+    ]
+    assert len(answered) == 3 and all(r.outcome == "ok" for r in answered)
     for r in answered:
         assert r.untokenised and all(u["destination"].startswith("asker__") for u in r.untokenised)
     if mode == "legacy":

@@ -610,7 +610,8 @@ class AskAgent(UpstreamMessage):
         self.result_type = result_type
 
     async def shape(self, runner: Runner, flow: Flow) -> None:
-        flow.result = await _tokenise(runner, flow, flow.params, flow.target.upstream or "")
+        if flow.params is not None:  # roots/list has no params
+            flow.result = await _tokenise(runner, flow, flow.params, flow.target.upstream or "")
 
     async def exchange(self, runner: Runner, flow: Flow) -> None:
         assert flow.session is not None
@@ -654,4 +655,6 @@ HANDLERS: dict[str, Handler] = {
     "notifications/*": Notification(),
     "sampling/createMessage": AskAgent("sampling/createMessage", types.CreateMessageRequest, types.CreateMessageResult),
     "elicitation/create": AskAgent("elicitation/create", types.ElicitRequest, types.ElicitResult),
+    # The agent's roots (file URIs, possibly naming people) are outbound values to the asking upstream.
+    "roots/list": AskAgent("roots/list", types.ListRootsRequest, types.ListRootsResult),
 }

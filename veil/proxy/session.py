@@ -365,6 +365,10 @@ class _Relay:
         flow = await self._run(upstream, "elicitation/create", params)
         return await flow.handler.answer(flow)
 
+    async def on_roots(self, upstream: str) -> types.ListRootsResult | types.ErrorData:
+        flow = await self._run(upstream, "roots/list", None)
+        return await flow.handler.answer(flow)
+
 
 def _relay_list_changed(cls: Any) -> Any:
     return lambda _notification: cls()
