@@ -23,6 +23,8 @@ Foreign exceptions are translated where they enter (``raise X(...) from exc``).
 
 from __future__ import annotations
 
+from typing import Any
+
 # JSON-RPC reserved codes and Veil's own application codes (-32000..-32099 are for servers).
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
@@ -33,9 +35,10 @@ class VeilError(Exception):
 
     code: int = INTERNAL_ERROR
 
-    def __init__(self, message: str, *, code: int | None = None) -> None:
+    def __init__(self, message: str, *, code: int | None = None, data: Any = None) -> None:
         super().__init__(message)
         self.message = message
+        self.data = data  # JSON-RPC error data for the agent (an upstream's, tokenised); None: none
         if code is not None:
             self.code = code
 

@@ -68,6 +68,8 @@ TOOLS = [
     ),
     _tool("test_elicitation_sep1034_defaults", "Elicitation with defaults for every primitive type."),
     _tool("test_elicitation_sep1330_enums", "Elicitation with every enum variant."),
+    # Not a scenario's: Veil's tests use it to see the client's roots reach an upstream.
+    _tool("list_client_roots", "Asks the client for its roots and lists their URIs."),
 ]
 
 
@@ -192,6 +194,9 @@ async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.Call
         return types.CallToolResult(
             content=[_text(f"Elicitation completed: action={answer.action}, content={json.dumps(answer.content)}")]
         )
+    if name == "list_client_roots":
+        roots = await ctx.session.list_roots()
+        return types.CallToolResult(content=[_text(" ".join(str(root.uri) for root in roots.roots))])
     return types.CallToolResult(is_error=True, content=[_text(f"unknown tool {name}")])
 
 

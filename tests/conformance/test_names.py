@@ -177,3 +177,18 @@ async def test_upstream_instructions_reach_the_agent_namespaced_and_tokenised(co
     assert "jane.roe@example.com" not in text and "Jane Roe" not in text
     assert "[EMAIL_ADDRESS_" in text and "[PERSON_" in text
     assert "## two" not in text and "## gone" not in text  # no instructions; unreachable at start
+
+
+@pytest.mark.anyio
+@pytest.mark.req("protocol:error-codes")
+async def test_upstream_error_code_and_data_reach_the_agent_tokenised(config) -> None:
+    cfg = config(one=upstream("one", ["needs_consent"], prefix=""))
+    async with serving(cfg) as (_gateway, url), Client(url, mode="legacy") as agent:
+        with pytest.raises(MCPError) as err:
+            await agent.call_tool("needs_consent", {})
+    assert err.value.code == -32042  # URL elicitation required: kept, not rewritten to Veil's -32008
+    shown = f"{err.value.message} {err.value.data}"
+    assert "jane.roe@example.com" not in shown and "Jane Roe" not in shown
+    (elicitation,) = err.value.data["elicitations"]
+    assert elicitation["mode"] == "url" and elicitation["elicitationId"] == "consent-1"
+    assert elicitation["url"].startswith("https://consent.example/connect?email=[EMAIL_ADDRESS_")

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
+from mcp.server.lowlevel.server import NotificationOptions
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ValidationError
 
@@ -52,7 +53,19 @@ EXECUTE_CODE = types.Tool(
 
 
 def _error(exc: VeilError) -> MCPError:
-    return MCPError(exc.code, exc.message)
+    return MCPError(exc.code, exc.message, exc.data)
+
+
+class _Server(Server[Any]):
+    """Veil relays upstreams' list-changed notifications on every transport, so its capabilities
+    say ``listChanged: true`` by default (the SDK's HTTP runner asks with no options, i.e. false)."""
+
+    def create_initialization_options(self, notification_options: Any = None, *args: Any, **kwargs: Any) -> Any:
+        return super().create_initialization_options(notification_options or NOTIFICATIONS, *args, **kwargs)
+
+
+# What Veil announces: it relays list changes of tools, prompts and resources from its upstreams.
+NOTIFICATIONS = NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True)
 
 
 class Binding(Protocol):
@@ -90,7 +103,7 @@ class Front:
     def __init__(self, gateway: Gateway, binding: Binding) -> None:
         self.gw = gateway
         self.binding = binding
-        self.server: Server[Any] = Server(
+        self.server: Server[Any] = _Server(
             "veil",
             version=veil.__version__,
             instructions=gateway.instructions,  # Veil's and each upstream's (veil.proxy.survey)

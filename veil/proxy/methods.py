@@ -75,12 +75,12 @@ async def _tokenise(runner: Runner, flow: Flow, model: Any, source: str) -> Any:
 
 
 async def upstream_failed(runner: Runner, flow: Flow, exc: MCPError, upstream: str, what: str) -> VeilError:
-    """An upstream's protocol error: its message may quote data, so the agent gets it tokenised
-    and the audit row only its code."""
+    """An upstream's protocol error: the agent gets its code (-32042, URL elicitation required,
+    included) and its message and data tokenised (they may quote data); the audit row only its code."""
     assert flow.session is not None
-    text = await runner.gw.pipeline.tokenize_text(flow.session, exc.message, upstream)
+    tokenised = await runner.gw.pipeline.tokenize_value(flow.session, {"m": exc.message, "d": exc.data}, upstream)
     flow.detail["upstream_code"] = exc.code
-    return UpstreamError(f"{what} failed: {text}")
+    return UpstreamError(f"{what} failed: {tokenised.value['m']}", code=exc.code, data=tokenised.value["d"])
 
 
 async def _request(runner: Runner, flow: Flow, upstream: str, what: str, call: Any) -> Any:
@@ -518,12 +518,13 @@ class Complete(Handler):
         if isinstance(ref, types.PromptReference):
             ref = types.PromptReference(type="ref/prompt", name=flow.target.name or "")
         values = flow.outbound
+        ((name, value),) = values["argument"].items()  # the client API takes {"name", "value"}
         flow.inbound = await _request(
             runner,
             flow,
             flow.target.upstream or "",
             self.method,
-            lambda c: c.complete(ref, values["argument"], values["context"] or None),
+            lambda c: c.complete(ref, {"name": name, "value": value}, values["context"] or None),
         )
 
     async def shape(self, runner: Runner, flow: Flow) -> None:
