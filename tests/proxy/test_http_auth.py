@@ -79,7 +79,12 @@ def upstream_processes() -> list[str]:
     """Command lines of demo upstream subprocesses of this test process."""
     import psutil
 
-    lines = [" ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)]
+    lines = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            lines.append(" ".join(p.cmdline()))
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):  # exited between listing and reading
+            continue
     return [line for line in lines if "_server.py" in line]
 
 
