@@ -36,3 +36,4 @@ test: $(STAMP) system-deps
 lint: $(STAMP)
 	$(VENV)/bin/ruff check veil tests migrations examples bench
 	$(VENV)/bin/ruff format --check veil tests migrations examples bench
+	$(VENV)/bin/mypy

@@ -338,7 +338,12 @@ class Detector:
         self.work["analyze_calls"] += 1
         # No tokenisation here: the context enhancer below reads the words before a match itself.
         artifacts = NlpArtifacts(
-            entities=[], tokens=[], tokens_indices=[], lemmas=[], nlp_engine=None, language=self.language
+            entities=[],
+            tokens=[],  # type: ignore[arg-type]  # no spaCy Doc on purpose (see above)
+            tokens_indices=[],
+            lemmas=[],
+            nlp_engine=None,
+            language=self.language,
         )
         results = self.analyzer.analyze(
             text, language=self.language, entities=entities, nlp_artifacts=artifacts, score_threshold=0

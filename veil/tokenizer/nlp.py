@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
 import spacy
 from presidio_analyzer.nlp_engine import SpacyNlpEngine
@@ -74,7 +75,8 @@ def _load_ner_pipeline(configured: str) -> tuple[Language, str]:
     tagger, parser, lemmatizer and shared tok2vec can go; transformer pipelines keep their
     ``transformer`` component, which NER listens to."""
     name = resolve_model(configured)
-    meta = spacy.info(name) if not Path(name).is_dir() else spacy.util.load_meta(Path(name) / "meta.json")
+    info = spacy.info(name) if not Path(name).is_dir() else spacy.util.load_meta(Path(name) / "meta.json")
+    meta: dict[str, Any] = info if isinstance(info, dict) else {}  # spacy.info returns text only if asked
     pipeline = list(meta.get("pipeline", []))
     keep = {"ner", "transformer"} if "transformer" in pipeline else {"ner"}
     exclude = [c for c in pipeline if c not in keep]
@@ -88,7 +90,7 @@ class OfflineSpacyNlpEngine(SpacyNlpEngine):
 
     def __init__(self, nlp: Language, language: str, model_name: str) -> None:
         super().__init__(models=[{"lang_code": language, "model_name": model_name}])
-        self.nlp = {language: nlp}
+        self.nlp = {language: nlp}  # type: ignore[assignment]  # Presidio types it None until load()
 
     def load(self) -> None:  # pragma: no cover - the pipeline is injected at construction
         if not self.nlp:
