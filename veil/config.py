@@ -177,6 +177,10 @@ class LimitsConfig(_Strict):
     upstream_timeout_s: float = 60.0
     # An HTTP agent session with no request for this long ends, and its upstream processes stop.
     session_idle_timeout_s: float = Field(default=300.0, gt=0)
+    # Time budget for tokenising one upstream result; past it the call fails closed (docs/configuration.md).
+    tokenize_budget_s: float = Field(default=10.0, gt=0)
+    # NER worker processes (veil/tokenizer/nerpool.py); None: one per CPU.
+    ner_workers: int | None = Field(default=None, ge=1)
 
 
 class AuditConfig(_Strict):

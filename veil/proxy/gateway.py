@@ -31,7 +31,7 @@ from veil.proxy.pipeline import Pipeline
 from veil.proxy.runner import Runner
 from veil.proxy.session import AgentSession
 from veil.proxy.survey import survey
-from veil.tokenizer import Tokenizer
+from veil.tokenizer import Tokenizer, nerpool
 from veil.tokenizer.keyring import Keyring
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,10 @@ class Gateway:
         self.keyring = Keyring.load(cfg.data_dir, cfg.key_file)
         self.policies = PolicyStore(cfg.policy, on_change=self._policy_changed, on_rejected=self._policy_rejected)
         policy = self.policies.current
+        # NER in worker processes, so one session's large result never stalls another (iso's hunk)
+        pool = await anyio.to_thread.run_sync(nerpool.start, policy.detection.spacy_model, cfg.limits.ner_workers)
+        self._stack.callback(nerpool.stop)
+        await anyio.to_thread.run_sync(pool.wait_ready)
         self.tokenizer = Tokenizer(self.engine, self.keyring, policy.detection, policy.tokens)
 
         self.audit = AuditWriter(

@@ -22,7 +22,7 @@ from mcp.shared.exceptions import MCPError
 
 from veil.audit import digest_args
 from veil.audit import events as ev
-from veil.errors import InvalidArguments, ToolNotFound, UpstreamError, VeilError
+from veil.errors import InvalidArguments, TokenizeBudgetExceeded, ToolNotFound, UpstreamError, VeilError
 from veil.proxy import catalogue as cat
 from veil.proxy.flow import Flow, Target
 from veil.proxy.shaping import from_wire, to_wire, withhold_binary
@@ -67,7 +67,10 @@ class Handler:
 async def _tokenise(runner: Runner, flow: Flow, model: Any, source: str) -> Any:
     """Tokenise an upstream's MCP model in the session's scope; counts go on the flow."""
     assert flow.session is not None
-    tokenised, report = await runner.gw.pipeline.tokenize_model(flow.session, model, source)
+    try:
+        tokenised, report = await runner.gw.pipeline.tokenize_model(flow.session, model, source)
+    except TokenizeBudgetExceeded as exc:  # name the tool (or method); the message names the setting
+        raise TokenizeBudgetExceeded(f"{getattr(flow.params, 'name', None) or flow.method}: {exc.message}") from None
     for k, n in report.entities.items():
         flow.entities[k] = flow.entities.get(k, 0) + n
     flow.tokens.extend(t for t in report.tokens if t not in flow.tokens)

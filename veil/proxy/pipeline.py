@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from veil.proxy.catalogue import gateway_name
 from veil.proxy.flow import Flow, Target
 from veil.proxy.shaping import from_wire, protect, restore, to_wire, withhold_binary
+from veil.tokenizer.tokens import Deadline
 
 if TYPE_CHECKING:
     from veil.proxy.session import AgentSession
@@ -56,12 +57,14 @@ class Pipeline:
 
     def _tokenize(self, value: Any, scope: Any, source: str, mode: str | None) -> Any:
         tokenizer = self.gw.tokenizer
+        # Every value is tokenised within limits.tokenize_budget_s, or fails closed (iso's hunk).
+        deadline = Deadline.after(self.gw.config.limits.tokenize_budget_s, setting="limits.tokenize_budget_s")
         if mode is not None:
             if self._modes is None:
                 self._modes = "mode" in inspect.signature(tokenizer.tokenize).parameters
             if self._modes:
-                return tokenizer.tokenize(value, scope, source, mode=mode)
-        return tokenizer.tokenize(value, scope, source)
+                return tokenizer.tokenize(value, scope, source, mode=mode, deadline=deadline)
+        return tokenizer.tokenize(value, scope, source, deadline=deadline)
 
     async def tokenize_value(self, session: AgentSession, value: Any, source: str, *, mode: str | None = None) -> Any:
         return await self.gw.in_thread(self._tokenize, value, session.scope, source, mode)

@@ -14,8 +14,11 @@ So one ``detect`` call does two batched passes over all strings it is given:
 Long strings are scanned in bounded windows (``_windows``) and reach NER in bounded pieces, so
 no input makes detection super-linear; a ``deadline`` is checked between chunks and NER batches.
 
-spaCy pipelines are not documented as thread-safe, so ``detect`` holds a lock; the gateway's
-worker threads queue here while vault work runs in parallel.
+In the gateway, NER runs in worker processes (``veil/tokenizer/nerpool.py``): spaCy holds the
+GIL for long stretches and cannot be stopped mid-call, so a session's large result must not run it
+in the gateway's threads. Elsewhere (unit tests, policy tooling) it runs here, under a lock, since
+spaCy pipelines are not documented as thread-safe. Pattern passes take no lock: sessions detect
+side by side.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from presidio_analyzer.predefined_recognizers import (
 from spacy.lang.en.stop_words import STOP_WORDS
 
 from veil.errors import TokenizeBudgetExceeded
+from veil.tokenizer import nerpool
 from veil.tokenizer.guard import name_parts
 from veil.tokenizer.hints import HINTABLE_TYPES
 from veil.tokenizer.nlp import (
@@ -281,8 +285,7 @@ class Detector:
     def patterns(self, items: list[TextItem], deadline: float | None = None) -> list[list[Span]]:
         """Raw pattern-recognizer spans per item (unresolved, unthresholded), batched."""
         found: list[list[Span]] = [[] for _ in items]
-        with self._locked(deadline):
-            self._patterns(items, found, deadline)
+        self._patterns(items, found, deadline)  # no spaCy here: no pipeline lock, sessions run side by side
         return found
 
     def ner(self, items: list[TextItem], deadline: float | None = None) -> list[list[Span]]:
@@ -290,8 +293,7 @@ class Detector:
         found: list[list[Span]] = [[] for _ in items]
         if not any(it.ner for it in items):
             return found
-        with self._locked(deadline):
-            self._ner(items, found, deadline)
+        self._ner(items, found, deadline)
         return found
 
     @contextmanager
@@ -372,15 +374,28 @@ class Detector:
                 texts.append(it.text[lo:hi])
         _check(deadline)
         self.work["ner_chars"] += sum(len(t) for t in texts)
-        for (i, lo), doc in zip(pieces, self.nlp.pipe(texts, batch_size=64), strict=True):
-            _check(deadline)
-            for ent in doc.ents:
-                entity = NER_LABELS.get(ent.label_)
+        pool = nerpool.active()  # the gateway's worker processes (veil/tokenizer/nerpool.py), if running
+        if pool is not None:
+            ents = pool.run(self.settings.spacy_model, texts, deadline)
+        else:
+            ents = self._ner_here(texts, deadline)
+        for (i, lo), text, doc_ents in zip(pieces, texts, ents, strict=True):
+            for start, end, label in doc_ents:
+                entity = NER_LABELS.get(label)
                 if entity == "DATE_TIME":
-                    entity = _ner_date(ent.text)
+                    entity = _ner_date(text[start:end])
                 if entity is None or entity not in self.detect_entities:
                     continue
-                found[i].append(Span(lo + ent.start_char, lo + ent.end_char, entity, NER_SCORE, ner=True))
+                found[i].append(Span(lo + start, lo + end, entity, NER_SCORE, ner=True))
+
+    def _ner_here(self, texts: list[str], deadline: float | None) -> list[list[tuple[int, int, str]]]:
+        """NER in this process (unit tests, CLI), under the pipeline lock, deadline checked per doc."""
+        out: list[list[tuple[int, int, str]]] = []
+        with self._locked(deadline):
+            for doc in self.nlp.pipe(texts, batch_size=64):
+                _check(deadline)
+                out.append([(e.start_char, e.end_char, e.label_) for e in doc.ents])
+        return out
 
     def resolve(self, text: str, spans: list[Span]) -> list[Span]:
         """Thresholds, wanted types and allow-list applied; spans cut at a line break (except

@@ -1,0 +1,126 @@
+"""NER in worker processes (veil/tokenizer/nerpool.py): same entities as in process, a call past
+its deadline or on a dead worker fails closed and the worker is replaced, and no worker outlives
+its pool or a killed gateway. Real spawned processes with the real spaCy model."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from veil.errors import TokenizeBudgetExceeded
+from veil.tokenizer import nerpool
+from veil.tokenizer.detector import Detector, TextItem
+from veil.tokenizer.nlp import load_ner_pipeline
+from veil.tokenizer.settings import DetectionSettings
+
+MODEL = DetectionSettings().spacy_model
+TEXTS = [
+    "Yesterday Maria Gonzalez met Peter Lindqvist in Chicago to talk about the renewal.",
+    "No names here at all.",
+    "Call Jennifer Okafor on Tuesday; she moved to Denver last spring.",
+]
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[nerpool.NerPool]:
+    p = nerpool.start(MODEL, 1)
+    p.wait_ready()
+    yield p
+    nerpool.stop()
+
+
+def _orphan_gone(pid: int) -> bool:
+    """Whether a process that is not our child has exited (waits up to a minute)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(pid).wait(timeout=60)
+    return not psutil.pid_exists(pid)
+
+
+@pytest.mark.req("tokenize:isolated-cost")
+def test_the_pool_finds_what_the_pipeline_finds_in_process(pool: nerpool.NerPool) -> None:
+    nlp, _ = load_ner_pipeline(MODEL)
+    here = [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in nlp.pipe(TEXTS)]
+    there = pool.run(MODEL, TEXTS, time.monotonic() + 120)
+    assert there == here
+    assert any(label == "PERSON" for _, _, label in there[0])
+
+
+@pytest.mark.req("tokenize:isolated-cost")
+def test_the_detector_sends_ner_to_the_pool_when_one_runs(pool: nerpool.NerPool, detector: Detector) -> None:
+    items = [TextItem(t, ner=True) for t in TEXTS]
+    before = pool.calls
+    spans = detector.ner(items, time.monotonic() + 120)
+    assert pool.calls > before
+    assert any(s.entity_type == "PERSON" and TEXTS[0][s.start : s.end] == "Maria Gonzalez" for s in spans[0])
+
+
+@pytest.mark.req("tokenize:budget-fails-closed")
+def test_a_call_past_its_deadline_fails_closed_and_its_worker_is_replaced(pool: nerpool.NerPool) -> None:
+    pool.wait_ready()
+    (old,) = pool.pids()
+    big = ["Maria Gonzalez met Peter Lindqvist in Chicago. " * 4000] * 4  # seconds of NER
+    with pytest.raises(TokenizeBudgetExceeded) as failed:
+        pool.run(MODEL, big, time.monotonic() + 0.05)
+    assert "Maria" not in failed.value.message and "time budget" in failed.value.message
+    assert not psutil.pid_exists(old)  # killed and reaped before the error was raised
+    pool.wait_ready()
+    assert pool.pids() != [old]
+    assert pool.run(MODEL, TEXTS[:1], time.monotonic() + 120)[0]
+
+
+@pytest.mark.req("tokenize:budget-fails-closed")
+def test_a_worker_that_dies_fails_the_call_closed_and_is_replaced(pool: nerpool.NerPool) -> None:
+    pool.wait_ready()
+    (old,) = pool.pids()
+    os.kill(old, signal.SIGKILL)
+    with pytest.raises(TokenizeBudgetExceeded, match="died"):
+        pool.run(MODEL, TEXTS, time.monotonic() + 120)
+    assert not psutil.pid_exists(old)
+    pool.wait_ready()
+    assert pool.run(MODEL, TEXTS[:1], time.monotonic() + 120)[0]
+
+
+@pytest.mark.req("tokenize:isolated-cost")
+def test_stopping_the_pool_stops_every_worker() -> None:
+    p = nerpool.NerPool(MODEL, 2)
+    p.wait_ready()
+    pids = p.pids()
+    assert len(pids) == 2
+    p.close()
+    assert not any(psutil.pid_exists(pid) for pid in pids)
+    with pytest.raises(TokenizeBudgetExceeded):
+        p.run(MODEL, TEXTS, None)
+
+
+@pytest.mark.req("tokenize:isolated-cost")
+def test_no_worker_outlives_a_killed_gateway_process() -> None:
+    """The owner is SIGKILLed (no clean-up runs): its workers see their pipe close and exit."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from veil.tokenizer import nerpool
+        if __name__ == "__main__":
+            pool = nerpool.start({MODEL!r}, 2)
+            pool.wait_ready()
+            print(" ".join(map(str, pool.pids())), flush=True)
+            sys.stdin.read()
+        """
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        pids = [int(p) for p in owner.stdout.readline().split()]
+        assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
+    finally:
+        owner.kill()
+        owner.wait()
+    assert all(_orphan_gone(pid) for pid in pids)
