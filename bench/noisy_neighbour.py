@@ -13,7 +13,10 @@ Side by side in one run: the victim's latency alone (neighbour idle), then with 
 busy. Reports p50 and p99 of both phases and their ratio, and how each neighbour call ended (a
 result, or a clear error when it ran out of its tokenisation budget).
 
-    .venv/bin/python bench/noisy_neighbour.py [--calls 200] [--note-kb 1024]
+    .venv/bin/python bench/noisy_neighbour.py [--calls 200] [--note-kb 1024] [--budget S] [--tree PATH]
+
+``--tree`` serves another checkout (the baseline before a change) with the same client code, so
+before and after are measured by one script.
 """
 
 from __future__ import annotations
@@ -70,8 +73,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_veil(work: Path, database_url: str | None) -> tuple[subprocess.Popen[str], str]:
-    config = {
+def start_veil(
+    work: Path, database_url: str | None, tree: Path, limits: dict[str, float]
+) -> tuple[subprocess.Popen[str], str]:
+    config: dict = {
         "upstreams": {"crm": {"command": sys.executable, "args": [str(CRM)], "env": {"CRM_RECORDS": "40"}}},
         "data_dir": str(work / "data"),
         "expose": "direct",
@@ -80,9 +85,11 @@ def start_veil(work: Path, database_url: str | None) -> tuple[subprocess.Popen[s
     }
     if database_url:
         config["database_url"] = database_url
+    if limits:  # only when asked: older trees (the baseline) reject fields they do not know
+        config["limits"] = limits
     (work / "veil.yaml").write_text(yaml.safe_dump(config))
     port = free_port()
-    env = {**os.environ, "VEIL_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}
+    env = {**os.environ, "VEIL_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(), "PYTHONPATH": str(tree)}
     log = open(work / "veil.log", "w")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "veil", "serve", "--config", str(work / "veil.yaml"), "--http", f"127.0.0.1:{port}"],
@@ -115,9 +122,9 @@ async def victim_calls(url: str, calls: int) -> list[float]:
     return timings
 
 
-async def main(calls: int, note_kb: int, database_url: str | None) -> None:
+async def main(calls: int, note_kb: int, database_url: str | None, tree: Path, limits: dict[str, float]) -> None:
     work = Path(tempfile.mkdtemp(prefix="veil-bench-neighbour-"))
-    proc, url = start_veil(work, database_url)
+    proc, url = start_veil(work, database_url, tree, limits)
     outcomes: dict[str, int] = {}
     neighbour_ms: list[float] = []
     try:
@@ -148,6 +155,7 @@ async def main(calls: int, note_kb: int, database_url: str | None) -> None:
         proc.terminate()
         proc.wait(timeout=30)
     a50, b50 = statistics.median(alone), statistics.median(busy)
+    print(f"veil from {tree}; limits {limits or 'default'}; load average {os.getloadavg()[0]:.1f}")
     print(f"victim calls per phase: {calls}; neighbour note: {note_kb} KB of pathological text")
     print(f"{'phase':<16}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}")
     print(f"{'alone':<16}{a50:>10.2f}{pct(alone, 99):>10.2f}{max(alone):>10.2f}")
@@ -165,5 +173,9 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--note-kb", type=int, default=1024)
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
+    parser.add_argument("--tree", type=Path, default=ROOT, help="the Veil source tree to serve (e.g. a baseline)")
+    parser.add_argument("--budget", type=float, help="limits.tokenize_budget_s (trees that have it)")
+    parser.add_argument("--ner-workers", type=int, help="limits.ner_workers (trees that have it)")
     args = parser.parse_args()
-    anyio.run(main, args.calls, args.note_kb, args.database_url)
+    limits = {k: v for k, v in {"tokenize_budget_s": args.budget, "ner_workers": args.ner_workers}.items() if v}
+    anyio.run(main, args.calls, args.note_kb, args.database_url, args.tree.resolve(), limits)

@@ -48,6 +48,7 @@ def _serve(conn: Connection, model: str) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the gateway's terminal: the gateway stops us
+    os.dup2(2, 1)  # stdout may be the gateway's stdio MCP channel: nothing of ours may land there
     from veil.tokenizer.nlp import load_ner_pipeline
 
     load_ner_pipeline(model)
