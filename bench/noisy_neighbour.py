@@ -95,6 +95,7 @@ def start_veil(
         [sys.executable, "-m", "veil", "serve", "--config", str(work / "veil.yaml"), "--http", f"127.0.0.1:{port}"],
         env=env,
         stdin=subprocess.DEVNULL,
+        cwd=tree,  # `python -m` puts the working directory first on sys.path
         stdout=subprocess.DEVNULL,
         stderr=log,
         text=True,
