@@ -1,8 +1,8 @@
 """Config and policy YAML are read with limits: an alias bomb, deep nesting or a huge file is
 refused at once, with a message naming the file, before anything expands it.
 
-The CLI cases run ``veil`` as a real subprocess and read that child's own peak memory with
-``os.wait4`` (an alias bomb used to make ``veil policy lint`` grow to 4 GB)."""
+The CLI cases run ``veil`` as a real subprocess and read that child's own peak memory (VmHWM) as
+it exits (an alias bomb used to make ``veil policy lint`` grow to 4 GB)."""
 
 from __future__ import annotations
 
@@ -33,12 +33,29 @@ def alias_bomb(levels: int = 9) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The child reads its own high-water mark (VmHWM) at exit. Not ``os.wait4``'s ru_maxrss: Linux
+# carries the parent's peak across fork and exec into it, so a child of a pytest process that has
+# loaded spaCy "peaks" at the parent's 500 MB whatever it does itself.
+_MEASURED = (
+    "import atexit, os, runpy, sys\n"
+    "def _peak():\n"
+    "    with open('/proc/self/status') as status:\n"
+    "        kib = next(int(line.split()[1]) for line in status if line.startswith('VmHWM:'))\n"
+    "    with open(os.environ['VEIL_TEST_PEAK_FILE'], 'w') as out:\n"
+    "        out.write(str(kib))\n"
+    "atexit.register(_peak)\n"
+    "sys.argv = ['veil', *sys.argv[1:]]\n"
+    "runpy.run_module('veil', run_name='__main__', alter_sys=True)\n"
+)
+
+
 def run_veil(*args: str, cwd: Path) -> tuple[int, str, float]:
-    """Run ``python -m veil ARGS``; return (exit code, stdout+stderr, the child's peak RSS in MB)."""
+    """Run ``veil ARGS`` as a child; return (exit code, stdout+stderr, the child's own peak RSS in MB)."""
+    peak_file = cwd / ".peak-rss-kib"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "veil", *args],
+        [sys.executable, "-c", _MEASURED, *args],
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "VEIL_TEST_PEAK_FILE": str(peak_file)},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -47,16 +64,11 @@ def run_veil(*args: str, cwd: Path) -> tuple[int, str, float]:
     guard = threading.Timer(120, proc.kill)  # a hang guard, not a timing assertion
     guard.start()
     try:
-        assert proc.stdout is not None
-        out = proc.stdout.read()
-        # wait4 (not Popen.wait) to get this one child's own resource usage.
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        out, _ = proc.communicate()
     finally:
         guard.cancel()
-        if proc.stdout is not None:
-            proc.stdout.close()
-    return proc.returncode, out, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+    assert peak_file.exists(), f"the child did not exit normally (exit {proc.returncode}); output: {out[-2000:]}"
+    return proc.returncode, out, int(peak_file.read_text()) / 1024
 
 
 @pytest.mark.req("config:yaml-limits")
