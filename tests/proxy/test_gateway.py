@@ -287,12 +287,16 @@ async def test_ending_the_mcp_session_closes_the_agent_session_and_its_upstreams
         async with Client(url, mode="legacy") as agent:
             await agent.call_tool("crm__ping", {})
             (session,) = gateway.sessions.values()
+        # The transport's teardown runs just after the client's DELETE: the session leaves the
+        # table first, and its close is audited just after. Wait (bounded) for both.
+        closed = 0
         with anyio.fail_after(10):
-            while gateway.sessions:  # the transport's teardown runs just after the client's DELETE
-                await anyio.sleep(0.05)
-        with gateway.engine.connect() as conn:
-            closed = conn.execute(
-                sa.text("SELECT count(*) FROM audit_events WHERE kind = 'session.close' AND session_id = :s"),
-                {"s": session.id},
-            ).scalar()
+            while gateway.sessions or closed == 0 or not session.closed:
+                with gateway.engine.connect() as conn:
+                    closed = conn.execute(
+                        sa.text("SELECT count(*) FROM audit_events WHERE kind = 'session.close' AND session_id = :s"),
+                        {"s": session.id},
+                    ).scalar()
+                if gateway.sessions or closed == 0 or not session.closed:
+                    await anyio.sleep(0.05)
     assert closed == 1 and session.closed
