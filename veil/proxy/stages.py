@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from veil.audit import digest_args
 from veil.audit import events as ev
-from veil.errors import AccessDenied, AuthError, FlowDenied, InvalidArguments
+from veil.errors import AccessDenied, AuthError, FlowDenied, InvalidArguments, TokenizeBudgetExceeded
 from veil.proxy.flow import Flow
 from veil.proxy.pipeline import SANDBOX
 
@@ -130,9 +130,16 @@ class Untokenise:
         # Counted by type on the audit row (never values; detection only, no vault writes, no
         # links to the scope's tokens) so reports can show probing sessions. Visibility, not a
         # block: the call goes on as the policy says. docs/threat-model.md, "Residual risks".
-        raw = await runner.gw.pipeline.tokenize_value(flow.session, value, "agent", mode=SANDBOX)
-        if raw.entities:
-            flow.detail["agent_raw_pii"] = dict(sorted(raw.entities.items()))
+        # A count that runs out of its budget (a huge argument) is marked incomplete on the row
+        # and the call goes on: the agent's own arguments are not upstream data, and refusing a
+        # large write because a visibility count was slow would break honest work.
+        try:
+            raw = await runner.gw.pipeline.tokenize_value(flow.session, value, "agent", mode=SANDBOX)
+        except TokenizeBudgetExceeded:
+            flow.detail["agent_raw_pii_incomplete"] = True
+        else:
+            if raw.entities:
+                flow.detail["agent_raw_pii"] = dict(sorted(raw.entities.items()))
 
         def decide(ref: Any, path: str) -> None:
             d = policy.decide_flow(flow.principal, ref, upstream, tool, path)
