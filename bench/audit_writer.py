@@ -17,10 +17,8 @@ import os
 import statistics
 import sys
 import time
-import uuid
 
-import sqlalchemy as sa
-from sqlalchemy.engine import make_url
+from scratch import scratch_database
 
 from veil import db
 from veil.audit import AuditWriter
@@ -98,15 +96,5 @@ if __name__ == "__main__":
     server = os.environ.get("DATABASE_URL")
     if not server:
         sys.exit("set DATABASE_URL to a PostgreSQL server (a scratch database is created on it)")
-    name = f"veil_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(db.normalise_url(server), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = make_url(db.normalise_url(server)).set(database=name).render_as_string(hide_password=False)
-    try:
-        db.upgrade(url)
+    with scratch_database(server) as url:
         asyncio.run(main(url))
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()

@@ -19,15 +19,13 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import jwt
-import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from sqlalchemy.engine import make_url
+from scratch import scratch_database
 
 from veil import db
 from veil.auth import Authenticator, create_key
@@ -146,20 +144,9 @@ def main() -> int:
     if not server:
         print("set DATABASE_URL to a PostgreSQL server (a scratch database is created there)", file=sys.stderr)
         return 2
-    name = f"veil_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(db.normalise_url(server), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        url = make_url(db.normalise_url(server)).set(database=name).render_as_string(hide_password=False)
-        db.upgrade(url)
-        with tempfile.TemporaryDirectory() as tmp:
-            rows = bench_policy(Path(tmp))
-            auth_rows = bench_auth(url, Path(tmp))
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(server) as url, tempfile.TemporaryDirectory() as tmp:
+        rows = bench_policy(Path(tmp))
+        auth_rows = bench_auth(url, Path(tmp))
     for title, data in (("decide_flow, one token", rows[:3]), ("CEL engines", rows[3:]), ("authenticate", auth_rows)):
         base = data[0][1]
         print(f"\n{title}")

@@ -1,0 +1,30 @@
+"""A scratch database for a benchmark: created on the server ``DATABASE_URL`` names, migrated,
+and dropped afterwards whatever happens, so benchmarks never touch a real Veil database."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from veil import db
+
+
+@contextmanager
+def scratch_database(server: str) -> Iterator[str]:
+    """Yield the URL of a new, migrated database on ``server``; drop it on exit."""
+    name = f"veil_bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(db.normalise_url(server), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        url = make_url(db.normalise_url(server)).set(database=name).render_as_string(hide_password=False)
+        db.upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
