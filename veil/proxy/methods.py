@@ -566,15 +566,16 @@ class UpstreamMessage(Handler):
     async def resolve(self, runner: Runner, flow: Flow) -> None:
         flow.target = Target("none", flow.target.upstream, None, "relay")
 
+    async def shape(self, runner: Runner, flow: Flow) -> None:
+        """Tokenised in the session's scope before the agent can see any of it."""
+        flow.result = await _tokenise(runner, flow, flow.params, flow.target.upstream or "")
+
 
 class LogMessage(UpstreamMessage):
     """notifications/message: relayed on the request in flight, else queued on the session
     until the agent's next request (never silently dropped; a full queue is audited)."""
 
     method = "notifications/message"
-
-    async def shape(self, runner: Runner, flow: Flow) -> None:
-        flow.result = await _tokenise(runner, flow, flow.params, flow.target.upstream or "")
 
     async def exchange(self, runner: Runner, flow: Flow) -> None:
         assert flow.session is not None
@@ -588,9 +589,6 @@ class Notification(UpstreamMessage):
     """List-changed, resource-updated and other notifications: relayed when the agent can take them."""
 
     method = "notifications/*"
-
-    async def shape(self, runner: Runner, flow: Flow) -> None:
-        flow.result = await _tokenise(runner, flow, flow.params, flow.target.upstream or "")
 
     async def exchange(self, runner: Runner, flow: Flow) -> None:
         assert flow.session is not None
