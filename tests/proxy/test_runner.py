@@ -186,7 +186,9 @@ async def test_access_rules_cover_resources_prompts_completion_and_subscriptions
         assert (await agent.list_resources()).resources == []
         assert (await agent.list_resource_templates()).resource_templates == []
         assert (await agent.list_prompts()).prompts == []
+        assert [t.name for t in (await agent.list_tools()).tools] == ["crm__ping"]  # no search_tools either
         refusals = [
+            lambda: agent.call_tool("search_tools", {"query": "customer"}),
             lambda: agent.get_prompt("crm__draft_followup", {"customer_id": "C0001"}),
             lambda: agent.subscribe_resource("crm://summary"),
             lambda: agent.complete(
@@ -199,9 +201,10 @@ async def test_access_rules_cover_resources_prompts_completion_and_subscriptions
                 await refused()
             assert err.value.code == -32005
         denials = [r for r in rows(gateway, start) if r.outcome == "denied"]
-        assert [r.detail["stage"] for r in denials] == ["access"] * 4
+        assert [r.detail["stage"] for r in denials] == ["access"] * 5
+        assert [(r.kind, r.tool) for r in denials if r.kind == "tools.list"] == [("tools.list", "search_tools")]
         assert {r.rule for r in denials} == {"default:deny"}
-        listings = {"resources.list", "prompts.list"}
+        listings = {"resources.list", "prompts.list", "tools.list"}
         assert not [r for r in rows(gateway, start) if r.kind == "call.intent" and r.detail["for"] not in listings]
     calls_log = tmp_path / "crm-calls.jsonl"
     assert not calls_log.exists() or "customer" not in calls_log.read_text()

@@ -172,7 +172,9 @@ class ToolsList(Handler):
         assert flow.session is not None and flow.principal is not None
         entries, problems = flow.inbound
         entries, collisions = cat.visible(entries)
-        tools: list[types.Tool] = [cat.SEARCH_TOOLS]
+        tools: list[types.Tool] = []
+        if runner.decide(flow.principal, Target("veil", "veil", "search_tools")).allowed:
+            tools.append(cat.SEARCH_TOOLS)
         if runner.gw.code_mode() and runner.decide(flow.principal, Target("veil", "veil", "execute_code")).allowed:
             tools.append(EXECUTE_CODE)
         if runner.gw.config.expose in ("direct", "both"):
@@ -186,11 +188,16 @@ class ToolsList(Handler):
 
 
 class SearchTools(Handler):
+    """Veil's ``search_tools``: access to ``veil__search_tools`` itself, then only the tools the
+    principal may call are searched, so a search for a denied tool's name or description finds
+    nothing, exactly as for a tool that does not exist (collision reports included)."""
+
     method = "tools/call"
     kind = ev.TOOLS_LIST
     leaves = True
 
     async def resolve(self, runner: Runner, flow: Flow) -> None:
+        flow.target = Target("veil", "veil", "search_tools", "call")
         args = dict(flow.params.arguments or {})
         query, detail, limit = args.get("query", ""), args.get("detail", "summary"), args.get("limit", 20)
         if not isinstance(query, str) or detail not in ("name", "summary", "full") or not isinstance(limit, int):
@@ -208,12 +215,17 @@ class SearchTools(Handler):
 
         assert flow.principal is not None
         args = dict(flow.params.arguments or {})
-        entries, problems = flow.inbound
-        entries, collisions = cat.visible(entries)
-        problems = {**problems, **collisions}
-        allowed = [
-            e for e in entries if runner.decide(flow.principal, Target("tool", e.upstream, e.tool.name, "call")).allowed
-        ]
+        listed, problems = flow.inbound
+        may = {
+            (e.upstream, e.tool.name)
+            for e in listed
+            if runner.decide(flow.principal, Target("tool", e.upstream, e.tool.name, "call")).allowed
+        }
+        entries, collisions = cat.visible(listed)
+        # A collision report names the upstreams' tools: only for names the principal may call one of.
+        shown = {e.name for e in listed if (e.upstream, e.tool.name) in may}
+        problems = {**problems, **{name: text for name, text in collisions.items() if name in shown}}
+        allowed = [e for e in entries if (e.upstream, e.tool.name) in may]
         found = cat.search(allowed, args.get("query", ""), args.get("detail", "summary"), args.get("limit", 20))
         payload: dict[str, Any] = {"tools": found}
         if problems:
