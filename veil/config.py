@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -302,8 +303,17 @@ def parse_config(raw: Any, source: Path | None = None) -> VeilConfig:
     return config.model_copy(update=updates)
 
 
+# Secrets a container gets from its environment rather than a file (docs/deployment.md): set and
+# non-empty, they replace the file's field.
+ENV_OVERRIDES = {
+    "VEIL_DATABASE_URL": "database_url",
+    "VEIL_MIGRATION_DATABASE_URL": "migration_database_url",
+}
+
+
 def load_config(path: str | Path) -> VeilConfig:
-    """Read a YAML or JSON config file; every failure names the file and what to do."""
+    """Read a YAML or JSON config file; every failure names the file and what to do.
+    ``ENV_OVERRIDES`` (``VEIL_DATABASE_URL``, ``VEIL_MIGRATION_DATABASE_URL``) replace their fields."""
     path = Path(path)
     try:
         text = yamlsafe.read_limited(path).decode("utf-8")
@@ -329,4 +339,7 @@ def load_config(path: str | Path) -> VeilConfig:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{where}: config file is not valid YAML ({problem}).") from None
-    return parse_config(raw or {}, source=path.resolve())
+    raw = raw or {}
+    if isinstance(raw, dict):
+        raw = {**raw, **{field: os.environ[var] for var, field in ENV_OVERRIDES.items() if os.environ.get(var)}}
+    return parse_config(raw, source=path.resolve())
