@@ -76,6 +76,23 @@ async def roots(ctx: Context) -> str:
     return "noted"
 
 
+@mcp.tool()
+async def slow(ctx: Context, hold: float = 0.0) -> str:
+    """Reports progress twice (the first naming the customer), then waits ``hold`` seconds."""
+    await ctx.report_progress(1, 2, f"looking up {ADDRESS}")
+    await ctx.report_progress(2, 2, "found")
+    await asyncio.sleep(hold)
+    return "finished"
+
+
+async def _roots_changed(ctx: Any, params: Any) -> None:
+    record("roots_changed", "")
+
+
+mcp._lowlevel_server.add_notification_handler(  # MCPServer has no public hook for it
+    "notifications/roots/list_changed", types.NotificationParams, _roots_changed
+)
+
 _background: set[Any] = set()
 
 

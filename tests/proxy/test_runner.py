@@ -432,3 +432,71 @@ async def test_a_log_line_between_calls_is_queued_and_delivered_with_the_next_re
                     await anyio.sleep(0.05)
     shown = json.dumps([p.model_dump(mode="json") for p in agent.logs])
     assert "later for" in shown and ADDRESS not in shown and TOKEN_RE.search(shown)
+
+
+@pytest.mark.req("relay:notifications-audited")
+async def test_progress_and_agent_notifications_pass_the_runner_and_are_audited(make_config, tmp_path: Path) -> None:
+    """Upstream progress reaches the agent tokenised, before the result, one audited flow each;
+    the agent's own notifications (initialized, cancelled, roots/list_changed) are audited and
+    roots/list_changed reaches the upstream."""
+    import anyio
+
+    progress: list[tuple[float, float | None, str | None]] = []
+    got_progress = anyio.Event()
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append((done, total, message))
+        got_progress.set()
+
+    async def wait_for(gateway: Any, since: int, method: str, count: int = 1) -> list[Any]:
+        with anyio.fail_after(30):  # notifications are answered 202 before they are handled
+            while len(found := [r for r in rows(gateway, since) if r.detail.get("method") == method]) < count:
+                await anyio.sleep(0.05)
+        return found
+
+    async with serving(asker_config(make_config, tmp_path)) as (gateway, url):
+        start = mark(gateway)
+        async with Client(url, mode="legacy", read_timeout_seconds=60) as client:
+            (initialized,) = await wait_for(gateway, start, "notifications/initialized")
+            assert (initialized.kind, initialized.outcome) == ("notification.agent", "ok")
+
+            before = mark(gateway)
+            done = await client.call_tool("asker__slow", {}, progress_callback=on_progress)
+            assert not done.is_error
+            assert [(p[0], p[1]) for p in progress] == [(1, 2), (2, 2)]  # both before the result
+            shown = json.dumps(progress)
+            assert ADDRESS not in shown and TOKEN_RE.search(shown)
+            relayed = [r for r in rows(gateway, before) if r.detail.get("method") == "notifications/progress"]
+            assert [(r.kind, r.outcome, r.upstream, r.detail["delivery"]) for r in relayed] == [
+                ("notification.relay", "ok", "asker", "delivered")
+            ] * 2
+            (call,) = [r for r in rows(gateway, before) if r.kind == "tool.call"]
+            assert all(r.seq < call.seq for r in relayed)  # relayed before the call's outcome
+
+            # The agent gives up on a call: its cancellation is audited (the SDK cancels upstream).
+            before = mark(gateway)
+            progress.clear()
+            got_progress = anyio.Event()
+            with anyio.move_on_after(30) as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(lambda: client.call_tool("asker__slow", {"hold": 60}, progress_callback=on_progress))
+                    await got_progress.wait()
+                    tg.cancel_scope.cancel()
+            assert not scope.cancelled_caught
+            (cancelled,) = await wait_for(gateway, before, "notifications/cancelled")
+            assert (cancelled.kind, cancelled.outcome) == ("notification.agent", "ok")
+
+            # The agent's roots changed: audited (intent first: it leaves Veil) and told to the upstream.
+            before = mark(gateway)
+            await client.send_roots_list_changed()
+            (changed,) = [
+                r
+                for r in await wait_for(gateway, before, "notifications/roots/list_changed", 2)
+                if r.kind != "call.intent"
+            ]
+            assert (changed.kind, changed.outcome, changed.detail["relayed"]) == ("notification.agent", "ok", ["asker"])
+        with anyio.fail_after(30):
+            while "roots_changed" not in (tmp_path / "asked.jsonl").read_text():
+                await anyio.sleep(0.05)
+        for r in rows(gateway, start):
+            assert ADDRESS not in json.dumps(r.detail) and "message" not in r.detail

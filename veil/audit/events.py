@@ -35,6 +35,7 @@ PROMPT_GET = "prompt.get"
 COMPLETION = "completion.complete"
 SET_LEVEL = "logging.set_level"
 NOTIFICATION = "notification.relay"  # upstream log/progress/sampling/elicitation relayed to the agent
+AGENT_NOTIFICATION = "notification.agent"  # from the agent: initialized, cancelled, progress, roots/list_changed
 CODE_EXECUTE = "code.execute"
 AUTH_FAILED = "auth.failed"
 POLICY_LOAD = "policy.load"

@@ -75,6 +75,11 @@ class Flow:
         return self.event_kind or self.handler.kind
 
     @property
+    def is_request(self) -> bool:
+        """An agent request (it has an id and a response stream), not a notification."""
+        return self.ctx is not None and self.ctx.request_id is not None
+
+    @property
     def refused(self) -> bool:
         return self.error is not None
 

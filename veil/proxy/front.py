@@ -24,7 +24,7 @@ from veil.errors import InvalidArguments, VeilError
 from veil.principal import Principal
 from veil.proxy.flow import Flow
 from veil.proxy.gateway import Gateway
-from veil.proxy.methods import Passthrough
+from veil.proxy.methods import AgentNotification, Passthrough
 from veil.proxy.session import AgentSession
 
 log = logging.getLogger(__name__)
@@ -136,8 +136,11 @@ class AuditEveryRequest:
         self.front = front
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
-        if ctx.request_id is None:  # a notification from the agent (initialized, cancelled, progress)
-            return await call_next(ctx)
+        if ctx.request_id is None:  # a notification from the agent: a flow too, applied in its exchange
+            handler = AgentNotification(ctx.method, call_next, ctx)
+            flow = Flow(ctx.method, "agent", ctx=ctx, binding=self.front.binding, handler=handler)
+            await self.front.gw.runner.run(flow)
+            return None
         if ctx.method in AGENT_METHODS:
             handled = [False]
             token = _HANDLED.set(handled)

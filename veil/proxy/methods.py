@@ -284,15 +284,18 @@ class ToolsCall(Handler):
         return dict(flow.params.arguments or {})
 
     async def exchange(self, runner: Runner, flow: Flow) -> None:
+        assert flow.session is not None
         upstream, tool = flow.target.upstream or "", flow.target.name or ""
-        progress = flow.session.progress_relay(flow) if flow.session is not None else None
-        flow.inbound = await _request(
-            runner,
-            flow,
-            upstream,
-            f"{upstream}__{tool}",
-            lambda c: c.call_tool(tool, flow.outbound, progress_callback=progress),
-        )
+        # The upstream's progress comes back as notifications naming this token, each a flow of its
+        # own through the runner (``Progress``), relayed to this agent request.
+        token = flow.session.open_progress(flow.ctx)
+        meta: Any = {"progressToken": token} if token else None
+        try:
+            flow.inbound = await _request(
+                runner, flow, upstream, f"{upstream}__{tool}", lambda c: c.call_tool(tool, flow.outbound, meta=meta)
+            )
+        finally:
+            await flow.session.close_progress(token)
 
     async def shape(self, runner: Runner, flow: Flow) -> None:
         flow.result = await _tokenise(runner, flow, flow.inbound, flow.target.upstream or "")
@@ -610,6 +613,59 @@ class Notification(UpstreamMessage):
             flow.outcome = ev.ERROR
 
 
+class Progress(UpstreamMessage):
+    """notifications/progress: the upstream's progress on a tool call, relayed (message tokenised)
+    to the agent request that made the call; progress for no call in flight is audited, not sent."""
+
+    method = "notifications/progress"
+
+    async def exchange(self, runner: Runner, flow: Flow) -> None:
+        assert flow.session is not None
+        params = flow.params.params
+        ctx = flow.session.progress_target(params.progress_token)
+        if ctx is None:
+            flow.detail["delivery"] = "no_request"
+            return
+        shown = flow.result.params
+        try:
+            await ctx.session.report_progress(shown.progress, shown.total, shown.message)
+        except Exception as exc:  # the agent went away: the upstream must not notice
+            flow.detail.update(delivery="failed", failure=type(exc).__name__)
+            flow.outcome = ev.ERROR
+            return
+        flow.detail["delivery"] = "delivered"
+
+
+class AgentNotification(Handler):
+    """A notification from the agent (initialized, cancelled, progress, roots/list_changed): the
+    SDK applies it (``call_next``: a cancelled request's task is cancelled, and with it the upstream
+    call, which the SDK's client cancels upstream); roots/list_changed is passed on to every
+    upstream the session has open (their roots are the agent's). One audit row each."""
+
+    kind = ev.AGENT_NOTIFICATION
+
+    def __init__(self, method: str, call_next: Any, ctx: Any) -> None:
+        self.method = method
+        self.leaves = method == "notifications/roots/list_changed"
+        self.binds_session = method != "notifications/initialized"  # before any session exists
+        self._call_next = call_next
+        self._ctx = ctx
+
+    async def exchange(self, runner: Runner, flow: Flow) -> None:
+        await self._call_next(self._ctx)
+        if not self.leaves:
+            return
+        assert flow.session is not None
+        relayed, failed = [], []
+        for upstream in flow.session.open_upstreams():
+            try:
+                await _request(runner, flow, upstream, self.method, lambda c: c.send_roots_list_changed())
+                relayed.append(upstream)
+            except VeilError:
+                failed.append(upstream)
+        flow.detail.update(relayed=relayed, failed=failed)
+
+
 class AskAgent(UpstreamMessage):
     """sampling/createMessage and elicitation/create: the request is tokenised for the agent; the
     agent's answer is an outbound value to the asking upstream, untokenised by flow policy."""
@@ -667,6 +723,7 @@ HANDLERS: dict[str, Handler] = {
     # from upstreams
     "notifications/message": LogMessage(),
     "notifications/*": Notification(),
+    "notifications/progress": Progress(),
     "sampling/createMessage": AskAgent("sampling/createMessage", types.CreateMessageRequest, types.CreateMessageResult),
     "elicitation/create": AskAgent("elicitation/create", types.ElicitRequest, types.ElicitResult),
     # The agent's roots (file URIs, possibly naming people) are outbound values to the asking upstream.

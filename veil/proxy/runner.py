@@ -87,7 +87,7 @@ class Runner:
                 else:
                     await self._step(stage, flow)
         finally:
-            if flow.session is not None and flow.origin == "agent" and flow.ctx is not None:
+            if flow.session is not None and flow.origin == "agent" and flow.is_request:
                 flow.session.leave_request(flow.ctx)
         return flow
 

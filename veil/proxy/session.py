@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 import warnings
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -85,6 +86,7 @@ class AgentSession:
         self._requests: list[FrontChannel] = []  # agent requests in flight, oldest first
         self.front: FrontChannel | None = None  # the last agent request's channel (standing channel)
         self._queued: list[tuple[str, Any]] = []  # log messages that arrived between requests
+        self._progress: dict[str, Any] = {}  # progress token -> the agent request's context
         self.log_level: Any = None
         self.last_used = time.monotonic()
         self.closed = False
@@ -123,21 +125,49 @@ class AgentSession:
         self._requests = [c for c in self._requests if c.request_id != ctx.request_id]
         self.last_used = time.monotonic()
 
-    def progress_relay(self, flow: Any) -> Any:
-        """A progress callback relaying an upstream's progress (message tokenised) to the agent."""
-        ctx = flow.ctx
+    def open_progress(self, ctx: Any) -> str | None:
+        """A progress token for an upstream call made for this agent request (None: no agent
+        request, e.g. a call from execute_code). Veil's own strings, never a JSON-RPC request id."""
         if ctx is None:
             return None
-        source = flow.target.upstream or ""
+        token = f"veil-progress-{uuid.uuid4().hex}"
+        self._progress[token] = _ProgressRoute(ctx)
+        return token
 
-        async def relay(progress: float, total: float | None, message: str | None) -> None:
-            text = await self.gw.pipeline.tokenize_text(self, message, source) if message else None
-            try:
-                await ctx.session.report_progress(progress, total, text)
-            except Exception as exc:  # the agent may not have asked for progress, or went away
-                log.debug("progress not relayed (%s)", type(exc).__name__)
+    async def close_progress(self, token: str | None) -> None:
+        """The call is answered: wait (bounded) for progress already received to be relayed, so
+        the agent gets it before the result, then stop routing the token."""
+        route = self._progress.get(token) if token is not None else None
+        if route is None:
+            return
+        with anyio.move_on_after(PROGRESS_DRAIN_S):
+            while route.relaying:
+                await route.idle.wait()
+        self._progress.pop(token or "", None)
 
-        return relay
+    def progress_target(self, token: Any) -> Any:
+        """The agent request an upstream's progress notification belongs to, or None."""
+        route = self._progress.get(token) if isinstance(token, str) else None
+        return route.ctx if route is not None else None
+
+    @contextlib.asynccontextmanager
+    async def relaying_progress(self, token: Any) -> AsyncIterator[None]:
+        """Held while one progress notification runs through the runner. Counted before any
+        checkpoint, so the call it belongs to is not answered in between (``close_progress``);
+        one at a time, in the order they arrived (the SDK hands each to its own task)."""
+        route = self._progress.get(token) if isinstance(token, str) else None
+        if route is None:
+            yield
+            return
+        route.relaying += 1
+        route.idle = anyio.Event()
+        try:
+            async with route.lock:  # FIFO: a later notification waits behind an earlier one
+                yield
+        finally:
+            route.relaying -= 1
+            if not route.relaying:
+                route.idle.set()
 
     async def deliver_log(self, upstream: str, params: types.LoggingMessageNotificationParams) -> str:
         """Relay a tokenised log message: on the request in flight, else queued for the next one.
@@ -165,7 +195,7 @@ class AgentSession:
                 await self.upstream_tools(upstream, refresh=True)
         relayed = _RELAYED_NOTIFICATIONS.get(method)
         if relayed is None:
-            return "not_relayed"  # progress arrives through the call's callback; cancellations are ours
+            return "not_relayed"  # e.g. an upstream's cancellation (the SDK applies it) or unknown methods
         front = self._requests[-1] if self._requests else self.front
         if front is None:
             return "no_channel"
@@ -296,6 +326,17 @@ class AgentSession:
 
 
 MAX_QUEUED_LOGS = 256
+PROGRESS_DRAIN_S = 5.0  # how long a call's result waits for its progress still being relayed
+
+
+class _ProgressRoute:
+    """Where an upstream call's progress goes: the agent request, and relays in flight."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.relaying = 0
+        self.idle = anyio.Event()
+        self.lock = anyio.Lock()
 
 
 def identity_of(principal: Principal) -> tuple[str | None, str, str, str | None]:
@@ -351,7 +392,9 @@ class _Relay:
         method = getattr(notification, "method", "")
         if method == "notifications/message":
             return  # arrives through on_log
-        await self._run(upstream, method or "notifications/*", notification)
+        token = getattr(getattr(notification, "params", None), "progress_token", None)
+        async with self.session.relaying_progress(token):
+            await self._run(upstream, method or "notifications/*", notification)
 
     async def on_sampling(
         self, upstream: str, params: types.CreateMessageRequestParams

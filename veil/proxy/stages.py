@@ -62,7 +62,7 @@ class BindSession:
         if flow.session is None and flow.handler.binds_session:
             assert flow.principal is not None and flow.binding is not None
             flow.session = await flow.binding.session(flow.ctx, flow.principal)
-        if flow.session is not None and flow.origin == "agent" and flow.ctx is not None:
+        if flow.session is not None and flow.origin == "agent" and flow.is_request:
             await flow.session.enter_request(flow.ctx)
 
 
