@@ -8,10 +8,13 @@ import sys
 import threading
 import uuid
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
 from veil.audit import AuditWriter, digest_args
+from veil.audit import writer as writer_module
+from veil.audit.chain import append_events
 from veil.audit.events import AuditEvent
 from veil.audit.verify import verify
 from veil.errors import AuditUnavailable
@@ -106,6 +109,57 @@ def test_threads_and_two_processes_produce_one_valid_chain(fresh_url: str, fresh
     assert result.ok, result.problem
     assert seqs == list(range(1, 501))
     assert by == {"proc0": 150, "proc1": 150, **{f"thread{n}": 50 for n in range(4)}}
+    assert writer.fast_appends > 0  # the one-statement path was used, and lost no race
+
+
+@pytest.mark.req("audit:chain")
+def test_one_statement_append_yields_to_other_writers(fresh_engine: sa.Engine) -> None:
+    """Another writer (here the CLI path, under the lock) moves the head between two batches: the
+    writer's one-statement append writes nothing, notices, and appends under the lock."""
+    with AuditWriter(fresh_engine) as writer:
+        writer.record_sync(tool_event(1))
+        writer.record_sync(tool_event(2))
+        assert writer.fast_appends == 1  # the first batch learnt the head under the lock
+        with fresh_engine.begin() as conn:
+            append_events(conn, [tool_event(3, principal="cli")])
+        writer._fast_after = 0.0
+        writer.record_sync(tool_event(4))
+        assert writer.head_conflicts == 1
+        writer.record_sync(tool_event(5))
+    with fresh_engine.connect() as conn:
+        result = verify(conn)
+        rows = conn.execute(sa.text("SELECT seq, detail->>'i' FROM audit_events ORDER BY seq")).all()
+    assert result.ok, result.problem
+    assert [(r[0], r[1]) for r in rows] == [(1, "1"), (2, "2"), (3, "3"), (4, "4"), (5, "5")]
+
+
+@pytest.mark.req("audit:durable")
+def test_commit_with_lost_answer_is_not_appended_twice(
+    fresh_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection dies after the database committed but before the writer heard back: the
+    retry under the lock finds the batch's last hash at its seq and does not append it again."""
+    real = writer_module.append_if_head
+    lost: list[int] = []
+
+    def commit_then_lose_the_answer(driver, head, params, out):  # type: ignore[no-untyped-def]
+        inserted = real(driver, head, params, out)
+        if not lost:
+            lost.append(inserted)
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return inserted
+
+    monkeypatch.setattr(writer_module, "append_if_head", commit_then_lose_the_answer)
+    with AuditWriter(fresh_engine) as writer:
+        writer.record_sync(tool_event(1))
+        writer.record_sync(tool_event(2))  # committed, answer lost, must not be written again
+        writer.record_sync(tool_event(3))
+    assert lost == [1]
+    with fresh_engine.connect() as conn:
+        result = verify(conn)
+        rows = conn.execute(sa.text("SELECT detail->>'i' FROM audit_events ORDER BY seq")).scalars().all()
+    assert result.ok, result.problem
+    assert rows == ["1", "2", "3"]
 
 
 @pytest.mark.req("audit:fail-closed")

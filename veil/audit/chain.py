@@ -1,13 +1,17 @@
 """Appending to the hash chain: one transaction, one lock, many events.
 
 Every append (the writer's batches, retention, checkpoints) goes through :func:`append` inside a
-transaction that holds the ``audit_chain_head`` row lock. That lock is what makes concurrent
-writers, in one process or several, produce a single chain: whoever holds it reads the head
-(last seq, last hash, last ts), links its events after it and moves the head, then commits.
+transaction that holds the ``audit_chain_head`` row lock, or (the writer, when it appended last)
+through :func:`append_if_head`: one statement that moves the head only if it is still where the
+writer left it. That row is what makes concurrent writers, in one process or several, produce a
+single chain: whoever holds its lock reads the head (last seq, last hash, last ts), links its
+events after it and moves the head, then commits.
 
-``ts`` (the partition key) is the database's ``clock_timestamp()`` at append time, clamped to be
-no earlier than the head's, so ``seq`` order and ``ts`` order agree and a month partition is
-always a contiguous range of the chain (retention can drop a prefix). The event's own time is
+``ts`` (the partition key) is the database's ``clock_timestamp()`` at append time (on the one-
+statement path: the writer's clock corrected by its offset to the database clock, measured under
+the lock at least once a minute), clamped to be no earlier than the head's, so ``seq`` order and
+``ts`` order agree and a month partition is always a contiguous range of the chain (retention
+can drop a prefix). The event's own time is
 kept in ``occurred_at``.
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import psycopg
@@ -110,32 +115,35 @@ def prepare(event: AuditEvent) -> dict[str, Any]:
     return row
 
 
-def lock_head(conn: sa.Connection) -> tuple[Head, datetime]:
-    """Take the chain lock; returns the head and the database's clock."""
-    r = conn.execute(LOCK_HEAD).one()
-    return Head(r.seq, bytes(r.hash), r.ts), r.now
+_TYPES = {
+    "seq": "bigint",
+    "ts": "timestamptz",
+    "occurred_at": "timestamptz",
+    "id": "uuid",
+    "roles": "text[]",
+    "tokens": "text[]",
+    "entities": "jsonb",
+    "untokenised": "jsonb",
+    "detail": "jsonb",
+    "duration_ms": "float8",
+    "prev_hash": "bytea",
+    "hash": "bytea",
+}
+_ROW = "(" + ", ".join(f"%s::{_TYPES.get(c, 'text')}" for c in COLUMNS) + ")"
 
 
-def append(
-    conn: sa.Connection,
-    rows: list[dict[str, Any]],
-    cache: PartitionCache | None = None,
-    *,
-    clock: datetime | None = None,
-) -> tuple[list[Appended], set[Month]]:
-    """Link ``rows`` (from :func:`prepare`) after the head and insert them, in ``conn``'s transaction.
+@lru_cache(maxsize=64)
+def _append_if_head_sql(n: int) -> bytes:
+    return (
+        "WITH moved AS (UPDATE audit_chain_head SET seq = %s, hash = %s, ts = %s"
+        " WHERE id AND seq = %s AND hash = %s RETURNING 1)"
+        f" INSERT INTO audit_events ({', '.join(COLUMNS)})"
+        f" SELECT * FROM (VALUES {', '.join([_ROW] * n)}) AS v WHERE EXISTS (SELECT FROM moved)"
+    ).encode()
 
-    Returns what was appended and the months whose partition this transaction ensured (to be
-    added to ``cache`` once the transaction has committed). ``clock`` replaces the database
-    clock when importing history (tests, benchmarks); ``ts`` still never goes backwards.
-    """
-    head, now = lock_head(conn)
-    ts = max(clock or now, head.ts)
-    month = Month.of(ts)
-    ensured: set[Month] = set()
-    if cache is None or not cache.known(month):
-        ensure_partition(conn, month)
-        ensured.add(month)
+
+def link(head: Head, ts: datetime, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Appended]]:
+    """Chain ``rows`` after ``head`` at ``ts``: the parameters to store and what they append."""
     prev, seq = head.hash, head.seq
     params, out = [], []
     for row in rows:
@@ -154,9 +162,64 @@ def append(
         )
         out.append(Appended(seq, digest, ts))
         prev = digest
+    return params, out
+
+
+def append_if_head(
+    driver: psycopg.Connection[Any], head: Head, params: list[dict[str, Any]], out: list[Appended]
+) -> int:
+    """Append rows linked after ``head`` by :func:`link` in ONE statement (one round trip, and
+    its own transaction when ``driver`` is in autocommit), provided the chain head is still
+    ``head``: the statement moves the head only where it still holds ``head``'s seq and hash, and
+    inserts only if it moved it.
+
+    Returns how many rows it inserted: all of them, or 0 when another writer moved the head first
+    (nothing was written; take the lock and :func:`append`). Concurrent writers serialise on the
+    head row exactly as with :func:`lock_head`: an UPDATE that waited for another writer's commit
+    re-reads the row, finds the seq moved and writes nothing. The caller makes sure that ``ts``
+    is no earlier than ``head.ts`` and that its month's partition exists.
+    """
+    last = out[-1]
+    args: list[Any] = [last.seq, last.hash, last.ts, head.seq, head.hash]
+    for p in params:
+        args.extend(p[c] for c in COLUMNS)
+    cur = driver.execute(_append_if_head_sql(len(params)), args)
+    return cur.rowcount
+
+
+def lock_head(conn: sa.Connection) -> tuple[Head, datetime]:
+    """Take the chain lock; returns the head and the database's clock."""
+    r = conn.execute(LOCK_HEAD).one()
+    return Head(r.seq, bytes(r.hash), r.ts), r.now
+
+
+def append(
+    conn: sa.Connection,
+    rows: list[dict[str, Any]],
+    cache: PartitionCache | None = None,
+    *,
+    clock: datetime | None = None,
+    locked: tuple[Head, datetime] | None = None,
+) -> tuple[list[Appended], set[Month]]:
+    """Link ``rows`` (from :func:`prepare`) after the head and insert them, in ``conn``'s transaction.
+
+    Returns what was appended and the months whose partition this transaction ensured (to be
+    added to ``cache`` once the transaction has committed). ``clock`` replaces the database
+    clock when importing history (tests, benchmarks); ``ts`` still never goes backwards.
+    ``locked`` is what :func:`lock_head` returned when the caller took the lock already in
+    this transaction.
+    """
+    head, now = locked or lock_head(conn)
+    ts = max(clock or now, head.ts)
+    month = Month.of(ts)
+    ensured: set[Month] = set()
+    if cache is None or not cache.known(month):
+        ensure_partition(conn, month)
+        ensured.add(month)
+    params, out = link(head, ts, rows)
     if params:
         _insert(conn, params)
-        conn.execute(MOVE_HEAD, {"seq": seq, "hash": prev, "ts": ts})
+        conn.execute(MOVE_HEAD, {"seq": out[-1].seq, "hash": out[-1].hash, "ts": ts})
     return out, ensured
 
 

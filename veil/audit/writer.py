@@ -20,21 +20,24 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from veil.audit.aggregate import AuthFailures
 from veil.audit.canonical import EncodingError
-from veil.audit.chain import Appended, append, prepare
+from veil.audit.chain import Appended, Head, append, append_if_head, link, lock_head, prepare
 from veil.audit.checkpoints import make_checkpoint
 from veil.audit.events import AuditEvent
 from veil.audit.partitions import Month, PartitionCache, ensure_partition
@@ -43,6 +46,8 @@ from veil.errors import AuditUnavailable
 log = logging.getLogger(__name__)
 
 _STOP = object()
+_CLOCK_CHECK_S = 60.0  # the one-statement path re-reads the database clock (under the lock) this often
+_CONFLICT_BACKOFF_S = 1.0  # after another writer moved the head, append under the lock for this long
 
 
 @dataclass
@@ -60,6 +65,11 @@ def _reason(exc: BaseException) -> str:
             first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
             return f"{type(exc.orig).__name__}: {first}"
         return f"{type(exc.orig).__name__} (SQLSTATE {sqlstate})"
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):  # the writer's own connection
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return f"{type(exc).__name__}: {first}"
+    if isinstance(exc, psycopg.Error):
+        return f"{type(exc).__name__} (SQLSTATE {exc.sqlstate})"
     return type(exc).__name__
 
 
@@ -98,6 +108,16 @@ class AuditWriter:
         self._last_batch = 0
         self.batches = 0  # committed batches, for benchmarks and tests
         self.events = 0
+        self.fast_appends = 0  # batches appended in one statement (append_if_head)
+        self.head_conflicts = 0  # one-statement appends that found the head moved by another writer
+        self.fast_append = True  # False: always append under the lock (tests compare both paths)
+        # The writer thread's own state for the one-statement path.
+        self._head: Head | None = None  # the head this writer left, while it is the last to append
+        self._raw: Any = None  # its own connection (detached from the pool), autocommit
+        self._clock_offset = timedelta(0)  # database clock minus ours, measured under the lock
+        self._slow_at = 0.0  # when that was (monotonic)
+        self._fast_after = 0.0  # no one-statement append before this (monotonic), after a conflict
+        self._fast_attempt: list[Appended] | None = None
         # Refused logins go through here, not record(): one row per source, reason and minute.
         self.auth_failures = AuthFailures(self)
 
@@ -249,24 +269,51 @@ class AuditWriter:
             self._last_batch = len(batch)
             if batch:
                 self._write(batch)
+        self._drop_direct()
         self._fail_pending(AuditUnavailable("the audit writer was closed before the event was written"))
 
     def _write(self, batch: list[_Item]) -> None:
-        for attempt in (1, 2):
+        rows = [item.row for item in batch]
+        appended: list[Appended] | None = None
+        unsure: list[Appended] | None = None  # what an attempt that may have committed appended
+        ensured: set[Month] = set()
+        if self._fast_ready():
             try:
-                with self.engine.begin() as conn:
-                    appended, ensured = append(conn, [item.row for item in batch], self._partitions)
-            except sa.exc.DBAPIError as exc:
-                if attempt == 1 and exc.connection_invalidated:
-                    continue  # a stale pooled connection: one fresh try
-                self._fail(batch, exc)
-                return
+                appended = self._append_fast(rows)
             except Exception as exc:
-                self._fail(batch, exc)
-                return
-            break
+                # A lost connection leaves the commit unknown; any other error rolled it back.
+                unsure = self._fast_attempt if isinstance(exc, psycopg.OperationalError) else None
+                log.warning("audit one-statement append failed (%s); retrying under the chain lock", _reason(exc))
+                self._drop_direct()
+        if appended is None:
+            for attempt in (1, 2):
+                try:
+                    with self.engine.begin() as conn:
+                        head, now = lock_head(conn)
+                        self._clock_offset = now - datetime.now(UTC)
+                        if unsure is not None and self._committed(conn, unsure):
+                            appended = unsure  # the earlier attempt did commit: never append twice
+                        else:
+                            unsure = None
+                            appended, ensured = append(conn, rows, self._partitions, locked=(head, now))
+                            unsure = appended  # from here on a failure may be after the commit
+                except sa.exc.DBAPIError as exc:
+                    self._head = None
+                    if attempt == 1 and exc.connection_invalidated:
+                        continue  # a stale pooled connection: one fresh try
+                    self._fail(batch, exc)
+                    return
+                except Exception as exc:
+                    self._head = None
+                    self._fail(batch, exc)
+                    return
+                break
+            assert appended is not None
+            self._slow_at = time.monotonic()
+        last = appended[-1]
+        self._head = Head(last.seq, last.hash, last.ts)
         self._partitions.add(ensured)
-        upcoming = Month.of(appended[-1].ts).next()
+        upcoming = Month.of(last.ts).next()
         if not self._partitions.known(upcoming):
             self._ensure_ahead(upcoming)
         self.batches += 1
@@ -275,6 +322,69 @@ class AuditWriter:
             item.future.set_result(done)
         self._since_checkpoint += len(batch)
         self._maybe_checkpoint()
+
+    # -- the one-round-trip append ---------------------------------------------------------
+
+    def _fast_ready(self) -> bool:
+        """Use :func:`append_if_head` when this writer knows the head (it wrote last), the clock
+        offset to the database is fresh, and no other writer moved the head lately."""
+        if self._head is None or not self.fast_append:
+            return False
+        return time.monotonic() - self._slow_at < _CLOCK_CHECK_S and time.monotonic() >= self._fast_after
+
+    def _append_fast(self, rows: list[dict[str, Any]]) -> list[Appended] | None:
+        """One statement, one round trip, its own commit; None when it must go under the lock."""
+        head = self._head
+        assert head is not None
+        ts = max(datetime.now(UTC) + self._clock_offset, head.ts)  # the database's clock, estimated
+        if not self._partitions.known(Month.of(ts)):
+            return None
+        params, out = link(head, ts, rows)
+        self._fast_attempt = out
+        inserted = append_if_head(self._direct(), head, params, out)
+        if inserted == len(rows):
+            self.fast_appends += 1
+            return out
+        if inserted:  # pragma: no cover - the statement inserts all rows or none
+            raise AuditUnavailable(f"audit append inserted {inserted} of {len(rows)} rows")
+        # Another writer (process, retention, checkpoint) moved the head: nothing was written.
+        self.head_conflicts += 1
+        self._head = None
+        self._fast_after = time.monotonic() + _CONFLICT_BACKOFF_S
+        return None
+
+    def _direct(self) -> psycopg.Connection[Any]:
+        """The writer's own connection (taken from the engine, so its connect settings apply), in
+        autocommit: each fast append is one statement and one transaction."""
+        if self._raw is None:
+            raw = self.engine.raw_connection()
+            raw.detach()  # not returned to the pool: the writer thread owns it
+            driver = raw.dbapi_connection
+            if not isinstance(driver, psycopg.Connection):  # pragma: no cover - Veil ships psycopg 3
+                raw.close()
+                raise TypeError("the one-statement audit append needs the psycopg driver")
+            if driver.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                driver.rollback()
+            driver.autocommit = True
+            self._raw = (raw, driver)
+        return self._raw[1]
+
+    def _drop_direct(self) -> None:
+        self._head = None
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            with contextlib.suppress(Exception):  # already broken
+                raw[1].close()
+
+    @staticmethod
+    def _committed(conn: sa.Connection, appended: list[Appended]) -> bool:
+        """Did an append whose commit went unanswered (connection lost) commit after all? Its last
+        row's hash covers every event of the batch, so finding it at its seq proves it."""
+        last = appended[-1]
+        found = conn.execute(
+            sa.text("SELECT hash FROM audit_events WHERE seq = :seq AND ts = :ts"), {"seq": last.seq, "ts": last.ts}
+        ).scalar()
+        return found is not None and bytes(found) == last.hash
 
     def _fail(self, batch: list[_Item], exc: BaseException) -> None:
         log.error("audit batch of %d event(s) not written: %s", len(batch), _reason(exc))
@@ -302,6 +412,7 @@ class AuditWriter:
         )
         if not due:
             return
+        self._head = None  # the checkpoint event moves the head: the next batch goes under the lock
         try:
             with self.engine.begin() as conn:
                 make_checkpoint(conn, self.signing_key, self.checkpoint_file)
