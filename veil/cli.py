@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("veil.audit.cli:audit_group", "Verify the audit trail, sign checkpoints, apply retention."),
     "report": ("veil.compliance.cli:report", "Produce a compliance report for a period."),
     "subject": ("veil.compliance.cli:subject_group", "Find or erase a data subject's values."),
+    "console": ("veil.console.cli:console", "Serve the web console (audit, data subjects, reports, policies)."),
 }
 
 

@@ -44,6 +44,10 @@ SUBJECT_FIND = "subject.find"
 SUBJECT_ERASE = "subject.erase"
 RETENTION_DROP = "retention.drop"
 CHECKPOINT = "audit.checkpoint"
+CONSOLE_LOGIN = "console.login"  # a browser logged in to (or out of) the web console
+CONSOLE_VIEW = "console.view"  # a console page seen: page name, filter names, query digest
+CONSOLE_EXPORT = "console.export"  # audit events or a report downloaded from the console
+POLICY_ROLLOUT = "policy.rollout"  # a policy written from the console (who, old and new sha256)
 
 # Outcomes.
 OK = "ok"

@@ -253,7 +253,24 @@ def http_app(gateway: Gateway, host: str) -> tuple[Any, Any, HttpSessions]:
         # far larger bodies are refused by the transport before they are read.
         max_request_body_size=gateway.config.limits.max_message_bytes + 64 * 1024,
     )
-    return AuthMiddleware(app, gateway, make_authenticator(gateway), sessions), app, sessions
+    return with_console(gateway, AuthMiddleware(app, gateway, make_authenticator(gateway), sessions)), app, sessions
+
+
+def with_console(gateway: Gateway, app: Any) -> Any:
+    """``/console`` goes to the web console (its own login, CSRF and roles: docs/console.md);
+    everything else to ``app``."""
+    from veil.console import ConsoleServices, create_app
+
+    console = create_app(ConsoleServices.from_gateway(gateway))
+
+    async def dispatch(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == "/console" or path.startswith("/console/")):
+            await console(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return dispatch
 
 
 async def serve_http(
