@@ -182,6 +182,10 @@ class LimitsConfig(_Strict):
     tokenize_budget_s: float = Field(default=10.0, gt=0)
     # NER worker processes (veil/tokenizer/nerpool.py); None: one per CPU.
     ner_workers: int | None = Field(default=None, ge=1)
+    # On SIGTERM/SIGINT, how long calls in flight may run on before they are cancelled and Veil
+    # cleans up and exits (docs/deployment.md#stopping-and-faults). Keep it about 10 s below
+    # Kubernetes' terminationGracePeriodSeconds (30 by default), which ends in SIGKILL.
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
 
 
 class AuditConfig(_Strict):

@@ -14,7 +14,8 @@
     ├── InvalidArguments           arguments do not match the tool's schema
     ├── AuditUnavailable           an audit event could not be made durable (fail closed)
     ├── SandboxError               code execution could not run safely
-    └── TokenizeBudgetExceeded     tokenising a result ran out of its time budget (fail closed)
+    ├── TokenizeBudgetExceeded     tokenising a result ran out of its time budget (fail closed)
+    └── Stopping                   Veil is shutting down and takes no new requests (retry elsewhere)
 
 Messages name the file, field, tool, rule or token type and say what to do. They never carry
 raw values from upstream payloads: a message may reach the agent, the logs and the audit table.
@@ -133,3 +134,10 @@ class TokenizeBudgetExceeded(VeilError):
     tokenizer between its stages; the tokenizer's message names the setting to raise."""
 
     code = -32011
+
+
+class Stopping(VeilError):
+    """Veil received SIGTERM or SIGINT: it finishes the calls in flight and takes no new ones.
+    Over HTTP the answer is a 503 (a load balancer or client retries on another replica)."""
+
+    code = -32012

@@ -31,14 +31,43 @@ def serve(config_path: str, listen: str | None) -> None:
     address = parse_listen(listen) if listen else None
 
     from veil.proxy.gateway import Gateway
+    from veil.proxy.lifecycle import Stop
     from veil.proxy.transports import serve_http, serve_stdio
 
+    if config.expose != "direct":  # what a Veil that died here left behind (veil/sandbox/reclaim.py)
+        from veil.sandbox.reclaim import reclaim_stale
+
+        reclaim_stale(config.data_dir / "workspaces")  # the gateway's workspace root
+
     async def main() -> None:
+        # SIGTERM and SIGINT are Veil's from here on: the first stops taking requests and lets the
+        # calls in flight finish (limits.shutdown_grace_s), then everything is closed and the
+        # process exits 0 (veil.proxy.lifecycle, docs/deployment.md#stopping-and-faults).
+        stop = Stop(config.limits.shutdown_grace_s)
+        failed: list[Exception] = []  # raised after the signal watcher's task group, not in a group
+        async with anyio.create_task_group() as signals:
+            await signals.start(stop.watch)
+            try:
+                with anyio.CancelScope() as stop.scope:
+                    await run(stop)
+            except Exception as exc:
+                failed.append(exc)
+            finally:
+                signals.cancel_scope.cancel()
+        if failed:
+            raise failed[0]
+        if stop.draining:
+            click.echo(f"veil: stopped ({stop.signal})", err=True)
+
+    async def run(stop: Stop) -> None:
         async with Gateway(config) as gateway:
+            stop.serving = True
+            if stop.draining:  # a signal came as the start finished
+                return
             if address:
                 click.echo(f"veil: serving MCP on http://{address[0]}:{address[1]}/mcp", err=True)
-                await serve_http(gateway, *address)
+                await serve_http(gateway, *address, stop=stop)
             else:
-                await serve_stdio(gateway)
+                await serve_stdio(gateway, stop=stop)
 
     anyio.run(main)

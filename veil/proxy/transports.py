@@ -7,10 +7,12 @@ request without valid credentials gets 401, is audited, and never reaches an ups
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, cast
 
 import anyio
 from anyio.abc import TaskStatus
@@ -23,6 +25,7 @@ from veil.errors import AuthError
 from veil.principal import Principal
 from veil.proxy.front import Front
 from veil.proxy.gateway import Gateway
+from veil.proxy.lifecycle import AgentStdin, AgentStdout, StdioGate, Stop, busy_sessions, end_sessions
 from veil.proxy.session import AgentSession, identity_of
 
 log = logging.getLogger(__name__)
@@ -53,16 +56,43 @@ class StdioBinding:
         return self._session
 
 
-async def serve_stdio(gateway: Gateway) -> None:
+async def serve_stdio(gateway: Gateway, *, stop: Stop | None = None) -> None:
+    """Serve one agent on stdin/stdout until it closes stdin or ``stop`` is requested (then the
+    calls in flight finish within the grace period; see ``veil.proxy.lifecycle``)."""
+    stop = stop or Stop(gateway.config.limits.shutdown_grace_s)
     principal = configured_principal(gateway)
     session = await gateway.open_session(principal)
     front = Front(gateway, StdioBinding(principal, session))
+    gate = StdioGate(stop)
+    stdin = AgentStdin.claim()
+    stdout = AgentStdout(gate)
     try:
-        async with stdio_server() as (read, write):
-            await front.server.run(read, write, front.server.create_initialization_options(NOTIFICATIONS))
+        with anyio.CancelScope() as serving:  # around the transport too: its reader waits on the agent
+            async with stdio_server(stdin=cast(Any, stdin), stdout=cast(Any, stdout)) as (read, write):
+                gate.bind(read, write)
+
+                async def run() -> None:
+                    options = front.server.create_initialization_options(NOTIFICATIONS)
+                    await front.server.run(gate.reader, gate.writer, options)
+                    serving.cancel()
+
+                async def on_stop() -> None:
+                    await stop.requested.wait()
+
+                    def in_flight() -> int:
+                        return max(gate.pending, int(session.busy))  # requests until answered on the wire
+
+                    await stop.drain(in_flight)
+                    await end_sessions(gateway, in_flight)
+                    serving.cancel()
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(run)
+                    tg.start_soon(on_stop)
     finally:
+        stdout.restore()
         with anyio.CancelScope(shield=True):
-            await gateway.close_session(session)
+            await gateway.close_session(session, reason="shutdown" if stop.draining else "closed")
 
 
 def _identity_key(identity: tuple[Any, ...]) -> str:
@@ -167,16 +197,33 @@ class AuthMiddleware:
     """ASGI middleware: authenticate, audit refusals, pass the principal on in the scope, and
     keep every MCP transport session (POST, GET, DELETE) to the identity that initialised it."""
 
-    def __init__(self, app: Any, gateway: Gateway, authenticate: Any, sessions: HttpSessions) -> None:
+    def __init__(
+        self, app: Any, gateway: Gateway, authenticate: Any, sessions: HttpSessions, stop: Stop | None = None
+    ) -> None:
         self.app = app
         self.gw = gateway
         self.authenticate = authenticate
         self.sessions = sessions
+        self.stop = stop or Stop(gateway.config.limits.shutdown_grace_s)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.stop.draining and scope.get("method") != "DELETE":
+            error = self.stop.error()  # not audited: like a closed port, it never reached the gateway
+            await _refuse(send, 503, error.code, error.message, [(b"retry-after", b"1"), (b"connection", b"close")])
+            return
+        if scope.get("method") != "POST":
+            await self._serve(scope, receive, send)
+            return
+        self.stop.in_flight += 1  # POST requests being served: a stop waits for them
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self.stop.in_flight -= 1
+
+    async def _serve(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         try:
             principal = await self.authenticate(headers.get("authorization"))
@@ -214,13 +261,16 @@ class AuthMiddleware:
         await self.app(scope, receive, bind_new_session)
 
 
-async def _refuse(send: Any, status: int, code: int, message: str) -> None:
+async def _refuse(
+    send: Any, status: int, code: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b'Bearer realm="veil"')],
+            "headers": [(b"content-type", b"application/json")]
+            + (headers if headers is not None else [(b"www-authenticate", b'Bearer realm="veil"')]),
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -243,7 +293,7 @@ def make_authenticator(gateway: Gateway):
     return authenticate
 
 
-def http_app(gateway: Gateway, host: str) -> tuple[Any, Any, HttpSessions]:
+def http_app(gateway: Gateway, host: str, *, stop: Stop | None = None) -> tuple[Any, Any, HttpSessions]:
     sessions = HttpSessions(gateway)
     front = Front(gateway, sessions)
     app = front.server.streamable_http_app(
@@ -253,7 +303,8 @@ def http_app(gateway: Gateway, host: str) -> tuple[Any, Any, HttpSessions]:
         # far larger bodies are refused by the transport before they are read.
         max_request_body_size=gateway.config.limits.max_message_bytes + 64 * 1024,
     )
-    return with_console(gateway, AuthMiddleware(app, gateway, make_authenticator(gateway), sessions)), app, sessions
+    auth = AuthMiddleware(app, gateway, make_authenticator(gateway), sessions, stop)
+    return with_console(gateway, auth), app, sessions
 
 
 def with_console(gateway: Gateway, app: Any) -> Any:
@@ -274,23 +325,52 @@ def with_console(gateway: Gateway, app: Any) -> Any:
 
 
 async def serve_http(
-    gateway: Gateway, host: str, port: int, *, task_status: TaskStatus[Any] = anyio.TASK_STATUS_IGNORED
+    gateway: Gateway,
+    host: str,
+    port: int,
+    *,
+    stop: Stop | None = None,
+    task_status: TaskStatus[Any] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until cancelled or ``server.should_exit``; ``task_status`` gets the uvicorn server
-    once it is listening (for ``TaskGroup.start``)."""
+    """Serve until cancelled, ``server.should_exit``, or ``stop`` is requested (then new requests
+    get 503, the calls in flight finish within the grace period, and the sessions are closed; see
+    ``veil.proxy.lifecycle``); ``task_status`` gets the uvicorn server once it is listening (for
+    ``TaskGroup.start``)."""
     import uvicorn
 
-    wrapped, inner, sessions = http_app(gateway, host)
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # Signals are Veil's (veil.proxy.lifecycle): uvicorn would re-raise SIGTERM after
+            # serving, killing the process before the gateway closes.
+            yield
+
+    stop = stop or Stop(gateway.config.limits.shutdown_grace_s)
+    wrapped, inner, sessions = http_app(gateway, host, stop=stop)
     config = uvicorn.Config(wrapped, host=host, port=port, log_level="warning", lifespan="off", access_log=False)
-    server = uvicorn.Server(config)
+    server = Server(config)
     async with inner.router.lifespan_context(inner), anyio.create_task_group() as tg:
 
         async def serve() -> None:
             await server.serve()
             tg.cancel_scope.cancel()  # stops the idle reaper with the server
 
+        async def on_stop() -> None:
+            await stop.requested.wait()
+            for listener in getattr(server, "servers", []):
+                listener.close()  # no new connections
+
+            def in_flight() -> int:
+                return max(stop.in_flight, busy_sessions(gateway))  # a POST carries at most one call
+
+            await stop.drain(in_flight)
+            await end_sessions(gateway, in_flight)
+            server.force_exit = True  # open GET streams are not waited for
+            server.should_exit = True
+
         tg.start_soon(serve)
         tg.start_soon(sessions.reap_idle)
+        tg.start_soon(on_stop)
         while not server.started:
             if server.should_exit:
                 raise OSError(f"could not listen on {host}:{port}")

@@ -35,7 +35,7 @@ from typing import Any
 
 from veil.config import SandboxConfig
 from veil.errors import SandboxError, VeilError
-from veil.sandbox import ending, firejail, workspace
+from veil.sandbox import ending, firejail, reclaim, workspace
 from veil.sandbox.cgroup import Layout
 from veil.sandbox.channel import Call, Done
 from veil.sandbox.outcome import describe
@@ -79,6 +79,7 @@ class SandboxManager:
         self._exec_ids = 0
         self._stub_cache: tuple[int, str, dict[str, str]] | None = None
         self._cgroups: Layout | None = None
+        self._root_lock: int | None = None  # shared flock on the workspace root while open
 
     def reconfigure(self, config: SandboxConfig) -> None:
         """New limits (a reloaded policy): per-execution ones apply from the next execution;
@@ -122,7 +123,10 @@ class SandboxManager:
         self.workspace_root.mkdir(parents=True, exist_ok=True)
         os.chown(self.workspace_root, 0, 0)
         os.chmod(self.workspace_root, 0o711)  # the sandbox user may enter its own dir, not list
+        if self._root_lock is None:  # what a Veil that died left here is reclaimed first (reclaim.py)
+            self._root_lock = await asyncio.to_thread(reclaim.claim_root, self.workspace_root)
         if self._cgroups is None:
+            await asyncio.to_thread(reclaim.reclaim_cgroups)
             self._cgroups = await asyncio.to_thread(Layout.detect)
         shared = self.config.shared_skills_dir
         private = {Path("/tmp"), Path("/var/tmp")}
@@ -187,6 +191,17 @@ class SandboxManager:
                 self._discard(session)
         await asyncio.to_thread(workspace.remove, session_workspace)
 
+    def interrupt(self) -> int:
+        """Shutdown: kill the sandboxes of the executions running now, so each ends at once as
+        ``killed`` and returns to its caller instead of holding its session until the wall clock.
+        Returns how many were running."""
+        running = [s for s in self._sessions.values() if s.lock.locked() and s.sandbox is not None]
+        for session in running:
+            assert session.sandbox is not None
+            session.sandbox.kill()
+            session.sandbox.messages.put_nowait(Exit(None))  # the pipes are closed: tell the execution
+        return len(running)
+
     async def aclose(self) -> None:
         """Stop every interpreter and the pool; workspaces of open sessions are removed too."""
         self._closed = True
@@ -203,6 +218,9 @@ class SandboxManager:
         await self.settle()
         if self._cgroups is not None:
             await asyncio.to_thread(self._cgroups.remove)
+        if self._root_lock is not None:
+            os.close(self._root_lock)
+            self._root_lock = None
 
     async def settle(self) -> None:
         """Wait until every stopped sandbox has exited (benchmarks, tests, shutdown)."""
