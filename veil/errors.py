@@ -109,7 +109,14 @@ class SubstitutionRefused(TokenError):
 
 
 class UpstreamError(VeilError):
+    """``reason`` (when Veil itself, not the upstream, decided the failure) goes on the audit row:
+    ``unreachable``, ``backoff``, ``connection_lost`` or ``timeout``."""
+
     code = -32008
+
+    def __init__(self, message: str, *, reason: str | None = None, code: int | None = None, data: Any = None) -> None:
+        super().__init__(message, code=code, data=data)
+        self.reason = reason
 
 
 class ToolNotFound(VeilError):

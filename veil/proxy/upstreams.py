@@ -9,7 +9,20 @@ first use of that upstream in the session.
 Each connection is owned by one long-lived task (anyio requires a transport's cancel scopes to
 be entered and left in the same task); requests from any task go through the open ``Client``.
 A connection that fails is closed and reopened on the next call: the failing call gets a clear
-error naming the upstream.
+error naming the upstream (docs/deployment.md#an-upstream-dies-mid-call):
+
+* the upstream dies or goes away during a call (a stdio server's process exits or is killed, an
+  HTTP server closes the connection or stops answering): that call fails with ``UpstreamError``
+  (reason ``connection_lost``) and is not retried, since Veil cannot know whether the upstream
+  acted on it. The next call to that upstream starts a new process (stdio) or connects again
+  (HTTP); the session's other upstreams are not touched.
+* it cannot be started or reached: ``reason: unreachable``. After two failed starts in a row,
+  further attempts wait 1, 2, 4 ... up to 30 s (``reason: backoff``: the call fails at once,
+  saying when the next attempt is), so an upstream that crashes at start is not respawned on
+  every call; one successful start resets it.
+
+What the upstream wrote to stderr stays in its private log file (it may hold raw values); error
+messages carry Veil's words and the failure's class, never the upstream's text unless tokenised.
 
 Connections use the handshake-era protocol (``initialize``), whatever the upstream also speaks:
 only on it can an upstream send Veil the server-to-client requests Veil relays to the agent
@@ -22,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -46,6 +60,9 @@ log = logging.getLogger(__name__)
 
 # Errors that mean the connection itself is gone, not that the upstream refused one request.
 _CONNECTION_GONE = (types.CONNECTION_CLOSED,)
+# Failed starts in a row before attempts are spaced out, and the longest wait between attempts.
+BACKOFF_AFTER = 2
+BACKOFF_MAX_S = 30.0
 
 
 class UpstreamRelay(Protocol):
@@ -89,6 +106,8 @@ class UpstreamConnection:
         self._ended: anyio.Event | None = None  # set when the owning task has finished
         self._lock = anyio.Lock()
         self.restarts = 0
+        self.failed_starts = 0  # in a row; reset by a successful start
+        self._retry_at = 0.0  # monotonic time before which no start is attempted (backoff)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -96,21 +115,40 @@ class UpstreamConnection:
         """The open client, connecting first if needed."""
         async with self._lock:
             if self._client is None:
+                wait = self._retry_at - time.monotonic()
+                if wait > 0:
+                    raise UpstreamError(
+                        f"upstream '{self.name}' is unreachable: it failed to start {self.failed_starts} times in a "
+                        "row; the next "
+                        f"attempt is in {wait:.0f}s. Check upstreams.{self.name} in the config and its log; "
+                        "other upstreams keep working.",
+                        reason="backoff",
+                    )
                 try:
                     # The timeout lives here, in the caller: a cancel scope around entering the client
                     # inside _own would be exited out of order with the transport's task groups.
                     with anyio.fail_after(self._timeout_s):
                         self._client = await self._tg.start(self._own)
-                except UpstreamError:
-                    raise
                 except BaseException as exc:  # transports raise many types (OSError, httpx, MCPError)
                     if isinstance(exc, anyio.get_cancelled_exc_class()):
                         raise
+                    self._start_failed()
+                    if isinstance(exc, UpstreamError):
+                        raise
                     raise UpstreamError(
                         f"upstream '{self.name}' is unreachable ({_describe(exc)}). "
-                        f"Check upstreams.{self.name} in the config; other upstreams keep working."
+                        f"Check upstreams.{self.name} in the config; other upstreams keep working.",
+                        reason="unreachable",
                     ) from None
+                self.failed_starts = 0
+                self._retry_at = 0.0
             return self._client
+
+    def _start_failed(self) -> None:
+        self.failed_starts += 1
+        if self.failed_starts >= BACKOFF_AFTER:
+            delay = min(BACKOFF_MAX_S, 2.0 ** (self.failed_starts - BACKOFF_AFTER))
+            self._retry_at = time.monotonic() + delay
 
     async def _own(self, *, task_status: TaskStatus[Client]) -> None:
         closed = anyio.Event()
@@ -210,20 +248,27 @@ class UpstreamConnection:
         except MCPError as exc:
             if exc.code in _CONNECTION_GONE:
                 await self.mark_dead()
-                raise UpstreamError(
-                    f"upstream '{self.name}' closed the connection during {what}; it will be restarted on the next call"
-                ) from None
+                raise self._lost(what, "the connection closed") from None
             raise
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError) as exc:
             await self.mark_dead()
-            raise UpstreamError(
-                f"upstream '{self.name}' failed during {what} ({type(exc).__name__}); "
-                "it will be restarted on the next call"
-            ) from None
+            raise self._lost(what, type(exc).__name__) from None
         except TimeoutError:
             raise UpstreamError(
-                f"upstream '{self.name}' did not answer {what} within {self._timeout_s:g}s (limits.upstream_timeout_s)"
+                f"upstream '{self.name}' did not answer {what} within {self._timeout_s:g}s (limits.upstream_timeout_s)",
+                reason="timeout",
             ) from None
+
+    def _lost(self, what: str, how: str) -> UpstreamError:
+        if isinstance(self.config, StdioUpstream):
+            gone, then = "its process exited or was killed", "It is restarted on the next call"
+        else:
+            gone, then = "its server went away", "Veil connects to it again on the next call"
+        return UpstreamError(
+            f"upstream '{self.name}' stopped during {what} ({how}: {gone}); the call may or may not have "
+            f"taken effect there and is not retried. {then}; other upstreams keep working.",
+            reason="connection_lost",
+        )
 
     # -- callbacks from the upstream -----------------------------------------------------------
 
