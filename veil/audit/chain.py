@@ -132,7 +132,14 @@ _TYPES = {
 _ROW = "(" + ", ".join(f"%s::{_TYPES.get(c, 'text')}" for c in COLUMNS) + ")"
 
 
-@lru_cache(maxsize=64)
+_SMALL = 16  # batches up to this size reuse a cached statement (prepared by psycopg when frequent)
+
+
+@lru_cache(maxsize=_SMALL)
+def _append_if_head_small(n: int) -> bytes:
+    return _append_if_head_sql(n)
+
+
 def _append_if_head_sql(n: int) -> bytes:
     return (
         "WITH moved AS (UPDATE audit_chain_head SET seq = %s, hash = %s, ts = %s"
@@ -183,7 +190,11 @@ def append_if_head(
     args: list[Any] = [last.seq, last.hash, last.ts, head.seq, head.hash]
     for p in params:
         args.extend(p[c] for c in COLUMNS)
-    cur = driver.execute(_append_if_head_sql(len(params)), args)
+    n = len(params)
+    if n <= _SMALL:
+        cur = driver.execute(_append_if_head_small(n), args)
+    else:  # rarer large batches: built each time and not prepared, so neither cache grows with them
+        cur = driver.execute(_append_if_head_sql(n), args, prepare=False)
     return cur.rowcount
 
 
