@@ -246,6 +246,12 @@ class Page:
             self.console.url + path, form=form, headers={**self.cookie(), **(headers or {})}
         )
 
+    def shot(self, name: str, *, full: bool = False) -> None:
+        """With VEIL_CONSOLE_SCREENSHOTS=DIR, save this page as DIR/console-NAME.png (docs/console.md)."""
+        folder = os.environ.get("VEIL_CONSOLE_SCREENSHOTS")
+        if folder:
+            self.tab.screenshot(path=str(Path(folder) / f"console-{name}.png"), full_page=full)
+
     def close(self) -> None:
         self.context.close()
 

@@ -31,6 +31,7 @@ def test_login_needs_a_console_role_and_sets_a_strict_cookie(console: Console, a
     anonymous = as_role(None)
     anonymous.goto("/console/audit")
     assert anonymous.tab.url.endswith("/console/login")  # no session: to the login form
+    anonymous.shot("login")
 
     response = anonymous.login(console.keys["compliance"][:-6] + "zzzzzz")  # right key id, wrong secret
     assert response.status == 401 and "unknown_key" not in anonymous.tab.content()
@@ -72,6 +73,7 @@ def test_audit_explorer_filters_pages_and_shows_the_chain(console: Console, as_r
     assert rows.count() == 50
     assert set(page.tab.locator("#events tbody tr td:nth-child(5)").all_inner_texts()) == {"bob"}
     first_seqs = [int(s) for s in page.tab.locator("#events tbody tr td:nth-child(1)").all_inner_texts()]
+    page.shot("audit")
     assert first_seqs == sorted(first_seqs, reverse=True)
 
     page.submit("#older")
@@ -132,12 +134,14 @@ def test_subject_find_shows_every_access_and_erase_needs_confirmation(console: C
     occurrences = page.tab.inner_text("#occurrences")
     assert occurrences.count("shown to the agent as") == 3
     assert "sent to mailer__send_email:to (rule flows[0]:crm-to-mailer)" in occurrences
+    page.shot("subject", full=True)
 
     page.submit("#erase-start button")
     page.tab.fill("#value", OMAR_EMAIL)  # another person's value: refused
     page.tab.check("#confirm-box")
     assert page.submit("#erase-form button[type=submit]").status == 400
     assert "does not match" in page.tab.inner_text("#erase-error")
+    page.shot("erase-confirm")
 
     page.tab.fill("#value", JANE_EMAIL)
     page.tab.check("#confirm-box")
@@ -163,6 +167,7 @@ def test_subject_find_shows_every_access_and_erase_needs_confirmation(console: C
 def test_reports_download_in_every_format(console: Console, as_role: Open) -> None:
     page = as_role("compliance")
     page.goto("/console/reports")
+    page.shot("reports")
     period = f"from={page.tab.input_value('#from')}&to={page.tab.input_value('#to')}"
     get = page.get
     report = get(f"/console/reports/download?{period}&format=json").json()
@@ -190,6 +195,7 @@ def test_charts_of_calls_denials_and_entities(console: Console, as_role: Open) -
         "Values tokenised by entity type",
     ]
     assert page.tab.locator("#charts svg rect title").count() > 0
+    page.shot("charts", full=True)
 
 
 BROKEN = """metadata:
@@ -216,6 +222,7 @@ def test_policy_editor_lints_at_lines_diffs_and_tries(console: Console, as_role:
     page.submit("#check")
     problems = page.tab.inner_text("#problems")
     assert "line 9" in problems and "colour" in problems
+    page.shot("policy-lint")
 
     changed = original.replace("name: default", "name: default-v2", 1)
     assert changed != original
@@ -234,6 +241,8 @@ def test_policy_editor_lints_at_lines_diffs_and_tries(console: Console, as_role:
     assert "sam.sample@example.net" not in page.tab.content()  # the sample is not shown back
     explain = page.tab.inner_text("#explain")
     assert "access:" in explain and re.search(r"=> (ALLOW|DENY) by ", explain)
+    page.tab.locator("#try").scroll_into_view_if_needed()
+    page.shot("policy-try", full=True)
 
     token = page.tab.get_attribute("input[name=csrf]", "value")
     refused = page.post("/console/policies/rollout", {"csrf": token, "policy": changed}, {"origin": console.url})
@@ -259,6 +268,7 @@ def test_security_rolls_out_a_policy_and_it_is_recorded(console: Console, as_rol
     page.goto("/console/policies")
     history = page.tab.inner_text("#history")
     assert "policy.rollout" in history and new in history and "sam" in history
+    page.shot("policies")
 
 
 def test_no_seeded_raw_value_in_any_page_or_console_event(console: Console) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta
@@ -146,8 +147,16 @@ def _rows(conn: sa.Connection, sql: str, params: dict[str, Any]) -> list[dict[st
     return [dict(r) for r in conn.execute(sa.text(sql), params).mappings()]
 
 
+_choices: tuple[float, dict[str, list[str]]] | None = None
+CHOICES_TTL_S = 60.0
+
+
 def choices(conn: sa.Connection) -> dict[str, list[str]]:
-    """Values offered in the filter lists: kinds and outcomes (small sets, from recent events)."""
+    """Values offered in the filter lists: kinds and outcomes (small sets, from recent events;
+    computed at most once a minute)."""
+    global _choices
+    if _choices is not None and time.monotonic() - _choices[0] < CHOICES_TTL_S:
+        return _choices[1]
     out = {}
     for column in ("kind", "outcome"):
         out[column] = [
@@ -159,6 +168,7 @@ def choices(conn: sa.Connection) -> dict[str, list[str]]:
                 )
             )
         ]
+    _choices = (time.monotonic(), out)
     return out
 
 

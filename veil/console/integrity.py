@@ -1,8 +1,9 @@
 """Chain status for the explorer's header: the last signed checkpoint and the chain since it.
 
 Walking a whole month on every page view would cost seconds, so the header verifies the tail
-(from the last checkpoint to the head, which the checkpoint's signature anchors; at most
-``audit.checkpoint_every_events`` rows) and caches the answer for ``TTL_S``. The whole chain is
+(from the last checkpoint to the head, which the checkpoint's signature anchors; usually
+``audit.checkpoint_every_events`` rows, and never more than ``TAIL_MAX``) and caches the answer
+for ``TTL_S``. The whole chain is
 verified on request (a button on the explorer), as ``veil audit verify`` does.
 """
 
@@ -14,10 +15,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from veil.audit.chain import read_head
 from veil.audit.verify import verify
 from veil.console.services import ConsoleServices
 
 TTL_S = 30.0
+TAIL_MAX = 10_000
 
 
 @dataclass
@@ -55,7 +58,13 @@ def status(services: ConsoleServices, *, whole: bool = False) -> ChainStatus:
     began = time.perf_counter()
     with services.engine.connect() as conn:
         cp = last_checkpoint(conn)
-        start = None if whole or cp is None else cp["ts"]
+        head = read_head(conn).seq
+        start, scope = None, "whole chain"
+        if not whole and cp is not None and cp["seq"] >= head - TAIL_MAX:
+            start, scope = cp["ts"], f"since checkpoint #{cp['id']} (seq {cp['seq']})"
+        elif not whole and head > TAIL_MAX:
+            start = conn.execute(sa.text("SELECT ts FROM audit_events WHERE seq = :s"), {"s": head - TAIL_MAX}).scalar()
+            scope = f"last {TAIL_MAX:,} events" if start is not None else scope
         result = verify(
             conn,
             start=start,
@@ -66,7 +75,7 @@ def status(services: ConsoleServices, *, whole: bool = False) -> ChainStatus:
         )
     out = ChainStatus(
         ok=result.ok,
-        scope="whole chain" if start is None else f"since checkpoint #{cp['id']} (seq {cp['seq']})" if cp else "",
+        scope=scope,
         events=result.events,
         first_seq=result.first_seq,
         last_seq=result.last_seq,

@@ -1,0 +1,61 @@
+"""The console mounted in ``veil serve --http`` under ``/console``: same identities, same trail,
+and the MCP endpoint next to it unchanged."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from proxy.harness import serving
+
+from veil import db
+from veil.audit import events as ev
+from veil.auth.keys import create_key
+from veil.config import parse_config
+
+from .conftest import ROOT
+
+pytestmark = [pytest.mark.req("console:web"), pytest.mark.anyio]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_console_is_served_under_slash_console_by_the_gateway(make_database: Callable[[], str]) -> None:
+    url = make_database()
+    engine = db.create_engine(url)
+    key = create_key(engine, "olivia", ["compliance"])[1]
+    agent = create_key(engine, "agent-7", ["support"])[1]
+    engine.dispose()
+    data_dir = Path(tempfile.mkdtemp(prefix="veil-console-"))
+    config = parse_config(
+        {
+            "database_url": url,
+            "data_dir": str(data_dir),
+            "policy": str(ROOT / "policies" / "default.yaml"),
+            "expose": "direct",
+            "limits": {"ner_workers": 1},
+        },
+        source=data_dir / "veil.yaml",
+    )
+    async with serving(config) as (gateway, mcp_url), httpx.AsyncClient(timeout=30) as client:
+        base = mcp_url.removesuffix("/mcp")
+        assert (await client.get(f"{base}/console/login")).status_code == 200
+        page = await client.get(f"{base}/console/audit?kind=policy.load", headers={"authorization": f"Bearer {key}"})
+        assert page.status_code == 200
+        assert "policy.load" in page.text and "chain verified" in page.text
+        refused = await client.get(f"{base}/console/audit", headers={"authorization": f"Bearer {agent}"})
+        assert refused.status_code == 403
+        assert (await client.post(mcp_url, json={})).status_code == 401  # the MCP endpoint keeps its own auth
+        with gateway.engine.connect() as conn:
+            views = conn.execute(
+                sa.text("SELECT principal, outcome FROM audit_events WHERE kind = :k ORDER BY seq"),
+                {"k": ev.CONSOLE_VIEW},
+            ).all()
+    assert [tuple(v) for v in views] == [("olivia", "ok"), ("agent-7", "denied")]
