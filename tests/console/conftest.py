@@ -220,10 +220,10 @@ class Page:
         self.keep()
         return response
 
-    def submit(self, selector: str) -> Any:
+    def submit(self, selector: str, timeout: float = 10_000) -> Any:
         """Click a button or link that loads a page; returns that page's response."""
-        with self.tab.expect_navigation() as nav:
-            self.tab.click(selector)
+        with self.tab.expect_navigation(timeout=timeout) as nav:
+            self.tab.click(selector, timeout=timeout)
         self.keep()
         return nav.value
 

@@ -86,6 +86,7 @@ class Console:
 
     def render(self, ctx: Ctx | None, template: str, status: int = 200, **values: Any) -> HTMLResponse:
         principal = ctx.principal if ctx else None
+        values.setdefault("tried", {})  # the try-it pane's last choices (never the sample)
         html = self.templates.get_template(template).render(
             principal=principal,
             csrf=ctx.session.csrf if ctx and ctx.session else "",
@@ -238,10 +239,13 @@ class Console:
 
         def lines() -> Any:
             with engine.connect() as conn:
-                if fmt == "csv":
-                    yield explorer.csv_line(None)
+                chunk = [explorer.csv_line(None)] if fmt == "csv" else []
                 for row in explorer.export_rows(conn, filters):
-                    yield explorer.csv_line(row) if fmt == "csv" else explorer.json_line(row)
+                    chunk.append(explorer.csv_line(row) if fmt == "csv" else explorer.json_line(row))
+                    if len(chunk) >= 500:  # one hop to the worker thread per 500 rows, not per row
+                        yield "".join(chunk)
+                        chunk = []
+                yield "".join(chunk)
 
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         media = "text/csv" if fmt == "csv" else "application/x-ndjson"

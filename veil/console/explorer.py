@@ -116,6 +116,7 @@ def page(
     conn: sa.Connection, filters: Filters, *, before: int | None = None, after: int | None = None, size: int = PAGE_SIZE
 ) -> Page:
     """One page of events, newest first, with the cursors of its neighbours."""
+    custom_plans(conn)
     where, params = filters.where()
     params["n"] = size + 1
     if after is not None:
@@ -136,6 +137,20 @@ def page(
     return Page(
         rows, rows[0]["seq"] if rows and before is not None else None, rows[-1]["seq"] if rows and more_older else None
     )
+
+
+def custom_plans(conn: sa.Connection) -> None:
+    """Make PostgreSQL walk ``seq`` backwards and stop at the page's last row.
+
+    Its estimates multiply the filters' selectivities as if independent, but they are not (a
+    tool belongs to one upstream): it then expects a handful of matches and prefers to read a
+    whole month and sort it (0.2 s at 300,000 events, seconds at millions). Without sorting the
+    page costs what it scans until ``n`` rows match: milliseconds for any common filter; a rare
+    one over a long period still scans (a session: add its day). Plans are made for each page's
+    values, never generic ones from the driver's prepared statements.
+    """
+    conn.execute(sa.text("SET LOCAL enable_sort = off"))
+    conn.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
 
 
 def event(conn: sa.Connection, seq: int) -> dict[str, Any] | None:
@@ -174,6 +189,7 @@ def choices(conn: sa.Connection) -> dict[str, list[str]]:
 
 def export_rows(conn: sa.Connection, filters: Filters) -> Iterator[dict[str, Any]]:
     """Every event of the filtered set, oldest first, fetched in keyset batches."""
+    custom_plans(conn)
     where, params = filters.where()
     last = 0
     while True:

@@ -267,6 +267,7 @@ async def try_view(c: Any, ctx: Any) -> Response:
     ctx.detail = {"action": "try", "entities": len(result["findings"])}
     if text is None:
         text = await anyio.to_thread.run_sync(lambda: c.services.policy_path.read_text(encoding="utf-8"))
+    tried = {k: str(ctx.form.get(k, "")) for k in ("principal", "roles", "tenant", "source", "destination", "argument")}
     return c.render(
         ctx,
         "policy_edit.html",
@@ -276,6 +277,7 @@ async def try_view(c: Any, ctx: Any) -> Response:
         trial=result,
         message="",
         upstreams=c.services.upstreams,
+        tried=tried,
     )
 
 
