@@ -20,7 +20,7 @@ import yaml
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
-from veil.config import parse_config
+from veil.config import LimitsConfig, parse_config
 from veil.policies import load_policy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,6 +102,10 @@ def test_the_gateway_deployment_probes_secrets_and_disruption_rules_fit_together
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert "securityContext" in container
+    # SIGTERM comes after preStop; Veil then finishes calls for shutdown_grace_s and closes (docs/deployment.md).
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    grace = pod["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= pre_stop + LimitsConfig().shutdown_grace_s + 10
 
     # Secrets come from the Secret, as environment variables; the template holds no real secret.
     runtime = one("Secret", "veil-runtime")
