@@ -73,6 +73,13 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def _brief(exc: BaseException) -> str:
+    """The failure's class (and SQLSTATE when there is one), for messages that leave Veil."""
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+    sqlstate = getattr(orig, "sqlstate", None)
+    return f"{type(orig).__name__}, SQLSTATE {sqlstate}" if sqlstate else type(orig).__name__
+
+
 class AuditWriter:
     """Batches events into hash-chained transactions on a background thread."""
 
@@ -389,7 +396,9 @@ class AuditWriter:
     def _fail(self, batch: list[_Item], exc: BaseException) -> None:
         log.error("audit batch of %d event(s) not written: %s", len(batch), _reason(exc))
         error = AuditUnavailable(
-            f"the audit trail could not be written ({_reason(exc)}); the call was refused. "
+            # The agent sees this: the error's class and SQLSTATE, never the server's own words
+            # (they name the database host or socket); the log above has them.
+            f"the audit trail could not be written ({_brief(exc)}); the call was refused. "
             "Check that PostgreSQL is reachable and migrated (`veil db upgrade`)."
         )
         for item in batch:
