@@ -1,6 +1,7 @@
 """Audit writer throughput and latency: batched vs one transaction per event, side by side.
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test .venv/bin/python bench/audit_writer.py
+    ... bench/audit_writer.py --sequential 300    # one caller: one statement vs under the lock
 
 Creates a scratch database on the server in DATABASE_URL (dropped at the end). For each
 configuration and each concurrency level, C asyncio callers each ``await record()`` E events
@@ -101,9 +102,45 @@ async def main(url: str) -> None:
     print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
+def sequential(url: str, events: int) -> None:
+    """One caller, one writer; each round records one event with the one-statement append, one
+    always under the lock, and makes one durable single-row commit (the floor), so the three are
+    interleaved event by event and machine noise hits them alike."""
+    import psycopg
+
+    engine = db.create_engine(url, pool_size=2)
+    timings: dict[str, list[float]] = {"one statement (now)": [], "under the lock (before)": [], "bare commit": []}
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1), autocommit=True) as probe:
+        probe.execute("CREATE TABLE commit_probe (x int)")
+        with AuditWriter(engine) as writer:
+            for i in range(20):
+                writer.record_sync(event(i))
+            for i in range(events):
+                for name, fast in (("one statement (now)", True), ("under the lock (before)", False)):
+                    writer.fast_append = fast
+                    t = time.perf_counter()
+                    writer.record_sync(event(i))
+                    timings[name].append((time.perf_counter() - t) * 1000)
+                t = time.perf_counter()
+                probe.execute("INSERT INTO commit_probe VALUES (1)")
+                timings["bare commit"].append((time.perf_counter() - t) * 1000)
+            fast_appends = writer.fast_appends
+    engine.dispose()
+    print(f"one sequential caller, {events} events per path, interleaved; one-statement appends: {fast_appends}")
+    print("| path | record_sync() p50 ms | p99 ms |")
+    print("|---|---:|---:|")
+    for name, values in timings.items():
+        values.sort()
+        print(f"| {name} | {statistics.median(values):.2f} | {values[int(len(values) * 0.99) - 1]:.2f} |")
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
 if __name__ == "__main__":
     server = os.environ.get("DATABASE_URL")
     if not server:
         sys.exit("set DATABASE_URL to a PostgreSQL server (a scratch database is created on it)")
     with scratch_database(server) as url:
-        asyncio.run(main(url))
+        if len(sys.argv) > 2 and sys.argv[1] == "--sequential":
+            sequential(url, int(sys.argv[2]))
+        else:
+            asyncio.run(main(url))
