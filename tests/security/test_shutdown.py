@@ -371,3 +371,49 @@ async def test_a_second_sigint_over_stdio_cuts_the_call_and_a_sigkilled_veils_wo
         assert [r["outcome"] for r in executions] == ["killed"], executions  # the cut call is audited
         closed = [r for r in rows if r["kind"] == "session.close"]
         assert [r["detail"]["reason"] for r in closed] == ["shutdown"], rows
+
+
+@pytest.mark.req("serve:clean-stop")
+def test_stale_cgroups_are_reclaimed_and_a_live_veils_workspaces_are_not(tmp_path: Path) -> None:
+    """The watchdog died with Veil (systemd's KillMode=control-group): the next start kills what
+    is left in the dead Veil's sandbox cgroups and removes them. A workspace root another live
+    Veil holds is left alone."""
+    from veil.sandbox import reclaim
+    from veil.sandbox.cgroup import ROOT as CGROUP_ROOT
+    from veil.sandbox.cgroup import _own_path
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a Veil pid that no longer runs
+    hierarchy = CGROUP_ROOT / "pids"
+    if not (hierarchy / "cgroup.procs").exists():
+        hierarchy = CGROUP_ROOT
+    parent = hierarchy / _own_path("pids" if hierarchy.name == "pids" else "").lstrip("/")
+    parent = parent / f"veil-sandboxes.{gone.pid}.{uuid.uuid4().hex[:8]}"
+    group = parent / "sb-test"
+    group.mkdir(parents=True)
+    jailed = subprocess.Popen(["sleep", "300"])
+    try:
+        (group / "cgroup.procs").write_text(str(jailed.pid))
+        assert reclaim.reclaim_cgroups() >= 1
+        assert jailed.wait(10) == -signal.SIGKILL
+        assert not parent.exists()
+    finally:
+        if jailed.poll() is None:
+            jailed.kill()
+            jailed.wait()
+        for directory in (group, parent):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+    root = tmp_path / "workspaces"
+    root.mkdir()
+    held = reclaim.claim_root(root)  # a live manager's shared lock, then its session's workspace
+    assert held is not None
+    (root / "s-live").mkdir()
+    try:
+        reclaim.claim_root(root, hold=False)  # another Veil starting on the same root
+        assert (root / "s-live").exists()
+    finally:
+        os.close(held)
+    reclaim.claim_root(root, hold=False)  # nobody holds it now: everything in it is stale
+    assert [p.name for p in root.iterdir()] == [reclaim.LOCK_NAME]
