@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import anyio
 import click
 
@@ -27,6 +29,11 @@ def parse_listen(value: str) -> tuple[str, int]:
 @click.option("--http", "listen", metavar="HOST:PORT", help="Serve Streamable HTTP instead of stdio.")
 def serve(config_path: str, listen: str | None) -> None:
     """Run the gateway: MCP over stdio by default, Streamable HTTP with --http HOST:PORT."""
+    # A stop signal during the imports and the reclaim below (seconds on a busy host) is noted and
+    # honoured once the gateway's own handlers are in place: nothing is started, exit 0.
+    early: list[str] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: early.append(signal.Signals(signum).name))
     config = load_config(config_path)  # config errors first, before the heavy imports
     address = parse_listen(listen) if listen else None
 
@@ -47,6 +54,8 @@ def serve(config_path: str, listen: str | None) -> None:
         failed: list[Exception] = []  # raised after the signal watcher's task group, not in a group
         async with anyio.create_task_group() as signals:
             await signals.start(stop.watch)
+            if early:
+                stop.request(early[0])
             try:
                 with anyio.CancelScope() as stop.scope:
                     await run(stop)
@@ -60,6 +69,8 @@ def serve(config_path: str, listen: str | None) -> None:
             click.echo(f"veil: stopped ({stop.signal})", err=True)
 
     async def run(stop: Stop) -> None:
+        if stop.draining:
+            return
         async with Gateway(config) as gateway:
             stop.serving = True
             if stop.draining:  # a signal came as the start finished
