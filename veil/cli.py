@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
 
 import click
 
@@ -54,7 +53,14 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup)
 @click.version_option(package_name="veil")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
-def main(verbose: int) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    envvar="VEIL_LOG_FORMAT",
+    help="Log lines as text or one JSON object each (default: the config's observability.log_format, else text).",
+)
+def main(verbose: int, log_format: str | None) -> None:
     """Veil: a privacy-preserving MCP gateway."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from veil.ops import logs
+
+    logs.configure(logging.WARNING - 10 * min(verbose, 2), log_format)

@@ -198,6 +198,34 @@ class AuditConfig(_Strict):
     checkpoint_file: Path | None = None
 
 
+class MetricsConfig(_Strict):
+    """Prometheus metrics (docs/operations.md). Without ``listen`` they are served at ``/metrics``
+    on the MCP listener behind its authentication (API key or JWT); with ``listen: HOST:PORT``
+    on a listener of their own, unauthenticated and off the MCP listener, so a deployment can
+    keep the scrape port off the agents' network (the usual Kubernetes shape)."""
+
+    enabled: bool = True
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, listen: str | None) -> str | None:
+        if listen is not None:
+            host, sep, port = listen.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("must be HOST:PORT, for example 127.0.0.1:9464")
+        return listen
+
+
+class ObservabilityConfig(_Strict):
+    """Logs, metrics and traces (docs/operations.md); none of them carries payload values."""
+
+    log_format: Literal["text", "json"] = "text"
+    metrics: MetricsConfig = MetricsConfig()
+    # OpenTelemetry spans per runner stage; needs the ``otel`` extra, exporter from OTEL_* variables.
+    tracing: bool = False
+
+
 class VeilConfig(_Strict):
     """The whole config; ``source`` is the file it came from, for error messages."""
 
@@ -214,6 +242,7 @@ class VeilConfig(_Strict):
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
     audit: AuditConfig = AuditConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
     key_file: Path | None = None  # default: DATA_DIR/master.key (created 0600 when missing)
     source: Path | None = None
 

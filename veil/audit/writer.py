@@ -199,6 +199,12 @@ class AuditWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def health(self) -> tuple[int, bool]:
+        """(events queued for the writer thread, whether that thread is running): read by /readyz
+        and /metrics (veil/ops), so they need not reach into the queue or the thread."""
+        thread = self._thread
+        return self._queue.qsize(), thread is not None and thread.is_alive() and not self._closed
+
     # -- recording ---------------------------------------------------------------------------
 
     def _submit(self, event: AuditEvent) -> Future[Appended]:

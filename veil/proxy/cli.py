@@ -7,6 +7,7 @@ import signal
 import anyio
 import click
 
+from veil import ops
 from veil.config import load_config
 from veil.errors import ConfigError
 
@@ -35,6 +36,7 @@ def serve(config_path: str, listen: str | None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: early.append(signal.Signals(signum).name))
     config = load_config(config_path)  # config errors first, before the heavy imports
+    ops.configure(config)  # the config's log format from here on; tracing set up (docs/operations.md)
     address = parse_listen(listen) if listen else None
 
     from veil.proxy.gateway import Gateway

@@ -23,6 +23,7 @@ import anyio
 
 from veil.audit import events as ev
 from veil.errors import VeilError
+from veil.ops.observe import observe
 from veil.policies.model import EXECUTE_UPSTREAM, Decision
 from veil.proxy import stages as st
 from veil.proxy.flow import Flow, Target
@@ -77,15 +78,18 @@ class Runner:
         if flow.handler is None:
             flow.handler = self.handler_for(flow.method, getattr(flow.params, "name", None))
         order = AGENT_STAGES if flow.origin == "agent" else UPSTREAM_STAGES
+        watch = observe(self.gw, flow)  # stage times, counts, spans (veil/ops/observe.py)
         try:
             for stage in order:
                 if flow.refused and not stage.always:
                     continue
-                if stage.always:
-                    with anyio.CancelScope(shield=True):  # a cancelled caller must not skip the audit
+                if stage.always:  # shielded: a cancelled caller must not skip the audit
+                    with anyio.CancelScope(shield=True), watch.stage(stage.name):
                         await self._step(stage, flow)
                 else:
-                    await self._step(stage, flow)
+                    with watch.stage(stage.name):
+                        await self._step(stage, flow)
+            watch.done()
         finally:
             if flow.session is not None and flow.origin == "agent" and flow.is_request:
                 flow.session.leave_request(flow.ctx)

@@ -20,8 +20,11 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.stdio import stdio_server
 
+from veil import ops
 from veil.audit import events as ev
 from veil.errors import AuthError
+from veil.ops.health import Monitor
+from veil.ops.http import MetricsRoute, PublicRoutes
 from veil.principal import Principal
 from veil.proxy.front import Front
 from veil.proxy.gateway import Gateway
@@ -68,7 +71,9 @@ async def serve_stdio(gateway: Gateway, *, stop: Stop | None = None) -> None:
     stdout = AgentStdout(gate)
     try:
         with anyio.CancelScope() as serving:  # around the transport too: its reader waits on the agent
-            async with stdio_server(stdin=cast(Any, stdin), stdout=cast(Any, stdout)) as (read, write):
+            # ops.running: the metrics listener, if configured (over stdio there is no other).
+            io = stdio_server(stdin=cast(Any, stdin), stdout=cast(Any, stdout))
+            async with ops.running(gateway), io as (read, write):
                 gate.bind(read, write)
 
                 async def run() -> None:
@@ -294,6 +299,9 @@ def make_authenticator(gateway: Gateway):
 
 
 def http_app(gateway: Gateway, host: str, *, stop: Stop | None = None) -> tuple[Any, Any, HttpSessions]:
+    """The MCP app behind authentication, with /metrics inside it and the unauthenticated probes
+    (/healthz, /readyz) in front of it (the stack is drawn in veil/ops/http.py); the returned app's
+    ``monitor`` holds the probes' state."""
     sessions = HttpSessions(gateway)
     front = Front(gateway, sessions)
     app = front.server.streamable_http_app(
@@ -303,8 +311,10 @@ def http_app(gateway: Gateway, host: str, *, stop: Stop | None = None) -> tuple[
         # far larger bodies are refused by the transport before they are read.
         max_request_body_size=gateway.config.limits.max_message_bytes + 64 * 1024,
     )
-    auth = AuthMiddleware(app, gateway, make_authenticator(gateway), sessions, stop)
-    return with_console(gateway, auth), app, sessions
+    auth = AuthMiddleware(
+        MetricsRoute(app, gateway.config.observability.metrics), gateway, make_authenticator(gateway), sessions, stop
+    )
+    return PublicRoutes(with_console(gateway, auth), Monitor(gateway, stop)), app, sessions
 
 
 def with_console(gateway: Gateway, app: Any) -> Any:
@@ -347,13 +357,17 @@ async def serve_http(
 
     stop = stop or Stop(gateway.config.limits.shutdown_grace_s)
     wrapped, inner, sessions = http_app(gateway, host, stop=stop)
-    config = uvicorn.Config(wrapped, host=host, port=port, log_level="warning", lifespan="off", access_log=False)
+    # log_config=None: uvicorn's records go through Veil's handler (text or JSON, veil/ops/logs.py).
+    config = uvicorn.Config(
+        wrapped, host=host, port=port, log_level="warning", lifespan="off", access_log=False, log_config=None
+    )
     server = Server(config)
-    async with inner.router.lifespan_context(inner), anyio.create_task_group() as tg:
+    monitor = wrapped.monitor
+    async with inner.router.lifespan_context(inner), ops.running(gateway, monitor), anyio.create_task_group() as tg:
 
         async def serve() -> None:
             await server.serve()
-            tg.cancel_scope.cancel()  # stops the idle reaper with the server
+            tg.cancel_scope.cancel()  # stops the idle reaper and the heartbeat with the server
 
         async def on_stop() -> None:
             await stop.requested.wait()
@@ -370,6 +384,7 @@ async def serve_http(
 
         tg.start_soon(serve)
         tg.start_soon(sessions.reap_idle)
+        tg.start_soon(monitor.heartbeat)  # /healthz: is the event loop responsive?
         tg.start_soon(on_stop)
         while not server.started:
             if server.should_exit:
