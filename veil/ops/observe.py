@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +36,18 @@ DENIED = "denied"
 _ADMIT = "admit"
 _EXCHANGE = "exchange"
 
-_stage_timers: dict[str, Any] = {}  # stage name -> its histogram child, resolved once
+# Label children resolved once per label combination (``labels()`` takes a lock and builds a
+# tuple on every call); the combinations are bounded by veil.ops.labels, so are these.
+_stage_timers: dict[str, Any] = {}
+_children: dict[tuple[Any, ...], Any] = {}
+
+
+def _child(metric: Any, *values: str) -> Any:
+    key = (metric, *values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
 
 
 @dataclass
@@ -60,15 +69,15 @@ def upstream_states(gateway: Any) -> dict[str, UpstreamSeen]:
 
 
 def _note_upstream(gateway: Any, name: str, state: str) -> None:
-    seen = upstream_states(gateway).get(name)
-    if seen is not None and seen.state != state:
+    seen = _upstreams.setdefault(gateway, {}).setdefault(name, UpstreamSeen())
+    if seen.state != state:
         seen.state, seen.since = state, time.time()
 
 
 class Watch:
     """One flow's observation: stage timings, then one count when the flow is done."""
 
-    __slots__ = ("_admitted", "_exchanged", "_flow", "_gw", "_span")
+    __slots__ = ("_admitted", "_exchanged", "_flow", "_gw", "_name", "_span", "_stage_span", "_start")
 
     def __init__(self, gateway: Gateway, flow: Flow) -> None:
         self._gw = gateway
@@ -76,26 +85,35 @@ class Watch:
         self._admitted = False
         self._exchanged = False
         self._span = tracing.flow_span(flow)
+        self._stage_span: Any = None
+        self._name = ""
+        self._start = 0.0
 
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
+    def stage(self, name: str) -> Watch:
+        """``with watch.stage(name):`` around one stage (stages run one after another, so the
+        watch itself is the context manager: no generator per stage on the hot path)."""
+        self._name = name
+        return self
+
+    def __enter__(self) -> None:
+        self._stage_span = tracing.stage_span(self._span, self._name) if self._span is not None else None
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = time.perf_counter() - self._start
+        name = self._name
         timer = _stage_timers.get(name)
         if timer is None:
             timer = _stage_timers[name] = STAGE_SECONDS.labels(name)
-        span = tracing.stage_span(self._span, name)
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            timer.observe(time.perf_counter() - start)
-            flow = self._flow
-            refused_here = flow.error is not None and flow.stage == name
-            if name == _ADMIT and not refused_here:
-                self._admitted = True
-            elif name == _EXCHANGE:
-                self._exchanged = True
-            if span is not None:
-                tracing.end_stage(span, refused_here, type(flow.error).__name__ if refused_here else None)
+        timer.observe(elapsed)
+        flow = self._flow
+        refused_here = flow.error is not None and flow.stage == name
+        if name == _ADMIT and not refused_here:
+            self._admitted = True
+        elif name == _EXCHANGE:
+            self._exchanged = True
+        if self._stage_span is not None:
+            tracing.end_stage(self._stage_span, refused_here, type(flow.error).__name__ if refused_here else None)
 
     def done(self) -> None:
         """Count the finished flow (called once, after its last stage)."""
@@ -106,11 +124,11 @@ class Watch:
         if flow.target.kind in ("tool", "veil") and self._admitted:  # found in the catalogue, or Veil's own
             tool = labels.tool_name(flow.target.name)
         method = labels.method(flow.method)
-        CALLS.labels(method, flow.outcome, upstream, tool).inc()
-        CALL_SECONDS.labels(method).observe(time.perf_counter() - flow.started)
+        _child(CALLS, method, flow.outcome, upstream, tool).inc()
+        _child(CALL_SECONDS, method).observe(time.perf_counter() - flow.started)
         for kind, count in flow.entities.items():
             if count > 0:
-                ENTITIES.labels(labels.entity_type(kind)).inc(count)
+                _child(ENTITIES, labels.entity_type(kind)).inc(count)
         reason = None
         if flow.error is not None:
             reason = labels.reason(getattr(flow.error, "reason", None) or type(flow.error).__name__)

@@ -1,0 +1,22 @@
+"""The JSON log format: one object per line, and an exception's message never in it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from veil.ops.logs import JsonFormatter
+
+
+def test_json_lines_carry_the_message_and_the_exception_class_not_its_message() -> None:
+    try:
+        raise ValueError("jane.doe@example.com is not a customer")
+    except ValueError:
+        record = logging.LogRecord("veil.x", logging.ERROR, __file__, 1, "failed in %s", ("tokenise",), sys.exc_info())
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    out = json.loads(line)
+    assert out["message"] == "failed in tokenise" and out["level"] == "error" and out["logger"] == "veil.x"
+    assert out["exc_type"] == "ValueError" and out["exc_frames"]
+    assert "jane.doe" not in line
