@@ -76,6 +76,12 @@ async def _agent_calls(url: str, key: str | None = None) -> None:
                 await client.call_tool(name, {"q": c1["phone"]})
 
 
+async def _call_ghost(url: str) -> None:
+    async with Client(url, mode="legacy", read_timeout_seconds=120) as client:
+        with pytest.raises(MCPError):
+            await client.call_tool("ghost__anything", {})
+
+
 def _scrape(url: str) -> str:
     response = httpx.get(url, timeout=10)
     assert response.status_code == 200, response.text[:300]
@@ -160,16 +166,23 @@ def test_metrics_logs_and_spans_carry_no_seeded_value_json(
         ops_database,
         observability={"log_format": "json", "tracing": True, "metrics": {"listen": f"127.0.0.1:{metrics_port}"}},
     )
+    # An upstream that cannot start: its state is "down", and Veil stays ready for the others.
+    config["upstreams"]["ghost"] = {"command": str(tmp_path / "no-such-server")}
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_collector.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
     with serve(tmp_path / "run", config, env=env) as served:
         anyio.run(_agent_calls, served.mcp)
+        anyio.run(_call_ghost, served.mcp)
         metrics = _scrape(f"http://127.0.0.1:{metrics_port}/metrics")
         # Metrics left the MCP listener: not found there, even for an allowed principal.
         assert httpx.get(f"{served.base}/metrics", timeout=10).status_code != 200
-        probes = httpx.get(f"{served.base}/healthz").text + httpx.get(f"{served.base}/readyz").text
+        ready = httpx.get(f"{served.base}/readyz", timeout=30)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["upstreams"] == {"crm": "up", "mailer": "up", "tickets": "up", "ghost": "down"}
+        probes = httpx.get(f"{served.base}/healthz").text + ready.text
         served.stop()  # flushes the span exporter
         log = served.log()
     _assert_moved(metrics)
+    assert _value(metrics, "veil_upstream_state", upstream="ghost", state="down") == 1
     span_text, spans = _spans(otlp_collector)
     names = {span.name for span in spans}
     assert "veil tools/call" in names and "veil.stage.exchange" in names, names
