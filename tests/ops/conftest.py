@@ -8,10 +8,12 @@ what a deployment gets.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -153,6 +155,23 @@ def otlp_collector() -> Iterator[Collector]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def sandbox_data_dir() -> Iterator[Path | None]:
+    """A data directory the sandbox user can reach (pytest's tmp_path sits under a 0700 folder);
+    None without root, where the sandbox cannot start jails as the 'veil-sandbox' user."""
+    if os.geteuid() != 0:
+        yield None
+        return
+    path = Path(tempfile.mkdtemp(prefix="veil-ops-"))
+    path.chmod(0o711)
+    try:
+        yield path
+    finally:
+        mounts = Path("/proc/mounts").read_text()
+        assert f" {path}/" not in mounts, f"veil serve left sandbox filesystems mounted under {path}"
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -82,6 +82,25 @@ async def _call_ghost(url: str) -> None:
             await client.call_tool("ghost__anything", {})
 
 
+CODE = """
+from servers import crm
+record = crm.get_customer(customer_id="C0002")
+print(record["email"], record["phone"])
+"""
+
+
+async def _code_call(url: str, metrics_url: str) -> str:
+    """execute_code reading a customer (the sandbox sees tokens); metrics scraped while the
+    session, and so its sandbox interpreter, is alive."""
+    async with Client(url, mode="legacy", read_timeout_seconds=120) as client:
+        result = await client.call_tool("execute_code", {"code": CODE})
+        text = _text(result)
+        assert not result.is_error and "[EMAIL_ADDRESS_" in text, text[:500]
+        assert CUSTOMERS[1]["email"] not in text
+        async with httpx.AsyncClient(timeout=10) as http:
+            return (await http.get(metrics_url)).text
+
+
 def _scrape(url: str) -> str:
     response = httpx.get(url, timeout=10)
     assert response.status_code == 200, response.text[:300]
@@ -129,6 +148,7 @@ def _assert_moved(metrics: str) -> None:
         "add_note",
         "create_ticket",
         "update_customer",
+        "execute_code",
     }, names
 
 
@@ -157,14 +177,17 @@ def _assert_no_leak(captured: dict[str, str]) -> None:
 
 
 def test_metrics_logs_and_spans_carry_no_seeded_value_json(
-    tmp_path: Path, ops_database: str, otlp_collector: Collector
+    tmp_path: Path, sandbox_data_dir: Path | None, ops_database: str, otlp_collector: Collector
 ) -> None:
-    """JSON logs (config), tracing to a loopback OTLP receiver, metrics on a listener of their own."""
+    """JSON logs (config), tracing to a loopback OTLP receiver, metrics on a listener of their own,
+    and execute_code in the real sandbox (its calls are flows too, ``via=code``)."""
     metrics_port = free_port()
+    code = sandbox_data_dir is not None  # without root there is no sandbox: the rest still runs
     config = demo_config(
-        tmp_path / "data",
+        sandbox_data_dir or tmp_path / "data",
         ops_database,
         observability={"log_format": "json", "tracing": True, "metrics": {"listen": f"127.0.0.1:{metrics_port}"}},
+        **({"expose": "both", "sandbox": {"pool_size": 1}} if code else {}),
     )
     # An upstream that cannot start: its state is "down", and Veil stays ready for the others.
     config["upstreams"]["ghost"] = {"command": str(tmp_path / "no-such-server")}
@@ -172,6 +195,9 @@ def test_metrics_logs_and_spans_carry_no_seeded_value_json(
     with serve(tmp_path / "run", config, env=env) as served:
         anyio.run(_agent_calls, served.mcp)
         anyio.run(_call_ghost, served.mcp)
+        if code:
+            during = anyio.run(_code_call, served.mcp, f"http://127.0.0.1:{metrics_port}/metrics")
+            assert _value(during, "veil_sandbox_running") >= 1 and _value(during, "veil_sessions_active") >= 1
         metrics = _scrape(f"http://127.0.0.1:{metrics_port}/metrics")
         # Metrics left the MCP listener: not found there, even for an allowed principal.
         assert httpx.get(f"{served.base}/metrics", timeout=10).status_code != 200
@@ -183,6 +209,8 @@ def test_metrics_logs_and_spans_carry_no_seeded_value_json(
         log = served.log()
     _assert_moved(metrics)
     assert _value(metrics, "veil_upstream_state", upstream="ghost", state="down") == 1
+    if code:
+        assert _value(metrics, "veil_calls_total", method="tools/call", outcome="ok", tool="execute_code") >= 1
     span_text, spans = _spans(otlp_collector)
     names = {span.name for span in spans}
     assert "veil tools/call" in names and "veil.stage.exchange" in names, names
@@ -190,8 +218,8 @@ def test_metrics_logs_and_spans_carry_no_seeded_value_json(
     lines = [line for line in log.splitlines() if line.strip()]
     assert lines, "no log output at -vv"
     plain = [line for line in lines if not line.startswith("{")]
-    # The two lines click prints itself: the start banner and its SIGINT message.
-    assert all(line.startswith("veil: serving MCP on") or line == "Aborted!" for line in plain), plain[:5]
+    # The command's own status lines (veil: serving ..., veil: stopped ...) are printed, not logged.
+    assert all(line.startswith("veil: ") for line in plain), plain[:5]
     for line in lines:
         if line.startswith("{"):
             record = json.loads(line)
