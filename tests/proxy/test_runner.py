@@ -304,10 +304,12 @@ class Agent:
 
 
 @pytest.mark.req("relay:answers-untokenised")
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
 async def test_sampling_and_elicitation_answers_are_untokenised_for_the_asking_upstream(
-    make_config, tmp_path: Path
+    make_config, tmp_path: Path, mode: str
 ) -> None:
-    mode = "legacy"  # 2026-07-28 agents: see the test below
+    """Handshake-era agents get the upstream's questions as requests on the call in flight;
+    2026-07-28 agents in an InputRequiredResult, answered on their retry of the call."""
     agent = Agent()
     async with serving(asker_config(make_config, tmp_path)) as (gateway, url):
         start = mark(gateway)
@@ -320,6 +322,7 @@ async def test_sampling_and_elicitation_answers_are_untokenised_for_the_asking_u
             logging_callback=agent.on_log,
             list_roots_callback=agent.on_roots,
         ) as client:
+            assert (client.protocol_version >= "2026") == (mode == "auto")
             assert not (await client.call_tool("asker__summarise", {"topic": "renewal"})).is_error
             assert not (await client.call_tool("asker__confirm", {"topic": "renewal"})).is_error
             assert not (await client.call_tool("asker__roots", {})).is_error
@@ -340,6 +343,13 @@ async def test_sampling_and_elicitation_answers_are_untokenised_for_the_asking_u
     assert len(answered) == 3 and all(r.outcome == "ok" for r in answered)
     for r in answered:
         assert r.untokenised and all(u["destination"].startswith("asker__") for u in r.untokenised)
+    if mode == "auto":  # each question came back in an InputRequiredResult, audited on the call's row
+        rounds = [r for r in rows(gateway, start, kind="tool.call") if r.detail.get("input_required")]
+        assert sorted(k for r in rounds for k in r.detail["input_required"]) == [
+            "elicitation-create-1",
+            "roots-list-1",
+            "sampling-createMessage-1",
+        ]
     if mode == "legacy":
         logged = [r for r in relays if r.detail.get("method") == "notifications/message"]
         assert logged and logged[0].detail["delivery"] == "delivered"
@@ -347,20 +357,22 @@ async def test_sampling_and_elicitation_answers_are_untokenised_for_the_asking_u
 
 
 @pytest.mark.req("relay:answers-untokenised")
-async def test_a_2026_agent_is_told_clearly_that_sampling_cannot_be_relayed_yet(make_config, tmp_path: Path) -> None:
-    """2026-07-28 has no server-to-client requests on the agent side (InputRequiredResult relay is
-    not built yet): the call fails with a clear error, the refusal is audited, nothing is answered."""
-    agent = Agent()
-    async with serving(asker_config(make_config, tmp_path)) as (gateway, url):
+async def test_a_2026_retry_must_name_a_call_of_its_own_session(make_config, tmp_path: Path) -> None:
+    """request_state is an unguessable id of a call waiting in this session: an unknown one is
+    refused (audited at the exchange), nothing reaches the upstream."""
+    async with (
+        serving(asker_config(make_config, tmp_path)) as (gateway, url),
+        Client(url, mode="auto", read_timeout_seconds=60) as client,
+    ):
         start = mark(gateway)
-        async with Client(url, mode="auto", read_timeout_seconds=60, sampling_callback=agent.on_sampling) as client:
-            with pytest.raises(MCPError) as refused:
-                await client.call_tool("asker__summarise", {"topic": "renewal"})
-        assert "cannot answer sampling/createMessage" in refused.value.message
-        relayed = [r for r in rows(gateway, start, kind="notification.relay")]
-    asks = [r for r in relayed if r.detail.get("method") == "sampling/createMessage"]
-    assert len(asks) == 1 and asks[0].outcome == "error" and asks[0].detail["stage"] == "exchange"
-    assert agent.seen == [] and not (tmp_path / "asked.jsonl").exists()
+        with pytest.raises(MCPError) as refused:
+            await client.session.call_tool(
+                "asker__summarise", {"topic": "renewal"}, request_state="forged", input_responses={}
+            )
+        assert "request_state names no call" in refused.value.message
+        (row,) = [r for r in rows(gateway, start, kind="tool.call")]
+        assert (row.outcome, row.detail["stage"], row.detail["error"]) == ("error", "exchange", "InvalidArguments")
+    assert not (tmp_path / "asked.jsonl").exists()
 
 
 @pytest.mark.req("listings:interface-tokenised")

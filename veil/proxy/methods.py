@@ -290,14 +290,26 @@ class ToolsCall(Handler):
         # own through the runner (``Progress``), relayed to this agent request.
         token = flow.session.open_progress(flow.ctx)
         meta: Any = {"progressToken": token} if token else None
-        try:
-            flow.inbound = await _request(
-                runner, flow, upstream, f"{upstream}__{tool}", lambda c: c.call_tool(tool, flow.outbound, meta=meta)
+        arguments = flow.outbound
+
+        def call() -> Any:
+            return _request(
+                runner, flow, upstream, f"{upstream}__{tool}", lambda c: c.call_tool(tool, arguments, meta=meta)
             )
+
+        try:
+            if flow.session.stateless_agent(flow.ctx):  # questions on the way ride InputRequiredResult
+                flow.inbound = await flow.session.input_round(upstream, flow.params, call)
+            else:
+                flow.inbound = await call()
         finally:
             await flow.session.close_progress(token)
 
     async def shape(self, runner: Runner, flow: Flow) -> None:
+        if isinstance(flow.inbound, types.InputRequiredResult):  # its questions were tokenised as flows
+            flow.result = flow.inbound
+            flow.detail["input_required"] = sorted(flow.inbound.input_requests or {})
+            return
         flow.result = await _tokenise(runner, flow, flow.inbound, flow.target.upstream or "")
         if flow.result.is_error:
             flow.outcome = ev.ERROR
@@ -685,7 +697,8 @@ class AskAgent(UpstreamMessage):
 
     async def exchange(self, runner: Runner, flow: Flow) -> None:
         assert flow.session is not None
-        answer = await flow.session.ask_agent(self.method, self.request_type(params=flow.result), self.result_type)
+        request = self.request_type(params=flow.result)
+        answer = await flow.session.ask_agent(self.method, request, self.result_type, flow.target.upstream or "")
         flow.inbound = answer
         flow.detail["answer"] = getattr(answer, "action", "ok")
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import secrets
 import time
 import uuid
 import warnings
@@ -19,9 +21,10 @@ import anyio
 import mcp_types as types
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.message import ServerMessageMetadata
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from veil.audit import events as ev
-from veil.errors import ToolNotFound, VeilError
+from veil.errors import InvalidArguments, ToolNotFound, UpstreamError, VeilError
 from veil.principal import Principal
 from veil.proxy.catalogue import CatalogueEntry, gateway_name
 from veil.proxy.shaping import from_wire, to_wire, withhold_binary
@@ -87,6 +90,7 @@ class AgentSession:
         self.front: FrontChannel | None = None  # the last agent request's channel (standing channel)
         self._queued: list[tuple[str, Any]] = []  # log messages that arrived between requests
         self._progress: dict[str, Any] = {}  # progress token -> the agent request's context
+        self._rounds: dict[str, _InputRound] = {}  # 2026-07-28 calls waiting for the agent's input
         self.log_level: Any = None
         self.last_used = time.monotonic()
         self.closed = False
@@ -206,9 +210,14 @@ class AgentSession:
             return "failed"
         return "delivered"
 
-    async def ask_agent(self, what: str, request: Any, result_type: Any) -> Any:
-        """Send a server-to-client request (sampling, elicitation) on the request in flight."""
+    async def ask_agent(self, what: str, request: Any, result_type: Any, upstream: str) -> Any:
+        """Put an upstream's server-to-client request (sampling, elicitation, roots) to the agent:
+        as a request on the agent request in flight (handshake era), or, for a 2026-07-28 agent,
+        in the InputRequiredResult of the call waiting on that upstream (``input_round``)."""
         front = self._requests[-1] if self._requests else None
+        waiting = [p for p in self._rounds.values() if p.upstream == upstream and not p.done]
+        if (front is None or not front.can_send_request) and waiting:
+            return await waiting[-1].ask(request, result_type, self.gw.config.limits.upstream_timeout_s)
         if front is None or not front.can_send_request:
             raise VeilError(
                 f"the agent connected to Veil cannot answer {what} requests now (no request in flight, the "
@@ -219,6 +228,53 @@ class AgentSession:
             return await front.request(request, result_type)
         except Exception as exc:
             raise VeilError(f"the agent did not answer the {what} request ({type(exc).__name__})") from None
+
+    # -- 2026-07-28 agents: the upstream's questions ride InputRequiredResult ----------------------
+
+    @staticmethod
+    def stateless_agent(ctx: Any) -> bool:
+        """A 2026-07-28 agent: no server-to-client requests; questions go in InputRequiredResult."""
+        return ctx is not None and getattr(ctx, "protocol_version", None) in MODERN_PROTOCOL_VERSIONS
+
+    async def input_round(self, upstream: str, params: Any, start: Any) -> Any:
+        """One round of a call for a 2026-07-28 agent: the upstream's result, or an
+        InputRequiredResult with the questions it asked meanwhile (already tokenised by the runner).
+
+        The first round starts the upstream call in the background (``start()``); the agent's
+        retry names it by ``request_state`` (an unguessable id, valid only in this session, so
+        only this identity) and carries the answers, which go back to the waiting questions (and
+        through the runner's untokenise stage to the upstream)."""
+        state = getattr(params, "request_state", None)
+        if state is None:
+            call = _InputRound(upstream)
+            self._rounds[call.id] = call
+            self.gw.task_group.start_soon(call.run, start)
+        else:
+            found = self._rounds.get(state)
+            if found is None or found.upstream != upstream:
+                raise InvalidArguments(
+                    "request_state names no call waiting for input in this session (answered, expired or "
+                    "another session's); call the tool again without it"
+                )
+            call = found
+            call.answer(getattr(params, "input_responses", None) or {})
+        timeout = self.gw.config.limits.upstream_timeout_s
+        try:
+            outcome = await call.next(timeout)
+        except BaseException as exc:
+            call.cancel()
+            self._rounds.pop(call.id, None)
+            if isinstance(exc, TimeoutError):
+                raise UpstreamError(
+                    f"upstream '{upstream}' did not answer within {timeout:g}s (limits.upstream_timeout_s)"
+                ) from None
+            raise
+        if isinstance(outcome, types.InputRequiredResult):
+            return outcome
+        self._rounds.pop(call.id, None)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     # -- upstreams -----------------------------------------------------------------------------
 
@@ -320,6 +376,9 @@ class AgentSession:
         if self.closed:
             return
         self.closed = True
+        for call in self._rounds.values():
+            call.cancel()
+        self._rounds.clear()
         for conn in self._connections.values():
             await conn.aclose()
         self._connections.clear()
@@ -327,6 +386,73 @@ class AgentSession:
 
 MAX_QUEUED_LOGS = 256
 PROGRESS_DRAIN_S = 5.0  # how long a call's result waits for its progress still being relayed
+
+
+class _InputRound:
+    """An upstream call made for a 2026-07-28 agent, running in the background between the
+    agent's rounds: the questions the upstream asks wait here for the agent's retry."""
+
+    def __init__(self, upstream: str) -> None:
+        self.id = secrets.token_urlsafe(24)
+        self.upstream = upstream
+        self.done = False
+        self._events_in, self._events = anyio.create_memory_object_stream[Any](math.inf)
+        self._waiting: dict[str, tuple[anyio.Event, list[Any]]] = {}
+        self._scope = anyio.CancelScope()
+        self._asked = 0
+
+    async def run(self, start: Any) -> None:
+        with self._scope:
+            try:
+                outcome = await start()
+            except Exception as exc:  # a VeilError (message tokenised) for the agent's next round
+                outcome = exc
+            self.done = True
+            self._events_in.send_nowait(("end", outcome))
+
+    def cancel(self) -> None:
+        self.done = True
+        self._scope.cancel()
+        for event, _ in self._waiting.values():
+            event.set()
+
+    async def ask(self, request: Any, result_type: Any, timeout_s: float) -> Any:
+        self._asked += 1
+        key = f"{request.method.replace('/', '-')}-{self._asked}"
+        event, slot = anyio.Event(), list[Any]()
+        self._waiting[key] = (event, slot)
+        self._events_in.send_nowait(("ask", key, request))
+        with anyio.move_on_after(timeout_s):
+            await event.wait()
+        self._waiting.pop(key, None)
+        if not slot:
+            raise VeilError(f"the agent did not answer the {request.method} request in {timeout_s:g}s")
+        return from_wire(result_type, to_wire(slot[0]))
+
+    def answer(self, responses: dict[str, Any]) -> None:
+        for key, response in responses.items():
+            waiting = self._waiting.get(key)
+            if waiting is not None and not waiting[1]:
+                waiting[1].append(response)
+                waiting[0].set()
+
+    async def next(self, timeout_s: float) -> Any:
+        """The call's outcome, or an InputRequiredResult with every question asked so far."""
+        with anyio.fail_after(timeout_s):
+            event = await self._events.receive()
+        asks: dict[str, Any] = {}
+        while True:
+            if event[0] == "end":
+                if asks:  # answer the questions first; the outcome waits for the next round
+                    self._events_in.send_nowait(event)
+                    break
+                return event[1]
+            asks[event[1]] = event[2]
+            try:
+                event = self._events.receive_nowait()
+            except anyio.WouldBlock:
+                break
+        return types.InputRequiredResult(input_requests=asks, request_state=self.id)
 
 
 class _ProgressRoute:
