@@ -310,5 +310,31 @@ async def test_idle_http_sessions_end_and_their_upstreams_stop(make_config) -> N
                         await anyio.sleep(0.1)
         closes = events_since(gateway, start, "session.close")
         opened = events_since(gateway, start, "session.open")
-    assert len(opened) == 2  # one per client, each ended while its client was still connected
-    assert len(closes) == 2 and {r.detail["reason"] for r in closes} <= {"idle", "closed"}
+        assert len(opened) == 2  # one per client, each ended while its client was still connected
+        assert len(closes) == 2 and {r.detail["reason"] for r in closes} <= {"idle", "closed"}
+
+        # A handshake-era agent that holds its GET stream open and sends nothing: the open stream is
+        # not activity (docs/architecture.md), so its session ends and its upstream process stops.
+        start = last_seq(gateway)
+        headers = {
+            "accept": "application/json, text/event-stream",
+            "content-type": "application/json",
+            "mcp-protocol-version": "2025-06-18",
+        }
+        ping = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "crm__ping", "arguments": {}}}
+        async with httpx.AsyncClient(timeout=30) as http:
+            opened = await http.post(url, json=INITIALIZE, headers=headers)
+            headers["mcp-session-id"] = opened.headers["mcp-session-id"]
+            await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+            assert '"result"' in (await http.post(url, json=ping, headers=headers)).text
+            assert upstream_processes()
+            async with http.stream("GET", url, headers={**headers, "accept": "text/event-stream"}) as stream:
+                assert stream.status_code == 200  # the standalone stream is open ...
+                with anyio.fail_after(30):
+                    while gateway.sessions or upstream_processes():  # ... and the session ends all the same
+                        await anyio.sleep(0.1)
+                (idle,) = events_since(gateway, start, "session.close")
+                assert idle.detail["reason"] == "idle"
+                # The transport session is kept: its next request gets a fresh agent session.
+                assert '"result"' in (await http.post(url, json={**ping, "id": 3}, headers=headers)).text
+                assert len(events_since(gateway, start, "session.open")) == 2
