@@ -70,6 +70,10 @@ TOOLS = [
     _tool("test_elicitation_sep1330_enums", "Elicitation with every enum variant."),
     # Not a scenario's: Veil's tests use it to see the client's roots reach an upstream.
     _tool("list_client_roots", "Asks the client for its roots and lists their URIs."),
+    # Not a scenario's: a tool that runs only as a task (2025-11-25), which Veil does not relay.
+    _tool("research_as_task", "Runs only as a task.").model_copy(
+        update={"execution": types.ToolExecution(task_support="required")}
+    ),
 ]
 
 

@@ -1,5 +1,6 @@
 """Protocol fidelity through the real gateway: capabilities as Veil really behaves, the agent's
-roots offered to an upstream that asks, and completion through the runner.
+roots offered to an upstream that asks, completion through the runner, and a tool that runs
+only as a task refused with a clear error (Veil does not relay tasks).
 
 A real MCP client over Streamable HTTP; ``reference_server.py`` as a real stdio upstream.
 """
@@ -12,6 +13,7 @@ from pathlib import Path
 import mcp_types as types
 import pytest
 from mcp.client.client import Client
+from mcp.shared.exceptions import MCPError
 from proxy.harness import serving
 
 from veil.config import parse_config
@@ -47,6 +49,18 @@ async def test_capabilities_say_what_veil_does(config) -> None:
     # Veil relays list-changed notifications from its upstreams, so it may not say it does not.
     assert caps.tools.list_changed and caps.resources.list_changed and caps.prompts.list_changed
     assert caps.resources.subscribe and caps.completions is not None and caps.logging is not None
+    assert caps.tasks is None  # Veil does not relay tasks (docs/conformance.md), so it does not say it does
+
+
+@pytest.mark.req("protocol:capabilities")
+async def test_a_tool_that_runs_only_as_a_task_is_refused_saying_why(config) -> None:
+    async with serving(config) as (_gw, url), Client(url, mode="legacy") as agent:
+        listed = {t.name: t for t in (await agent.list_tools()).tools}
+        assert listed["ref__research_as_task"].execution.task_support == "required"
+        with pytest.raises(MCPError) as refused:
+            await agent.call_tool("ref__research_as_task", {})
+    assert refused.value.code == -32602
+    assert "can only run as a task" in refused.value.message and "does not relay" in refused.value.message
 
 
 @pytest.mark.req("protocol:roots")

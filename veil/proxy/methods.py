@@ -278,6 +278,14 @@ class ToolsCall(Handler):
         flow.target = Target("tool", upstream, tool, "call")
         arguments = dict(flow.params.arguments or {})
         flow.args_digest = digest_args(arguments)
+        execution = entry.tool.execution
+        if execution is not None and execution.task_support == "required":
+            # Veil does not relay tasks (tasks/get, tasks/result...): the MCP SDK it is built on has no
+            # tasks support, and its tools/call results are checked as CallToolResult on both sides.
+            raise InvalidArguments(
+                f"{cat.gateway_name(upstream, tool, runner.gw.config.prefix(upstream))} can only run as a task "
+                "(task-augmented execution), which Veil does not relay yet; see docs/conformance.md, 'Not covered'"
+            )
         _validate(entry.tool, arguments, upstream, tool)
 
     def outbound(self, flow: Flow) -> Any:
