@@ -137,6 +137,8 @@ def contact() -> str:
 
 @mcp.resource("asker://accounts/{account}", name="account", description=f"Accounts like {ADDRESS}'s")
 def account(account: str) -> str:
+    if LOG:
+        record("account", account)
     return account
 
 

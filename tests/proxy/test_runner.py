@@ -512,3 +512,27 @@ async def test_progress_and_agent_notifications_pass_the_runner_and_are_audited(
                 await anyio.sleep(0.05)
         for r in rows(gateway, start):
             assert ADDRESS not in json.dumps(r.detail) and "message" not in r.detail
+
+
+@pytest.mark.req("tokenize:roundtrip")
+async def test_a_token_percent_encoded_in_a_resource_uri_reaches_the_upstream_as_the_value(
+    make_config, tmp_path: Path
+) -> None:
+    """RFC 6570 expansion writes a token's brackets as %5B and %5D: still a token, and its value is
+    percent-encoded, so the upstream decodes exactly the value; a literal token works as before."""
+    async with (
+        serving(asker_config(make_config, tmp_path)) as (gateway, url),
+        Client(url, mode="legacy", read_timeout_seconds=60) as agent,
+    ):
+        looked_up = await agent.call_tool("asker__lookup", {})
+        token = TOKEN_RE.search(json.dumps(looked_up.model_dump(mode="json"))).group(0)
+        start = mark(gateway)
+        encoded = token.replace("[", "%5B").replace("]", "%5D")
+        for uri in (f"asker://accounts/{encoded}", f"asker://accounts/{token}"):
+            read = await agent.read_resource(uri)
+            assert read.contents[0].text == token  # the upstream's answer, tokenised again
+        reads = [r for r in rows(gateway, start, kind="resource.read")]
+        assert [bool(r.untokenised) for r in reads] == [True, True]
+        assert [r.detail.get("uri_encoded_tokens", False) for r in reads] == [True, False]
+    received = [json.loads(line)["value"] for line in (tmp_path / "asked.jsonl").read_text().splitlines()]
+    assert received == [ADDRESS, ADDRESS]

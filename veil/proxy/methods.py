@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from veil.proxy.session import AgentSession
 
 METHOD_NOT_FOUND = -32601
+# A token percent-encoded in a URI: %5BEMAIL_ADDRESS_1%5D (hex digits in either case).
+_ENCODED_TOKEN = re.compile(r"%5[Bb]([A-Z][A-Z0-9_]*_\d+)%5[Dd]")
 
 
 class Handler:
@@ -52,6 +54,11 @@ class Handler:
     def destination(self, flow: Flow) -> str:
         """The ``TOOL`` part of ``UPSTREAM__TOOL`` that flow rules see for this method."""
         return flow.target.name or flow.method
+
+    def substitution(self, flow: Flow, path: str) -> str | None:
+        """How values are written into the outbound value at ``path``, when the method itself
+        decides (else the policy's ``substitution`` rules do)."""
+        return None
 
     async def exchange(self, runner: Runner, flow: Flow) -> None:
         """Talk to the other side; put what came back in ``flow.inbound``."""
@@ -417,7 +424,19 @@ class ResourceMethod(Handler):
         flow.target = Target("resource", upstream, uri, self.action)
 
     def outbound(self, flow: Flow) -> Any:
-        return None if flow.target.kind == "veil" else str(flow.params.uri)
+        if flow.target.kind == "veil":
+            return None
+        uri = str(flow.params.uri)
+        # A token the agent percent-encoded (RFC 6570 expansion writes [ and ] as %5B and %5D) is
+        # a token too; its value is then percent-encoded (``substitution``), so the upstream,
+        # decoding the URI, reads exactly the value.
+        decoded = _ENCODED_TOKEN.sub(r"[\1]", uri)
+        if decoded != uri:
+            flow.detail["uri_encoded_tokens"] = True
+        return decoded
+
+    def substitution(self, flow: Flow, path: str) -> str | None:
+        return "uri" if flow.detail.get("uri_encoded_tokens") else None
 
     def destination(self, flow: Flow) -> str:
         return self.method

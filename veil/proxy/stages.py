@@ -156,7 +156,7 @@ class Untokenise:
         untokenize = functools.partial(runner.gw.tokenizer.untokenize, destination=f"{upstream}__{tool}")
 
         def context(path: str) -> str:
-            return policy.substitute_context(upstream, tool, path)[0]
+            return flow.handler.substitution(flow, path) or policy.substitute_context(upstream, tool, path)[0]
 
         untok = await runner.gw.in_thread(untokenize, value, flow.session.scope, decide, context)
         flow.outbound = untok.value

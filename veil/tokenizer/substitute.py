@@ -30,6 +30,10 @@ with defaults by argument name) that says how a value is written into it:
     (``-rf`` at the start of a word, unless after ``--``).
 ``raw``
     Verbatim, as before (a string that is itself a JSON document stays valid JSON).
+``uri``
+    Not a policy choice: the runner uses it for a resource URI in which the agent percent-encoded
+    its tokens (``%5BEMAIL_ADDRESS_1%5D``, as RFC 6570 expansion writes them). Each value is
+    percent-encoded (every reserved character), so the upstream decodes exactly the value.
 
 Every refusal is a ``SubstitutionRefused`` naming tool, argument and token, never the value, and
 happens before anything is sent: ``plan`` runs before the vault is read and before any flow
@@ -45,6 +49,7 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import quote
 
 from veil.errors import SubstitutionRefused
 from veil.tokenizer.tokens import TOKEN_RE
@@ -98,6 +103,8 @@ def plan(text: str, context: str, where: Where) -> Render | None:
         return _plan_json(text, where)
     if context == "raw":
         return None
+    if context == "uri":
+        return lambda values: TOKEN_RE.sub(lambda m: quote(values[m.group(0)], safe=""), text)
     raise ValueError(f"unknown substitution context {context!r} (known: {', '.join(CONTEXTS)})")
 
 
