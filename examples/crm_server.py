@@ -41,7 +41,7 @@ from mcp.server.mcpserver import (
     UserMessage,
 )
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
-from mcp.shared.exceptions import MCPDeprecationWarning, NoBackChannelError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError, NoBackChannelError
 from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
 
@@ -286,8 +286,8 @@ def build_server(
     def draft_followup(customer_id: str) -> list[UserMessage]:
         """A prompt asking for a follow-up email to a customer (contains their name, email, address)."""
         customer = by_id.get(customer_id)
-        if customer is None:
-            raise ValueError(f"Unknown customer id {customer_id!r}")
+        if customer is None:  # an MCPError: its message reaches the client (a ValueError's does not)
+            raise MCPError(types.INVALID_PARAMS, f"Unknown customer id {customer_id!r}")
         a = customer["address"]
         return [
             UserMessage(
