@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -31,14 +32,17 @@ async def test_console_is_served_under_slash_console_by_the_gateway(make_databas
     url = make_database()
     engine = db.create_engine(url)
     key = create_key(engine, "olivia", ["compliance"])[1]
+    security = create_key(engine, "sam", ["security"])[1]
     agent = create_key(engine, "agent-7", ["support"])[1]
     engine.dispose()
     data_dir = Path(tempfile.mkdtemp(prefix="veil-console-"))
+    policy = data_dir / "policy.yaml"
+    policy.write_text((ROOT / "policies" / "default.yaml").read_text())
     config = parse_config(
         {
             "database_url": url,
             "data_dir": str(data_dir),
-            "policy": str(ROOT / "policies" / "default.yaml"),
+            "policy": str(policy),
             "expose": "direct",
             "limits": {"ner_workers": 1},
         },
@@ -53,9 +57,31 @@ async def test_console_is_served_under_slash_console_by_the_gateway(make_databas
         refused = await client.get(f"{base}/console/audit", headers={"authorization": f"Bearer {agent}"})
         assert refused.status_code == 403
         assert (await client.post(mcp_url, json={})).status_code == 401  # the MCP endpoint keeps its own auth
+
+        # Roll-out writes the file the gateway watches; the gateway puts it in force.
+        before = gateway.policy.version
+        draft = policy.read_text().replace("name: default", "name: rolled-out", 1)
+        rolled = await client.post(
+            f"{base}/console/policies/rollout", data={"policy": draft}, headers={"authorization": f"Bearer {security}"}
+        )
+        assert rolled.status_code == 200 and "rolled out" in rolled.text
+        with anyio.fail_after(15):
+            while gateway.policy.version == before:
+                await anyio.sleep(0.05)
+        assert gateway.policy.name == "rolled-out"
         with gateway.engine.connect() as conn:
             views = conn.execute(
                 sa.text("SELECT principal, outcome FROM audit_events WHERE kind = :k ORDER BY seq"),
                 {"k": ev.CONSOLE_VIEW},
             ).all()
+            loads = conn.execute(
+                sa.text("SELECT detail->>'reason' FROM audit_events WHERE kind = :k ORDER BY seq"),
+                {"k": ev.POLICY_LOAD},
+            )
+            reasons = [r[0] for r in loads]
+            (rollout,) = conn.execute(
+                sa.text("SELECT principal, detail FROM audit_events WHERE kind = :k"), {"k": ev.POLICY_ROLLOUT}
+            ).all()
     assert [tuple(v) for v in views] == [("olivia", "ok"), ("agent-7", "denied")]
+    assert reasons == ["start", "file changed"]
+    assert rollout.principal == "sam" and rollout.detail["old_version"] == before

@@ -23,7 +23,9 @@ from veil.config import load_config
     show_default=True,
     help="Where to listen; the console is at http://HOST:PORT/console/.",
 )
-def console(config_path: str, listen: str) -> None:
+@click.option("--certfile", type=click.Path(dir_okay=False, exists=True), help="TLS certificate (PEM) to serve HTTPS.")
+@click.option("--keyfile", type=click.Path(dir_okay=False, exists=True), help="TLS private key (PEM) for --certfile.")
+def console(config_path: str, listen: str, certfile: str | None, keyfile: str | None) -> None:
     """Serve the web console: audit explorer, data subjects, reports and policies."""
     import uvicorn
 
@@ -32,9 +34,28 @@ def console(config_path: str, listen: str) -> None:
 
     config = load_config(config_path)
     host, port = parse_listen(listen)
+    if bool(certfile) != bool(keyfile):
+        raise click.UsageError("--certfile and --keyfile go together")
+    scheme = "https" if certfile else "http"
+    if not certfile and host not in ("127.0.0.1", "localhost", "::1"):
+        # Browsers keep the Secure session cookie only over HTTPS (or on loopback): say why login would loop.
+        click.echo(
+            f"veil: warning: {host} is not loopback and no --certfile is given; browsers will not keep "
+            "the console's Secure cookie over plain HTTP: serve it with TLS (or behind a TLS proxy)",
+            err=True,
+        )
     services = ConsoleServices.from_config(config)
     try:
-        click.echo(f"veil: console on http://{host}:{port}/console/", err=True)
-        uvicorn.run(create_app(services), host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+        click.echo(f"veil: console on {scheme}://{host}:{port}/console/", err=True)
+        uvicorn.run(
+            create_app(services),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,  # nothing of a request's URL or body is logged
+            lifespan="off",
+            ssl_certfile=certfile,
+            ssl_keyfile=keyfile,
+        )
     finally:
         services.close()

@@ -6,8 +6,8 @@ and lint as the CLI (messages carry their line and column). Roll-out (``security
 writes the policy file atomically; the gateway's watcher loads it within about a second and
 records ``policy.load``; the console records ``policy.rollout`` with who, and the old and new
 SHA-256. The try-it pane runs the tokenizer's detection and the policy's decisions on a pasted
-sample; the sample is not kept, logged or shown back: the page shows entity types, tokens and
-the sample as the agent would see it.
+sample; the sample is not kept or logged, and comes back only as the agent would see it
+(detected values replaced by their tokens), next to the entity types, spans and tokens.
 """
 
 from __future__ import annotations
