@@ -2,7 +2,8 @@
 charts and policies, against a real console process, a real vault and a real audit trail.
 
 The tests share one console and one browser; they run in file order, and the last one looks
-for every seeded raw value, in every form, in every page the browser was shown.
+for every seeded raw value, in every form, in every page the browser was shown and every
+download (exports and reports).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import io
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -105,7 +107,9 @@ def test_export_carries_exactly_the_filtered_events(console: Console, as_role: O
     page.goto("/console/audit?principal=bob&outcome=denied")
     with page.tab.expect_download() as download:
         page.tab.click("#export-csv")
-    rows = list(csv.DictReader(io.StringIO(open(download.value.path()).read())))  # noqa: SIM115
+    exported = Path(download.value.path()).read_text()
+    console.pages.append(("export.csv", exported))  # downloads too are looked through for raw values
+    rows = list(csv.DictReader(io.StringIO(exported)))
     with console.engine.connect() as conn:
         seqs = [
             r[0]
@@ -117,6 +121,7 @@ def test_export_carries_exactly_the_filtered_events(console: Console, as_role: O
     assert {r["rule"] for r in rows} == {"access[1]"}
 
     response = page.get("/console/audit/export.json?principal=alice&kind=tool.call")
+    console.pages.append(("export.json", response.text()))
     lines = [json.loads(line) for line in response.text().splitlines()]
     assert len(lines) == 4 and {e["principal"] for e in lines} == {"alice"}
     assert [e["detail"].get("format") for e in console.events(ev.CONSOLE_EXPORT)][-2:] == ["csv", "json"]
@@ -171,6 +176,10 @@ def test_reports_download_in_every_format(console: Console, as_role: Open) -> No
     period = f"from={page.tab.input_value('#from')}&to={page.tab.input_value('#to')}"
     get = page.get
     report = get(f"/console/reports/download?{period}&format=json").json()
+    for kind, fmt in (("full", "csv"), ("full", "html"), ("ropa", "json"), ("access-log", "json")):
+        text = get(f"/console/reports/download?{period}&kind={kind}&format={fmt}").text()
+        assert text
+        console.pages.append((f"report.{kind}.{fmt}", text))
     with console.engine.connect() as conn:
         calls = conn.execute(sa.text("SELECT count(*) FROM audit_events WHERE kind = 'tool.call'")).scalar()
     assert report["summary"]["tool_calls"] == calls and report["integrity"]["verified"] is True
@@ -273,7 +282,7 @@ def test_security_rolls_out_a_policy_and_it_is_recorded(console: Console, as_rol
 
 
 def test_no_seeded_raw_value_in_any_page_or_console_event(console: Console) -> None:
-    assert len(console.pages) > 20
+    assert len(console.pages) > 20  # pages and downloads of the tests above
     pages = {f"{i}:{url}": html for i, (url, html) in enumerate(console.pages)}
     assert leaks(pages, SEEDED) == []
     with console.engine.connect() as conn:
