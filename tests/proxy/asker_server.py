@@ -45,6 +45,18 @@ def summarise(topic: str, sampled: Annotated[types.CreateMessageResult, Resolve(
     return "noted"
 
 
+@mcp.prompt()
+async def briefing(topic: str, ctx: Context) -> str:
+    """A prompt that asks the client's model first; records the answer."""
+    sample = _sample(topic)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MCPDeprecationWarning)
+        sampled = await ctx.session.create_message(sample.params.messages, max_tokens=50)
+    text = sampled.content.text if isinstance(sampled.content, types.TextContent) else ""
+    record("sampling", text)
+    return f"Brief on {topic}."
+
+
 Confirm: type[BaseModel] = create_model("Confirm", email=(str, Field(default=ADDRESS, description="Address")))
 
 

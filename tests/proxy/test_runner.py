@@ -326,6 +326,7 @@ async def test_sampling_and_elicitation_answers_are_untokenised_for_the_asking_u
             assert not (await client.call_tool("asker__summarise", {"topic": "renewal"})).is_error
             assert not (await client.call_tool("asker__confirm", {"topic": "renewal"})).is_error
             assert not (await client.call_tool("asker__roots", {})).is_error
+            assert (await client.get_prompt("asker__briefing", {"topic": "renewal"})).messages
             await client.call_tool("asker__chatty", {})
         relays = [r for r in rows(gateway, start, kind="notification.relay")]
     # The agent saw only tokens, the schema default included ...
@@ -340,15 +341,16 @@ async def test_sampling_and_elicitation_answers_are_untokenised_for_the_asking_u
     answered = [
         r for r in relays if r.detail.get("method") in ("sampling/createMessage", "elicitation/create", "roots/list")
     ]
-    assert len(answered) == 3 and all(r.outcome == "ok" for r in answered)
+    assert len(answered) == 4 and all(r.outcome == "ok" for r in answered)  # the prompt's sampling too
     for r in answered:
         assert r.untokenised and all(u["destination"].startswith("asker__") for u in r.untokenised)
     if mode == "auto":  # each question came back in an InputRequiredResult, audited on the call's row
-        rounds = [r for r in rows(gateway, start, kind="tool.call") if r.detail.get("input_required")]
-        assert sorted(k for r in rounds for k in r.detail["input_required"]) == [
-            "elicitation-create-1",
-            "roots-list-1",
-            "sampling-createMessage-1",
+        rounds = [r for r in rows(gateway, start) if r.detail.get("input_required")]
+        assert sorted((r.kind, k) for r in rounds for k in r.detail["input_required"]) == [
+            ("prompt.get", "sampling-createMessage-1"),
+            ("tool.call", "elicitation-create-1"),
+            ("tool.call", "roots-list-1"),
+            ("tool.call", "sampling-createMessage-1"),
         ]
     if mode == "legacy":
         logged = [r for r in relays if r.detail.get("method") == "notifications/message"]
@@ -401,7 +403,7 @@ async def test_listings_pass_the_tokenizer_and_stubs_hold_no_raw_values(make_con
     assert TOKEN_RE.search(text)
     names = {t.name for t in listed["tools"].tools}
     assert {"asker__lookup", "asker__record_as_text"} <= names
-    assert [p.name for p in listed["prompts"].prompts] == ["asker__write_to"]
+    assert sorted(p.name for p in listed["prompts"].prompts) == ["asker__briefing", "asker__write_to"]
 
 
 def test_result_value_parses_json_text_for_sandbox_code() -> None:

@@ -102,6 +102,26 @@ async def _request(runner: Runner, flow: Flow, upstream: str, what: str, call: A
         raise await upstream_failed(runner, flow, exc, upstream, what) from None
 
 
+async def _asking(flow: Flow, upstream: str, call: Any) -> Any:
+    """Run the upstream call (``call()``); for a 2026-07-28 agent, questions the upstream asks on
+    the way come back in an InputRequiredResult and the agent's retry carries the answers
+    (``AgentSession.input_round``). tools/call, prompts/get and resources/read."""
+    assert flow.session is not None
+    if not flow.session.stateless_agent(flow.ctx):
+        return await call()
+    what = f"{flow.method} {flow.target.upstream}:{flow.target.name}"
+    return await flow.session.input_round(upstream, what, flow.params, call)
+
+
+def _input_required(flow: Flow) -> bool:
+    """An InputRequiredResult goes to the agent as it is: its questions were tokenised as flows."""
+    if not isinstance(flow.inbound, types.InputRequiredResult):
+        return False
+    flow.result = flow.inbound
+    flow.detail["input_required"] = sorted(flow.inbound.input_requests or {})
+    return True
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -313,17 +333,12 @@ class ToolsCall(Handler):
             )
 
         try:
-            if flow.session.stateless_agent(flow.ctx):  # questions on the way ride InputRequiredResult
-                flow.inbound = await flow.session.input_round(upstream, flow.params, call)
-            else:
-                flow.inbound = await call()
+            flow.inbound = await _asking(flow, upstream, call)
         finally:
             await flow.session.close_progress(token)
 
     async def shape(self, runner: Runner, flow: Flow) -> None:
-        if isinstance(flow.inbound, types.InputRequiredResult):  # its questions were tokenised as flows
-            flow.result = flow.inbound
-            flow.detail["input_required"] = sorted(flow.inbound.input_requests or {})
+        if _input_required(flow):
             return
         flow.result = await _tokenise(runner, flow, flow.inbound, flow.target.upstream or "")
         if flow.result.is_error:
@@ -453,14 +468,18 @@ class ResourcesRead(ResourceMethod):
 
             flow.inbound = await read_stub_resource(runner.gw, flow.session, str(flow.params.uri))
             return
-        uri = flow.outbound
-        flow.inbound = await _request(
-            runner, flow, flow.target.upstream or "", "reading a resource", lambda c: c.read_resource(uri)
+        uri, upstream = flow.outbound, flow.target.upstream or ""
+        flow.inbound = await _asking(
+            flow,
+            upstream,
+            lambda: _request(runner, flow, upstream, "reading a resource", lambda c: c.read_resource(uri)),
         )
 
     async def shape(self, runner: Runner, flow: Flow) -> None:
         if flow.target.kind == "veil":
             flow.result = flow.inbound  # generated from tokenised listings
+            return
+        if _input_required(flow):
             return
         flow.result = await _tokenise(runner, flow, flow.inbound, flow.target.upstream or "")
 
@@ -527,12 +546,16 @@ class PromptsGet(Handler):
         return dict(flow.params.arguments or {})
 
     async def exchange(self, runner: Runner, flow: Flow) -> None:
-        prompt, arguments = flow.target.name or "", flow.outbound
-        flow.inbound = await _request(
-            runner, flow, flow.target.upstream or "", flow.params.name, lambda c: c.get_prompt(prompt, arguments)
+        prompt, arguments, upstream = flow.target.name or "", flow.outbound, flow.target.upstream or ""
+        flow.inbound = await _asking(
+            flow,
+            upstream,
+            lambda: _request(runner, flow, upstream, flow.params.name, lambda c: c.get_prompt(prompt, arguments)),
         )
 
     async def shape(self, runner: Runner, flow: Flow) -> None:
+        if _input_required(flow):
+            return
         flow.result = await _tokenise(runner, flow, flow.inbound, flow.target.upstream or "")
 
 

@@ -236,7 +236,7 @@ class AgentSession:
         """A 2026-07-28 agent: no server-to-client requests; questions go in InputRequiredResult."""
         return ctx is not None and getattr(ctx, "protocol_version", None) in MODERN_PROTOCOL_VERSIONS
 
-    async def input_round(self, upstream: str, params: Any, start: Any) -> Any:
+    async def input_round(self, upstream: str, what: str, params: Any, start: Any) -> Any:
         """One round of a call for a 2026-07-28 agent: the upstream's result, or an
         InputRequiredResult with the questions it asked meanwhile (already tokenised by the runner).
 
@@ -246,12 +246,12 @@ class AgentSession:
         through the runner's untokenise stage to the upstream)."""
         state = getattr(params, "request_state", None)
         if state is None:
-            call = _InputRound(upstream)
+            call = _InputRound(upstream, what)
             self._rounds[call.id] = call
             self.gw.task_group.start_soon(call.run, start)
         else:
             found = self._rounds.get(state)
-            if found is None or found.upstream != upstream:
+            if found is None or found.what != what:  # the retry names the same method and target
                 raise InvalidArguments(
                     "request_state names no call waiting for input in this session (answered, expired or "
                     "another session's); call the tool again without it"
@@ -392,9 +392,10 @@ class _InputRound:
     """An upstream call made for a 2026-07-28 agent, running in the background between the
     agent's rounds: the questions the upstream asks wait here for the agent's retry."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, what: str) -> None:
         self.id = secrets.token_urlsafe(24)
         self.upstream = upstream
+        self.what = what
         self.done = False
         self._events_in, self._events = anyio.create_memory_object_stream[Any](math.inf)
         self._waiting: dict[str, tuple[anyio.Event, list[Any]]] = {}
