@@ -133,7 +133,7 @@ def start_replicas(
         while waiting:
             for replica in list(waiting):
                 assert replica.proc is not None
-                if "serving MCP on" in replica.log.read_text(errors="replace"):
+                if "serving MCP on" in replica.log.read_text(errors="replace") and listening(replica.port):
                     waiting.remove(replica)
                 elif replica.proc.poll() is not None:
                     raise RuntimeError(f"{replica.name} exited: {replica.log.read_text(errors='replace')[-2000:]}")
@@ -144,6 +144,14 @@ def start_replicas(
         stop(replicas)
         raise
     return replicas
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def stop(replicas: list[Replica]) -> None:
