@@ -151,6 +151,11 @@ def test_the_configmap_holds_a_config_veil_accepts_and_a_policy_that_loads(tmp_p
     assert not raw["data_dir"].startswith("/var/"), "firejail cannot mount a workspace under /var"
     config = parse_config({**raw, "policy": str(config_dir / "policy.yaml")}, source=config_dir / "veil.yaml")
     assert config.token_scope == "principal"  # tokens agree on every replica (docs/deployment.md)
+    # Metrics on their own port, the one the pod declares and Prometheus is told to scrape.
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert config.observability.metrics.listen == f"0.0.0.0:{ports['metrics']}"
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(ports["metrics"])
     policy = load_policy(config.policy)
     assert policy.tokens.scope == "principal"
 
