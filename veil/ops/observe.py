@@ -23,6 +23,7 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from veil.audit import events as ev
 from veil.errors import UpstreamError
 from veil.ops import labels, tracing
 from veil.ops.metrics import CALL_SECONDS, CALLS, DENIALS, ENTITIES, STAGE_SECONDS
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from veil.proxy.flow import Flow
     from veil.proxy.gateway import Gateway
 
-DENIED = "denied"
 _ADMIT = "admit"
 _EXCHANGE = "exchange"
 
@@ -56,7 +56,6 @@ class UpstreamSeen:
     or ``unknown`` (no message has gone to it since start). Passive: nothing is sent to learn it."""
 
     state: str = "unknown"
-    since: float | None = None  # wall-clock time of the last change
 
 
 _upstreams: weakref.WeakKeyDictionary[Any, dict[str, UpstreamSeen]] = weakref.WeakKeyDictionary()
@@ -69,9 +68,7 @@ def upstream_states(gateway: Any) -> dict[str, UpstreamSeen]:
 
 
 def _note_upstream(gateway: Any, name: str, state: str) -> None:
-    seen = _upstreams.setdefault(gateway, {}).setdefault(name, UpstreamSeen())
-    if seen.state != state:
-        seen.state, seen.since = state, time.time()
+    _upstreams.setdefault(gateway, {}).setdefault(name, UpstreamSeen()).state = state
 
 
 class Watch:
@@ -132,7 +129,7 @@ class Watch:
         reason = None
         if flow.error is not None:
             reason = labels.reason(getattr(flow.error, "reason", None) or type(flow.error).__name__)
-            if flow.outcome == DENIED:
+            if flow.outcome == ev.DENIED:
                 DENIALS.labels(flow.stage or "", reason).inc()
         self._upstream_state(upstream)
         if self._span is not None:
