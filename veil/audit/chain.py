@@ -132,7 +132,7 @@ _TYPES = {
 _ROW = "(" + ", ".join(f"%s::{_TYPES.get(c, 'text')}" for c in COLUMNS) + ")"
 
 
-_SMALL = 16  # batches up to this size reuse a cached statement (prepared by psycopg when frequent)
+_SMALL = 16  # batches up to this size reuse a cached statement text
 
 
 @lru_cache(maxsize=_SMALL)
@@ -193,7 +193,7 @@ def append_if_head(
     n = len(params)
     if n <= _SMALL:
         cur = driver.execute(_append_if_head_small(n), args)
-    else:  # rarer large batches: built each time and not prepared, so neither cache grows with them
+    else:  # rarer large batches: built each time and never prepared, so no cache grows with them
         cur = driver.execute(_append_if_head_sql(n), args, prepare=False)
     return cur.rowcount
 

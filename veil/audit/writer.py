@@ -379,6 +379,9 @@ class AuditWriter:
             if driver.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 driver.rollback()
             driver.autocommit = True
+            # Never server-side prepared: behind PgBouncer in transaction mode (before 1.21) a
+            # statement prepared on one server connection is missing on the next.
+            driver.prepare_threshold = None
             self._raw = (raw, driver)
         return self._raw[1]
 
