@@ -65,7 +65,7 @@ async def test_console_is_served_under_slash_console_by_the_gateway(make_databas
             f"{base}/console/policies/rollout", data={"policy": draft}, headers={"authorization": f"Bearer {security}"}
         )
         assert rolled.status_code == 200 and "rolled out" in rolled.text
-        with anyio.fail_after(15):
+        with anyio.fail_after(30):
             while gateway.policy.version == before:
                 await anyio.sleep(0.05)
         assert gateway.policy.name == "rolled-out"

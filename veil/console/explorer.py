@@ -167,8 +167,8 @@ CHOICES_TTL_S = 60.0
 
 
 def choices(conn: sa.Connection) -> dict[str, list[str]]:
-    """Values offered in the filter lists: kinds and outcomes (small sets, from recent events;
-    computed at most once a minute)."""
+    """Values suggested for the kind and outcome filters (any value may be typed): those of the
+    latest 20,000 events, computed at most once a minute."""
     global _choices
     if _choices is not None and time.monotonic() - _choices[0] < CHOICES_TTL_S:
         return _choices[1]

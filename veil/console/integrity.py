@@ -56,7 +56,9 @@ def status(services: ConsoleServices, *, whole: bool = False) -> ChainStatus:
         if cached and time.monotonic() - cached[0] < TTL_S:
             return cached[1]
     began = time.perf_counter()
-    with services.engine.connect() as conn:
+    # One snapshot for the whole walk: the gateway keeps appending while we read, and rows
+    # committed between reading the events and reading the chain head would look like a cut tail.
+    with services.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
         cp = last_checkpoint(conn)
         head = read_head(conn).seq
         start, scope = None, "whole chain"
