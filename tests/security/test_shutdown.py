@@ -417,3 +417,35 @@ def test_stale_cgroups_are_reclaimed_and_a_live_veils_workspaces_are_not(tmp_pat
         os.close(held)
     reclaim.claim_root(root, hold=False)  # nobody holds it now: everything in it is stale
     assert [p.name for p in root.iterdir()] == [reclaim.LOCK_NAME]
+
+
+READ_STDIN = """
+import asyncio, sys
+from veil.proxy.lifecycle import AgentStdin
+
+async def main():
+    stdin = AgentStdin.claim()
+    lines = [line async for line in stdin] if stdin else []
+    print("claimed" if stdin else "sdk", len(lines))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("source", ["pipe", "file", "devnull"])
+def test_stdio_reads_the_agent_on_the_event_loop_where_it_can_wait(source: str, tmp_path: Path) -> None:
+    """A pipe (what agents use) is read on the event loop, so a stop can interrupt a read; what
+    epoll cannot wait on (/dev/null, a file: reads never block there) is left to the SDK's reader,
+    instead of a reader that never wakes."""
+    lines = tmp_path / "in.jsonl"
+    lines.write_text('{"a": 1}\n{"b": 2}\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-c", READ_STDIN]
+    if source == "pipe":
+        done = subprocess.run(argv, input=lines.read_bytes(), capture_output=True, env=env, timeout=60)
+    else:
+        with open(lines if source == "file" else os.devnull, "rb") as stdin:
+            done = subprocess.run(argv, stdin=stdin, capture_output=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = {"pipe": ["claimed", "2"], "file": ["sdk", "0"], "devnull": ["sdk", "0"]}[source]
+    assert done.stdout.decode().split() == expected

@@ -147,6 +147,22 @@ def _claim(fd: int, replacement: int) -> int:
     return private
 
 
+def _pollable(fd: int) -> bool:
+    """Can the event loop wait on ``fd`` (epoll refuses regular files and some devices)?"""
+    import select
+
+    if not hasattr(select, "epoll"):  # not Linux: left to the event loop
+        return True
+    epoll = select.epoll()
+    try:
+        epoll.register(fd, select.EPOLLIN)
+        return True
+    except OSError:
+        return False
+    finally:
+        epoll.close()
+
+
 class AgentStdin:
     """The agent's lines, read on the event loop (not in a worker thread, which a stop could not
     interrupt while the agent keeps its end open)."""
@@ -167,8 +183,8 @@ class AgentStdin:
             mode = os.fstat(0).st_mode
         except OSError:
             return None
-        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
-            return None
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)) or not _pollable(0):
+            return None  # e.g. /dev/null: a character device epoll refuses (and reads never block)
         null = os.open(os.devnull, os.O_RDONLY)
         try:
             return cls(_claim(0, null))
