@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import signal
+import sys
 
 import anyio
 import click
@@ -84,3 +88,11 @@ def serve(config_path: str, listen: str | None) -> None:
                 await serve_stdio(gateway, stop=stop)
 
     anyio.run(main)
+    # Everything is closed, flushed and audited: skip the interpreter's teardown of the NLP models
+    # and the rest of the heap (measured: 5-8 s on a busy 2-core host, counted against Kubernetes'
+    # grace period and a service manager's stop timeout).
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
