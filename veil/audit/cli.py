@@ -105,7 +105,10 @@ def verify_cmd(
     key = load_public_key(Path(public_key)) if public_key else _local_public_key(config, data_dir)
     engine = db.create_engine(_url(config, database_url))
     try:
-        with engine.connect() as conn:
+        # One snapshot for the whole walk: on a live gateway the head moves while verify reads,
+        # and rows appended after the walk's last event would otherwise look like a cut tail.
+        snapshot = engine.connect().execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        with snapshot as conn:
             result = verify(
                 conn,
                 start=parse_when(start),

@@ -145,6 +145,9 @@ def verify(
     The walk is extended past ``end`` up to the next checkpoint, so the range is bound to a
     signature when one exists after it. ``checkpoint_file`` holds checkpoints written outside the
     database; with the whole chain, a chain that ends before any checkpoint fails.
+
+    On a live trail, pass a connection in a REPEATABLE READ transaction: the walk and the chain
+    head must come from one snapshot, or events appended meanwhile look like a cut tail.
     """
     result = VerifyResult()
     whole_tail = end is None
