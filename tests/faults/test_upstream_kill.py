@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -212,3 +213,4 @@ async def test_upstreams_killed_mid_call(database_url: str, caplog: pytest.LogCa
         if http_upstream.poll() is None:
             http_upstream.kill()
             http_upstream.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
