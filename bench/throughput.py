@@ -14,7 +14,8 @@ Group commit is checked in the database, not taken on trust: each batch the audi
 shares one ``ts``, so for every veil phase the script counts the audit events appended and the
 distinct ``ts`` values (= commits of the audit writer), and reports events per commit. It also
 reports the database's commit counter (``pg_stat_database.xact_commit``, every transaction of
-that database: audit, vault, reads).
+that database: audit, vault, reads), and the CPU time the Veil process (with its children) and
+the CRM used per call: on a shared machine that, not the wall-clock rate, says what Veil costs.
 
 Veil serves a scratch database on the server DATABASE_URL names (created, migrated, dropped).
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import psutil
 import psycopg
 import yaml
 from scratch import scratch_database
@@ -130,7 +133,9 @@ async def worker(url: str, tool: str, agents: int, seconds: float) -> None:
 # -- the driver ----------------------------------------------------------------------------------
 
 
-def run_phase(url: str, tool: str, agents: int, workers: int, seconds: float) -> tuple[list[float], dict[str, int]]:
+def run_phase(
+    url: str, tool: str, agents: int, workers: int, seconds: float, server: subprocess.Popen[Any]
+) -> tuple[list[float], dict[str, int], float]:
     per = [agents // workers + (1 if i < agents % workers else 0) for i in range(workers)]
     procs = [
         subprocess.Popen(
@@ -151,6 +156,10 @@ def run_phase(url: str, tool: str, agents: int, workers: int, seconds: float) ->
         assert p.stdin is not None
         p.stdin.write("GO\n")
         p.stdin.flush()
+    # The server's CPU over the calling window only (not the sessions' opening and closing).
+    cpu0 = cpu_seconds(server)
+    time.sleep(seconds)
+    cpu = cpu_seconds(server) - cpu0
     latencies: list[float] = []
     errors: dict[str, int] = {}
     for p in procs:
@@ -159,7 +168,22 @@ def run_phase(url: str, tool: str, agents: int, workers: int, seconds: float) ->
         latencies += data["latencies"]
         for k, v in data["errors"].items():
             errors[k] = errors.get(k, 0) + v
-    return latencies, errors
+    return latencies, errors, cpu
+
+
+def cpu_seconds(proc: subprocess.Popen[Any]) -> float:
+    """CPU time (user + system) used so far by ``proc`` and its descendants (Veil's NER workers,
+    the upstream connections' helpers)."""
+    total = 0.0
+    try:
+        root = psutil.Process(proc.pid)
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+    except psutil.Error:
+        pass
+    return total
 
 
 def audit_counts(conn: psycopg.Connection[Any], dbname: str) -> tuple[int, int, int]:
@@ -197,7 +221,8 @@ def main(args: argparse.Namespace) -> None:
             "direct": (f"http://127.0.0.1:{crm_port}/mcp", "ping"),
             "veil": (f"http://127.0.0.1:{veil_port}/mcp", "crm__ping"),
         }
-        results: dict[str, dict[str, Any]] = {p: {"lat": [], "seconds": 0.0, "errors": {}} for p in paths}
+        results: dict[str, dict[str, Any]] = {p: {"lat": [], "seconds": 0.0, "errors": {}, "cpu": 0.0} for p in paths}
+        server_of = {"direct": crm, "veil": veil}
         group = {"events": 0, "commits": 0, "xact": 0}
         loads: list[float] = []
         try:
@@ -205,7 +230,10 @@ def main(args: argparse.Namespace) -> None:
                 for _ in range(args.rounds):
                     for name, (url, tool) in paths.items():
                         before = audit_counts(conn, dbname)
-                        lat, errors = run_phase(url, tool, args.agents, args.workers, args.seconds)
+                        lat, errors, cpu = run_phase(
+                            url, tool, args.agents, args.workers, args.seconds, server_of[name]
+                        )
+                        results[name]["cpu"] += cpu
                         after = audit_counts(conn, dbname)
                         loads.append(os.getloadavg()[0])
                         results[name]["lat"] += lat
@@ -243,6 +271,12 @@ def main(args: argparse.Namespace) -> None:
     d, v = results["direct"]["lat"], results["veil"]["lat"]
     ratio = statistics.median(v) / statistics.median(d)
     print(f"veil/direct: throughput {len(v) / max(1, len(d)):.2f}x, p50 {ratio:.2f}x")
+    v_cpu = results["veil"]["cpu"] / max(1, len(v)) * 1000
+    d_cpu = results["direct"]["cpu"] / max(1, len(d)) * 1000
+    print(
+        f"CPU per call: veil serve (and its children) {v_cpu:.2f} ms, the crm server {d_cpu:.2f} ms (direct phases);"
+        f" one core's worth of Veil CPU would carry {1000 / v_cpu:.0f} calls/s"
+    )
     if group["commits"]:
         print(
             f"audit during the veil phases: {group['events']} events in {group['commits']} writer commits"
