@@ -31,7 +31,7 @@ def session_engine(database_url: str) -> Iterator[sa.Engine]:
 
 @pytest.fixture(scope="session")
 def tokenizer(session_engine: sa.Engine, keyring: Keyring) -> Tokenizer:
-    """The real thing (Presidio + spaCy small model), loaded once for the whole session."""
+    """The real thing (Presidio + the default spaCy model), loaded once for the whole session."""
     return Tokenizer(session_engine, keyring, DetectionSettings(), TokenSettings())
 
 

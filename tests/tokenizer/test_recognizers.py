@@ -236,3 +236,53 @@ def test_model_dates_must_name_a_day_or_year(detector):
     dates = {v for t, v in got if t == "DATE_TIME"}
     assert "Next week" not in dates and not any("year-old" in d for d in dates)
     assert any("Tuesday" in d or "2/10/2025" in d for d in dates)
+
+
+@pytest.mark.req("tokenize:street-address")
+@pytest.mark.parametrize(
+    "text, address",
+    [
+        ("Forward the parcel to USS Halvorsen\nFPO AE 09512 please.", "USS Halvorsen\nFPO AE 09512"),
+        ("mail goes to psc 4410, box 1187\napo aa 34021 now", "psc 4410, box 1187\napo aa 34021"),
+        ("Unit 2210 Box 3381\nDPO AP 96522", "Unit 2210 Box 3381\nDPO AP 96522"),
+        ("She lives at 512 18 Rue des Tanneurs, in the old town.", "512 18 Rue des Tanneurs"),
+    ],
+)
+def test_more_address_forms(detector, text, address):
+    assert ("STREET_ADDRESS", address) in found(detector, text)
+
+
+@pytest.mark.req("tokenize:street-address")
+def test_address_block_runs_through_blank_lines_and_place_particles(detector):
+    text = "Olga Brandt\n> 4410 Kirkevegen 12\n> Apt. 7\n> Vila do Conde\n>\n> Portugal 44870"
+    assert ("STREET_ADDRESS", text[text.index("4410") :]) in found(detector, text)
+
+
+@pytest.mark.req("tokenize:ner")
+@pytest.mark.parametrize(
+    "text, name",
+    [
+        ("The form was signed by Odalys K Verhoeven yesterday.", "Odalys K Verhoeven"),
+        ("ticket opened by ruairi d okonkwo at noon", "ruairi d okonkwo"),
+        ("Kind regards\n\nTeodora Vasquelin\n+44 20 7946 0958", "Teodora Vasquelin"),
+        ("Her maiden name is Oyelaran", "Oyelaran"),
+        ("my sister Wanjiru will call you", "Wanjiru"),
+    ],
+)
+def test_names_by_shape_and_family_cues(detector, text, name):
+    assert ("PERSON", name) in found(detector, text)
+
+
+@pytest.mark.req("tokenize:no-false-positives-interface")
+@pytest.mark.parametrize(
+    "text",
+    ["Quarterly Review\nnext steps below", "the report is a b c of it", "we met in March 2021 at noon"],
+)
+def test_name_and_place_shapes_need_unfamiliar_words(detector, text):
+    assert [v for t, v in found(detector, text) if t in ("PERSON", "LOCATION", "ZIP_CODE")] == []
+
+
+@pytest.mark.req("tokenize:zip-code")
+def test_place_then_postal_code(detector):
+    got = found(detector, "The new depot opens in Kvarnholmen 13178 next spring.")
+    assert ("LOCATION", "Kvarnholmen") in got and ("ZIP_CODE", "13178") in got

@@ -63,7 +63,9 @@ from veil.tokenizer.recognizers import (
     CuedPersonRecognizer,
     DateOfBirthRecognizer,
     NameBeforeVerbRecognizer,
+    NameShapeRecognizer,
     OfflineEmailRecognizer,
+    PlaceBeforeCodeRecognizer,
     SsnDigitsRecognizer,
     StreetAddressRecognizer,
     UpperCasePlaceRecognizer,
@@ -128,11 +130,14 @@ _PHONE_GATE = re.compile(r"(?:\d[^\d\n]{0,3}){7}")  # phonenumbers' matcher is s
 _CUE_GATE = re.compile(
     r"(?im)\b(?:mrs?|ms|miss|mx|dr|prof|sir|madam|name|dear|signed|regards|this is|call me|i am|i'm|called|named|"
     r"by|met with|spoke with|talked to|ask for|attn|attention|contact person|follow up with|including|tribute to|"
-    r"said|told|thanks|hi|hello)\b"
+    r"said|told|thanks|hi|hello|calls me|maiden name|says|spouse|wife|husband|sister|brother|daughter|son|mother|"
+    r"father|kid|cousin|nephew|niece|grandson|granddaughter|fianc[ée]e?)\b"
     r"|\b\w{1,40} (?:and \w{1,40} )?(?:" + _VERBS + r")\b"
     r"|^[ \t>]{0,8}\w{1,40}:"
+    r"|\b\w{2,40}[ \t]\w\.?[ \t]\w{2,40}\b"  # a middle initial
+    r"|^[ \t>|*?-]{0,8}\w{2,40}(?:[ \t]\w\.?)?[ \t]\w{2,40}[ \t]{0,8}$"  # a line of two words
 )
-_PLACE_GATE = re.compile(r"(?i)\b(?:to|from|in|at|visiting|visited|where|city|town):?[ \t]{1,8}\w")
+_PLACE_GATE = re.compile(r"(?i)\b(?:to|from|in|at|near|of|visiting|visited|where|city|town):?[ \t]{1,8}\w")
 _GATED = {"PHONE_NUMBER": _PHONE_GATE, "PERSON": _CUE_GATE, "LOCATION": _PLACE_GATE}  # own pass, own cheap pre-check
 _CHUNK_CHARS = 6000
 # Linear time whatever the input: a long string is scanned in windows of ``_WINDOW`` characters.
@@ -210,6 +215,8 @@ class Detector:
             lexicon = common_words(model_name, ("noun", "verb", "adj", "adv"))
             registry.add_recognizer(NameBeforeVerbRecognizer(lexicon, supported_language=settings.language))
             registry.add_recognizer(UpperCasePlaceRecognizer(lexicon, supported_language=settings.language))
+            registry.add_recognizer(NameShapeRecognizer(lexicon, supported_language=settings.language))
+            registry.add_recognizer(PlaceBeforeCodeRecognizer(lexicon, supported_language=settings.language))
         self._custom = custom_recognizers(settings.patterns, settings.deny_lists, settings.language)
         for rec in self._custom:
             registry.add_recognizer(rec)

