@@ -286,3 +286,15 @@ def test_name_and_place_shapes_need_unfamiliar_words(detector, text):
 def test_place_then_postal_code(detector):
     got = found(detector, "The new depot opens in Kvarnholmen 13178 next spring.")
     assert ("LOCATION", "Kvarnholmen") in got and ("ZIP_CODE", "13178") in got
+
+
+@pytest.mark.req("tokenize:no-false-positives-interface")
+@pytest.mark.parametrize(
+    "text",
+    [
+        "select email || phone || ssn as v from customers where id=23",
+        "select json_build_object(full_name, ssn, email, card_number) as v from customers",
+    ],
+)
+def test_lower_case_columns_in_sql_are_not_names(detector, text):
+    assert [v for t, v in found(detector, text) if t in ("PERSON", "LOCATION", "NRP")] == []

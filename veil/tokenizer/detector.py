@@ -150,6 +150,14 @@ _WINDOW = 4096
 _LEAD = 160
 MAX_SPAN = 512
 _NER_PIECE = 20_000  # NER sees long texts in pieces cut at a line break or space
+_FOCUS_WORD = re.compile(r"[^\W\d_][\w'\u2019-]{0,200}")
+_AFTER_SENTENCE = '.!?:;\n"(['
+# Where a sentence ends for NER's focus: a line break, or ., ! or ? and spaces, except after a
+# title, a common abbreviation or an initial ("Dr. Roe", "St. Louis", "J. Roe" stay one sentence).
+_SENTENCE_BREAK = regex.compile(
+    r"\n|(?<!\b(?:Mr|Mrs|Ms|Mx|Dr|Prof|St|Mt|Jr|Sr|Rev|No|vs|etc|Inc|Ltd|Co|Apt|Ste|\p{Lu}))"
+    r"[.!?]{1,8}[\"')\]]{0,3}[ \t]{1,40}"
+)
 # Between strings in a chunk: a token of its own that context look-behind never crosses.
 _MARK = "\u241e"
 _SEPARATOR = f"\n{_MARK}\n"
@@ -170,6 +178,8 @@ class TextItem:
     text: str
     context: str = ""  # words from the key name, e.g. "contact phone"
     ner: bool = False
+    # (start, end) ranges NER reads when ``ner`` (``Detector.ner_focus``); None: the whole text
+    focus: tuple[tuple[int, int], ...] | None = None
 
 
 class Detector:
@@ -370,15 +380,55 @@ class Detector:
                 continue  # the window this match starts in reports it
             found[idx].append(Span(begin, min(r.end, e) - s + lo, r.entity_type, r.score))
 
+    def ner_focus(self, text: str, covered: list) -> list[tuple[int, int]]:
+        """The sentences of ``text`` NER must read, adjacent ones joined: those holding a
+        capitalised word outside every span in ``covered`` (patterns, known values) and outside
+        tokens, other than a sentence-initial stop word or ordinary English verb, adjective or
+        adverb ("Called ...", "Quarterly ..."). Empty: the model could add nothing. Lower-case
+        names are not lost by this: the model does not find them either. The model decides from
+        a few words around each one (spaCy's CNN sees four tokens each side), so a sentence is
+        context enough, and on notes that repeat known names and patterns most of the text is
+        skipped. Linear: a coverage map, one pass over the words, sentences found by bisection."""
+        inside = bytearray(len(text) + 1)
+        for s, e in [(c.start, c.end) for c in covered] + [m.span() for m in TOKEN_RE.finditer(text)]:
+            inside[s:e] = b"\x01" * (e - s)
+        starts: list[int] | None = None
+        wanted: list[int] = []
+        for m in _FOCUS_WORD.finditer(text):
+            word = m.group()
+            if not word[0].isupper() or inside[m.start()]:
+                continue
+            before = text[max(0, m.start() - 64) : m.start()].rstrip()  # bounded: linear on long texts
+            if (not before or before[-1] in _AFTER_SENTENCE) and (
+                word.lower() in STOP_WORDS or is_common_word(word.lower(), self.common_words)
+            ):
+                continue
+            if starts is None:
+                starts = [0] + [b.end() for b in _SENTENCE_BREAK.finditer(text)]
+            k = bisect.bisect_right(starts, m.start()) - 1
+            if not wanted or wanted[-1] != k:
+                wanted.append(k)
+        if starts is None:
+            return []
+        out: list[tuple[int, int]] = []
+        for k in wanted:
+            lo, hi = starts[k], starts[k + 1] if k + 1 < len(starts) else len(text)
+            if out and out[-1][1] == lo:
+                out[-1] = (out[-1][0], hi)
+            else:
+                out.append((lo, hi))
+        return out
+
     def _ner(self, items: list[TextItem], found: list[list[Span]], deadline: float | None) -> None:
         pieces: list[tuple[int, int]] = []  # (item index, offset of the piece in the item)
         texts: list[str] = []
         for i, it in enumerate(items):
             if not it.ner:
                 continue
-            for lo, hi in _ner_pieces(it.text):
-                pieces.append((i, lo))
-                texts.append(it.text[lo:hi])
+            for f_lo, f_hi in it.focus if it.focus is not None else ((0, len(it.text)),):
+                for lo, hi in _ner_pieces(it.text[f_lo:f_hi]):
+                    pieces.append((i, f_lo + lo))
+                    texts.append(it.text[f_lo + lo : f_lo + hi])
         _check(deadline)
         self.work["ner_chars"] += sum(len(t) for t in texts)
         pool = nerpool.active()  # the gateway's worker processes (veil/tokenizer/nerpool.py), if running
@@ -392,6 +442,8 @@ class Detector:
                 if entity == "DATE_TIME":
                     entity = _ner_date(text[start:end])
                 if entity is None or entity not in self.detect_entities:
+                    continue
+                if entity in _NAMEISH and _lower_case_in_code(text, start, end):
                     continue
                 found[i].append(Span(lo + start, lo + end, entity, NER_SCORE, ner=True))
 
@@ -625,6 +677,15 @@ def _clean(text: str, sp: Span) -> Span | None:
     if (s, e) == (sp.start, sp.end):
         return sp
     return Span(s, e, sp.entity_type, sp.score, sp.ner)
+
+
+def _lower_case_in_code(text: str, s: int, e: int) -> bool:
+    """A name the model found in lower case among code or SQL (``email || phone || ssn``,
+    ``json_build_object(full_name, ssn)``): a column or variable, not a person. Lower-case names
+    in prose ("cormac had given ...") are kept."""
+    if any(c.isupper() for c in text[s:e]):
+        return False
+    return any(c in _CODE_CHARS or c in "|;*" for c in text[max(0, s - 40) : e + 40])
 
 
 def _code_like(text: str, s: int, e: int) -> bool:

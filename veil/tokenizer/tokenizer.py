@@ -22,20 +22,17 @@ import bisect
 import contextlib
 import json
 import logging
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from spacy.lang.en.stop_words import STOP_WORDS
 
 from veil.errors import TokenizeBudgetExceeded
 from veil.tokenizer.detector import Detector, TextItem
 from veil.tokenizer.guard import Guard, GuardHit
 from veil.tokenizer.hints import HintTable
 from veil.tokenizer.keyring import Keyring
-from veil.tokenizer.nlp import is_common_word
 from veil.tokenizer.settings import DetectionSettings, TokenSettings
 from veil.tokenizer.substitute import ContextFor, Render, Where, default_context, plan, splice, substitute_json
 from veil.tokenizer.tokens import (
@@ -167,20 +164,19 @@ class Tokenizer:
                     check("the exact-match guard")
         check("the exact-match guard")
 
-        # 3. NER on free text that still holds a capitalised word nothing above explains
-        ner_at = (
-            []
-            if mode == "interface"
-            else [
-                k
-                for k, i in enumerate(free)
-                if (w.slots[i].ner or (w.slots[i].hint is not None and is_free_text(texts[k])))
-                and _needs_ner(texts[k], [*detector.resolve(texts[k], raw[k]), *known[k]], detector.common_words)
-            ]
-        )
+        # 3. NER on the sentences of free text that still hold a capitalised word nothing above
+        #    explains (the model's context is a few words: the other sentences add nothing)
+        ner_items: list[tuple[int, TextItem]] = []
+        if mode != "interface":
+            for k, i in enumerate(free):
+                if not (w.slots[i].ner or (w.slots[i].hint is not None and is_free_text(texts[k]))):
+                    continue
+                focus = detector.ner_focus(texts[k], [*detector.resolve(texts[k], raw[k]), *known[k]])
+                if focus:
+                    ner_items.append((k, TextItem(texts[k], ner=True, focus=tuple(focus))))
         with _budget(deadline, "NER"):
-            ner = detector.ner([TextItem(texts[k], ner=True) for k in ner_at], at)
-        for k, spans in zip(ner_at, ner, strict=True):
+            ner = detector.ner([item for _, item in ner_items], at)
+        for (k, _), spans in zip(ner_items, ner, strict=True):
             raw[k].extend(spans)
         check("NER")
         before = {g.token for found in known for g in found} | {h.token for slot_hits in hits for h in slot_hits}
@@ -337,31 +333,6 @@ class _Unlinked:
                 token = self._tokens[key] = format_token(UNLINKED_PREFIX + entity_type, n)
             out.append((token, entity_type))
         return out
-
-
-_WORD = re.compile(r"[^\W\d_][\w'\u2019-]*")
-_SENTENCE_END = '.!?:;\n"(['
-
-
-def _needs_ner(text: str, covered: list, common: frozenset[str]) -> bool:
-    """Whether NER could find something the patterns and the guard did not: a capitalised word
-    outside every span found so far and outside tokens, other than a sentence-initial stop word
-    or ordinary verb/adjective/adverb ("Called ...", "Quarterly ..."). Lower-case names are not
-    lost by this shortcut: the NER model does not find them either."""
-    inside = bytearray(len(text) + 1)  # a coverage map: linear, where a scan of spans per word was not
-    for s, e in [(c.start, c.end) for c in covered] + [m.span() for m in TOKEN_RE.finditer(text)]:
-        inside[s:e] = b"\x01" * (e - s)
-    for m in _WORD.finditer(text):
-        word = m.group()
-        if not word[0].isupper() or inside[m.start()]:
-            continue
-        before = text[max(0, m.start() - 64) : m.start()].rstrip()  # bounded: linear on long texts
-        if (not before or before[-1] in _SENTENCE_END) and (
-            word.lower() in STOP_WORDS or is_common_word(word.lower(), common)
-        ):
-            continue
-        return True
-    return False
 
 
 def _uncovered(found: list[_Hit], hits: list[_Hit]) -> list[_Hit]:
