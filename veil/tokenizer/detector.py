@@ -718,15 +718,18 @@ class _FastContextEnhancer(LemmaContextAwareEnhancer):
             return raw_results
         by_id = {r.id: r for r in recognizers}
         extra = [w.lower() for w in context or []]
+        own_words: dict[int, frozenset[str]] = {}
         for result in raw_results:
             meta = result.recognition_metadata or {}
             rec = by_id.get(meta.get(RecognizerResult.RECOGNIZER_IDENTIFIER_KEY))
             if rec is None or not rec.context or meta.get(RecognizerResult.IS_SCORE_ENHANCED_BY_CONTEXT_KEY):
                 continue
+            own = own_words.get(id(rec))
+            if own is None:
+                own = own_words[id(rec)] = frozenset(c.lower() for c in rec.context)
             window = text[max(0, result.start - 160) : result.start]
             window = window[window.rfind(_MARK) + 1 :]
             words: list[str] = []
-            own = {c.lower() for c in rec.context}
             for w in reversed(_CONTEXT_WORD.findall(window)):
                 w = w.lower()
                 if w not in STOP_WORDS or w in own:  # spaCy counts "call" and "name" as stop words
@@ -734,8 +737,19 @@ class _FastContextEnhancer(LemmaContextAwareEnhancer):
                     if len(words) >= self.context_prefix_count:
                         break
             words.extend(extra)
-            if self._find_supportive_word_in_context(words, rec.context, self.context_matching_mode):
+            if self._supported(words, own):
                 # a recognizer whose matches mean nothing without context says what they mean with it
                 floor = max(self.min_score_with_context_similarity, getattr(rec, "context_score", 0.0))
                 result.score = min(max(result.score + self.context_similarity_factor, floor), self.MAX_SCORE)
         return raw_results
+
+    def _supported(self, words: list[str], own: frozenset[str]) -> bool:
+        """Presidio's ``_find_supportive_word_in_context``: a context word equal to one of
+        ``words`` or, in "substring" mode (the default), inside one; one ``in`` test per context
+        word on the words joined, instead of a Python loop over every pair."""
+        if not words:
+            return False
+        if self.context_matching_mode == "whole_word":
+            return not own.isdisjoint(words)
+        joined = "\x00".join(words)
+        return any(c in joined for c in own)

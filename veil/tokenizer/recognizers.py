@@ -332,12 +332,18 @@ class CandidatePhoneRecognizer(PhoneRecognizer):
             lo = max(0, cand.start() - 1)  # the matcher looks at the characters around a number
             sub = text[lo : min(len(text), cand.end() + 1)]
             for region in self.supported_regions:
+                whole = False
                 for match in phonenumbers.PhoneNumberMatcher(sub, region, leniency=self.leniency):
                     match.start += lo
                     match.end += lo
+                    whole = whole or (match.start <= cand.start() and match.end >= cand.end())
                     if looks_like_datetime(text, match.start, match.end):
                         continue
                     results.append(self._get_recognizer_result(match, text, region, nlp_artifacts))
+                # a number found whole (or written with +country, which no region changes) is
+                # what every other region would find too: one matcher pass instead of several
+                if whole or cand.group().startswith("+"):
+                    break
         return EntityRecognizer.remove_duplicates(results)
 
 

@@ -167,21 +167,25 @@ class Tokenizer:
         # 3. NER on the sentences of free text that still hold a capitalised word nothing above
         #    explains (the model's context is a few words: the other sentences add nothing)
         ner_items: list[tuple[int, TextItem]] = []
+        resolved: dict[int, list] = {}  # spans already resolved, kept where NER adds nothing
         if mode != "interface":
             for k, i in enumerate(free):
                 if not (w.slots[i].ner or (w.slots[i].hint is not None and is_free_text(texts[k]))):
                     continue
-                focus = detector.ner_focus(texts[k], [*detector.resolve(texts[k], raw[k]), *known[k]])
+                resolved[k] = detector.resolve(texts[k], raw[k])
+                focus = detector.ner_focus(texts[k], [*resolved[k], *known[k]])
                 if focus:
                     ner_items.append((k, TextItem(texts[k], ner=True, focus=tuple(focus))))
         with _budget(deadline, "NER"):
             ner = detector.ner([item for _, item in ner_items], at)
         for (k, _), spans in zip(ner_items, ner, strict=True):
-            raw[k].extend(spans)
+            if spans:
+                raw[k].extend(spans)
+                del resolved[k]
         check("NER")
         before = {g.token for found in known for g in found} | {h.token for slot_hits in hits for h in slot_hits}
         for k, i in enumerate(free):
-            spans = detector.resolve(texts[k], raw[k])
+            spans = resolved[k] if k in resolved else detector.resolve(texts[k], raw[k])
             if w.slots[i].kind == "number":
                 spans = [s for s in spans if s.entity_type in NUMBER_TYPES and s.end - s.start >= len(texts[k]) - 1]
             found_hits = [_Hit(s.start, s.end, s.entity_type, texts[k][s.start : s.end]) for s in spans]
