@@ -67,3 +67,18 @@ def test_small_model_is_the_last_fallback(monkeypatch):
 
 def test_ner_pipeline_keeps_only_ner(detector):
     assert detector.nlp.pipe_names == ["ner"]
+
+
+@pytest.mark.req("tokenize:ner")
+def test_ner_reads_only_the_sentences_that_need_it(detector):
+    text = "The order shipped today. Please call Mariusz about it.\nnothing else here. Ask Dr. Oyelaran too."
+    second = text.index("Please")
+    last = text.index("Ask")
+    assert detector.ner_focus(text, []) == [(second, text.index("nothing")), (last, len(text))]
+
+    # explained by a span found earlier (a pattern, a known value): nothing for NER to read
+    class Covered:
+        start, end = text.index("Mariusz"), text.index("Mariusz") + 7
+
+    assert detector.ner_focus(text, [Covered()]) == [(last, len(text))]
+    assert detector.ner_focus("12 " + "A-" * 5000, []) == []  # no 40+ character "word" is a name

@@ -152,6 +152,7 @@ MAX_SPAN = 512
 _NER_PIECE = 20_000  # NER sees long texts in pieces cut at a line break or space
 _FOCUS_WORD = re.compile(r"[^\W\d_][\w'\u2019-]{0,200}")
 _AFTER_SENTENCE = '.!?:;\n"(['
+_LONGEST_NAME_WORD = 40  # a longer "word" ("A-A-A-..." runs, base64, hashes) is no name: not a reason for NER
 # Where a sentence ends for NER's focus: a line break, or ., ! or ? and spaces, except after a
 # title, a common abbreviation or an initial ("Dr. Roe", "St. Louis", "J. Roe" stay one sentence).
 _SENTENCE_BREAK = regex.compile(
@@ -382,8 +383,8 @@ class Detector:
 
     def ner_focus(self, text: str, covered: list) -> list[tuple[int, int]]:
         """The sentences of ``text`` NER must read, adjacent ones joined: those holding a
-        capitalised word outside every span in ``covered`` (patterns, known values) and outside
-        tokens, other than a sentence-initial stop word or ordinary English verb, adjective or
+        capitalised word (of at most 40 characters) outside every span in ``covered`` (patterns,
+        known values) and outside tokens, other than a sentence-initial stop word or ordinary English verb, adjective or
         adverb ("Called ...", "Quarterly ..."). Empty: the model could add nothing. Lower-case
         names are not lost by this: the model does not find them either. The model decides from
         a few words around each one (spaCy's CNN sees four tokens each side), so a sentence is
@@ -396,7 +397,7 @@ class Detector:
         wanted: list[int] = []
         for m in _FOCUS_WORD.finditer(text):
             word = m.group()
-            if not word[0].isupper() or inside[m.start()]:
+            if not word[0].isupper() or inside[m.start()] or len(word) > _LONGEST_NAME_WORD:
                 continue
             before = text[max(0, m.start() - 64) : m.start()].rstrip()  # bounded: linear on long texts
             if (not before or before[-1] in _AFTER_SENTENCE) and (
