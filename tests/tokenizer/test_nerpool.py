@@ -90,11 +90,17 @@ def test_a_worker_that_dies_fails_the_call_closed_and_is_replaced(pool: nerpool.
 
 
 @pytest.mark.req("tokenize:isolated-cost")
-def test_stopping_the_pool_stops_every_worker() -> None:
+def test_a_large_batch_is_shared_by_idle_workers_and_stopping_stops_every_worker() -> None:
     p = nerpool.NerPool(MODEL, 2)
     p.wait_ready()
     pids = p.pids()
     assert len(pids) == 2
+    batch = TEXTS * 40  # ~8,000 characters: split over both workers, in order
+    nlp, _ = load_ner_pipeline(MODEL)
+    here = [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in nlp.pipe(batch)]
+    before = p.calls
+    assert p.run(MODEL, batch, time.monotonic() + 120) == here
+    assert p.calls == before + 2
     p.close()
     assert not any(psutil.pid_exists(pid) for pid in pids)
     with pytest.raises(TokenizeBudgetExceeded):

@@ -40,6 +40,7 @@ Ents = list[tuple[int, int, str]]  # per text: (start_char, end_char, spaCy labe
 
 _CONTEXT = multiprocessing.get_context("spawn")
 _BATCH = 64
+_SPLIT_CHARS = 4000  # a batch is shared among idle workers when it has this many characters per worker
 _LOAD_TIMEOUT = 300.0  # loading a model on a busy host
 
 
@@ -129,30 +130,50 @@ class NerPool:
             return [w.process.pid for w in self._all]
 
     def run(self, model: str, texts: list[str], deadline: float | None) -> list[Ents]:
-        """Entity spans per text; ``deadline`` is a ``time.monotonic()`` value or None (no limit)."""
+        """Entity spans per text; ``deadline`` is a ``time.monotonic()`` value or None (no limit).
+
+        A large batch is split, in order and by characters, over the workers idle at that moment
+        (one worker is always waited for; others are only taken if free), so one call's NER uses
+        every core the pool has. If any share times out or its worker dies, every worker of the
+        call is replaced and nothing is returned (fail closed)."""
         if not texts:
             return []
         if self._closed:
             raise TokenizeBudgetExceeded("NER is unavailable: the gateway is stopping")
         try:
-            w = self._idle.get(timeout=_remaining(deadline))
+            workers = [self._idle.get(timeout=_remaining(deadline))]
         except queue.Empty:
             raise TokenizeBudgetExceeded(_MESSAGE) from None
-        self.calls += 1
-        try:
+        total = sum(map(len, texts))
+        while len(workers) < min(len(texts), total // _SPLIT_CHARS + 1):
             try:
-                w.conn.send((model, texts))
-            except OSError:
-                raise _died(w) from None
-            kind, payload = self._receive(w, deadline)
+                workers.append(self._idle.get_nowait())
+            except queue.Empty:
+                break
+        shares = _split(texts, len(workers))
+        self.calls += len(workers)
+        replies: list[tuple[str, Any]] = []
+        try:
+            for w, share in zip(workers, shares, strict=True):
+                try:
+                    w.conn.send((model, share))
+                except OSError:
+                    raise _died(w) from None
+            for w in workers:
+                replies.append(self._receive(w, deadline))
         except BaseException:
-            self._replace(w)
+            for w in workers:
+                self._replace(w)
             raise
-        self._idle.put(w)
-        if kind != "ok":
-            log.error("NER worker failed (%s); the call fails closed", payload)
-            raise TokenizeBudgetExceeded("NER failed in its worker process; the result was withheld")
-        return payload
+        for w in workers:
+            self._idle.put(w)
+        out: list[Ents] = []
+        for kind, payload in replies:
+            if kind != "ok":
+                log.error("NER worker failed (%s); the call fails closed", payload)
+                raise TokenizeBudgetExceeded("NER failed in its worker process; the result was withheld")
+            out.extend(payload)
+        return out
 
     def _receive(self, w: _Worker, deadline: float | None) -> tuple[str, Any]:
         try:
@@ -193,6 +214,22 @@ def _died(w: _Worker) -> TokenizeBudgetExceeded:
     w.process.join(1)
     log.error("NER worker %s died (exit code %s); replaced", w.process.pid, w.process.exitcode)
     return TokenizeBudgetExceeded("NER's worker process died; the result was withheld")
+
+
+def _split(texts: list[str], n: int) -> list[list[str]]:
+    """``texts`` in ``n`` consecutive shares of about equal characters (none empty)."""
+    if n <= 1:
+        return [texts]
+    total = sum(map(len, texts))
+    shares: list[list[str]] = [[]]
+    done = 0
+    for i, t in enumerate(texts):
+        left = len(texts) - i  # keep at least one text for every share still to start
+        if shares[-1] and len(shares) < n and (done >= total * len(shares) / n or left <= n - len(shares)):
+            shares.append([])
+        shares[-1].append(t)
+        done += len(t)
+    return shares
 
 
 def _remaining(deadline: float | None) -> float | None:
