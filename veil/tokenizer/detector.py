@@ -152,6 +152,7 @@ MAX_SPAN = 512
 _NER_PIECE = 20_000  # NER sees long texts in pieces cut at a line break or space
 _FOCUS_WORD = re.compile(r"[^\W\d_][\w'\u2019-]{0,200}")
 _AFTER_SENTENCE = '.!?:;\n"(['
+_FOCUS_REACH = 300  # NER reads at most this many characters either side of a word it is run for
 _LONGEST_NAME_WORD = 40  # a longer "word" ("A-A-A-..." runs, base64, hashes) is no name: not a reason for NER
 # Where a sentence ends for NER's focus: a line break, or ., ! or ? and spaces, except after a
 # title, a common abbreviation or an initial ("Dr. Roe", "St. Louis", "J. Roe" stay one sentence).
@@ -382,7 +383,8 @@ class Detector:
             found[idx].append(Span(begin, min(r.end, e) - s + lo, r.entity_type, r.score))
 
     def ner_focus(self, text: str, covered: list) -> list[tuple[int, int]]:
-        """The sentences of ``text`` NER must read, adjacent ones joined: those holding a
+        """The sentences of ``text`` NER must read (at most 300 characters either side of each
+        word it is read for), adjacent ones joined: those holding a
         capitalised word (of at most 40 characters) outside every span in ``covered`` (patterns,
         known values) and outside tokens, other than a sentence-initial stop word or ordinary English verb, adjective or
         adverb ("Called ...", "Quarterly ..."). Empty: the model could add nothing. Lower-case
@@ -394,7 +396,7 @@ class Detector:
         for s, e in [(c.start, c.end) for c in covered] + [m.span() for m in TOKEN_RE.finditer(text)]:
             inside[s:e] = b"\x01" * (e - s)
         starts: list[int] | None = None
-        wanted: list[int] = []
+        out: list[tuple[int, int]] = []
         for m in _FOCUS_WORD.finditer(text):
             word = m.group()
             if not word[0].isupper() or inside[m.start()] or len(word) > _LONGEST_NAME_WORD:
@@ -407,15 +409,17 @@ class Detector:
             if starts is None:
                 starts = [0] + [b.end() for b in _SENTENCE_BREAK.finditer(text)]
             k = bisect.bisect_right(starts, m.start()) - 1
-            if not wanted or wanted[-1] != k:
-                wanted.append(k)
-        if starts is None:
-            return []
-        out: list[tuple[int, int]] = []
-        for k in wanted:
-            lo, hi = starts[k], starts[k + 1] if k + 1 < len(starts) else len(text)
-            if out and out[-1][1] == lo:
-                out[-1] = (out[-1][0], hi)
+            # the word's sentence, at most _FOCUS_REACH characters either side of it (cut at a space)
+            lo = max(starts[k], m.start() - _FOCUS_REACH)
+            hi = min(starts[k + 1] if k + 1 < len(starts) else len(text), m.end() + _FOCUS_REACH)
+            if lo > starts[k]:
+                space = text.find(" ", lo, m.start())
+                lo = space + 1 if space != -1 else lo
+            if hi < len(text) and (k + 1 >= len(starts) or hi < starts[k + 1]):
+                space = text.rfind(" ", m.end(), hi)
+                hi = space if space != -1 else hi
+            if out and lo <= out[-1][1]:
+                out[-1] = (out[-1][0], max(out[-1][1], hi))
             else:
                 out.append((lo, hi))
         return out
