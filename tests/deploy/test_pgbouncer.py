@@ -5,7 +5,8 @@
   work through the pooler;
 * transaction mode with a PgBouncer older than 1.21 (Debian 12 ships 1.18): psycopg's automatic
   server-side prepared statements break once a statement has run a few times on a connection
-  ("prepared statement ... does not exist / already exists"). When this test fails because the
+  ("prepared statement ... does not exist / already exists"), now and then in Veil's own vault
+  work too. When this test fails because the
   error is gone (a newer PgBouncer with ``max_prepared_statements``, or Veil turning psycopg's
   preparing off), the pooling section of docs/deployment.md needs updating.
 """
@@ -147,6 +148,12 @@ def test_session_mode_pooling_carries_the_vault_and_the_audit_writer(make_databa
     assert audit_rows(database_url) == THREADS * ROUNDS
 
 
+def prepared_statement_error(message: str) -> bool:
+    """psycopg's own message, or Veil's wrapped one naming the SQLSTATE (26000: no such prepared
+    statement; 42P05: it exists already)."""
+    return "prepared statement" in message or "(26000)" in message or "(42P05)" in message
+
+
 def repeated_statement(url: str) -> list[str]:
     """One statement run over and over on Veil's engine from several threads (as the same query
     runs for every call in a busy gateway): psycopg prepares it server-side after 5 runs."""
@@ -179,9 +186,11 @@ def test_transaction_mode_carries_veils_transactions_but_not_prepared_statements
     assert major_minor < (1, 21), f"{version.strip()}: protocol-level prepared statements exist; update the docs"
     database_url = make_database()
     with pgbouncer(database_url, "transaction") as pooled:
-        # Nothing Veil's vault and audit writer need outlives a transaction...
-        assert veil_workload(pooled) == []
-        # ...but Veil's engine leaves psycopg's automatic server-side prepared statements on.
+        # Nothing Veil's vault and audit writer need outlives a transaction, but Veil's engine
+        # leaves psycopg's automatic server-side prepared statements on: the workload fails now
+        # and then (the vault's "(26000)" is invalid_sql_statement_name) and only so, and one
+        # statement repeated from several threads always does.
+        workload_errors = veil_workload(pooled)
         errors = repeated_statement(pooled)
-    assert errors and all("prepared statement" in e for e in errors), errors
-    assert audit_rows(database_url) == THREADS * ROUNDS
+    assert all(prepared_statement_error(e) for e in workload_errors), workload_errors
+    assert errors and all(prepared_statement_error(e) for e in errors), errors
