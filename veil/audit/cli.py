@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from veil import db
 from veil.audit.checkpoints import checkpoint_file, load_public_key, load_signing_key, make_checkpoint, public_pem
+from veil.audit.moments import parse_moment
 from veil.config import load_config
 from veil.dbcli import _url
 from veil.errors import ConfigError
@@ -43,18 +44,13 @@ def checkpoint_file_option(f):  # type: ignore[no-untyped-def]
 
 
 def parse_when(value: str | None, *, end: bool = False) -> datetime | None:
-    """``YYYY-MM-DD`` (a whole day: ``--to`` includes it) or an ISO timestamp; naive means UTC."""
+    """``--from``/``--to``: see :func:`veil.audit.moments.parse_moment`."""
     if value is None:
         return None
     try:
-        if len(value) == 10:
-            day = date.fromisoformat(value)
-            moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
-            return moment + timedelta(days=1) if end else moment
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD) or an ISO timestamp") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return parse_moment(value, end=end)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def db_options(f):  # type: ignore[no-untyped-def]

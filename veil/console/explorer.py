@@ -14,10 +14,12 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+
+from veil.audit.moments import parse_moment
 
 PAGE_SIZE = 50
 EXPORT_BATCH = 2000
@@ -29,19 +31,8 @@ EXPORT_FIELDS = [c.strip() for c in COLUMNS.split(",")]
 
 
 def _when(value: str, *, end: bool = False) -> datetime | None:
-    """``YYYY-MM-DD`` (whole days; an end day is included) or an ISO timestamp (naive: UTC)."""
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        if len(value) == 10:
-            d = date.fromisoformat(value)
-            moment = datetime(d.year, d.month, d.day, tzinfo=UTC)
-            return moment + timedelta(days=1) if end else moment
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"'{value[:40]}' is not a date (YYYY-MM-DD) or an ISO timestamp") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    """An empty filter is no bound; otherwise as the CLI reads it (:func:`parse_moment`)."""
+    return parse_moment(value, end=end) if value.strip() else None
 
 
 @dataclass
