@@ -25,13 +25,11 @@ import time
 from pathlib import Path
 
 import httpx
-import sqlalchemy as sa
 import yaml
-from report_million import SYNTHETIC
+from report_million import seed_month
 from scratch import scratch_database
 
 from veil import db
-from veil.audit.partitions import Month, ensure_partition
 from veil.auth.keys import create_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,12 +69,7 @@ def main(server: str, n: int, runs: int) -> None:
     with scratch_database(server) as url, tempfile.TemporaryDirectory() as home:
         engine = db.create_engine(url)
         t = time.perf_counter()
-        with engine.begin() as conn:
-            ensure_partition(conn, Month(2026, 10))
-            ensure_partition(conn, Month(2026, 11))
-            conn.execute(sa.text(SYNTHETIC), {"n": n})
-        with engine.connect() as conn:
-            conn.execute(sa.text("ANALYZE audit_events"))
+        seed_month(engine, n)
         print(f"inserted {n:,} synthetic events in {time.perf_counter() - t:.1f}s", file=sys.stderr)
         key = create_key(engine, "bench", ["compliance"])[1]
         engine.dispose()

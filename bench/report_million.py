@@ -59,6 +59,16 @@ FROM generate_series(1, :n) AS g,
 """
 
 
+def seed_month(engine: sa.Engine, n: int) -> None:
+    """``n`` synthetic events over October 2026 (one INSERT ... SELECT), then ANALYZE."""
+    with engine.begin() as conn:
+        ensure_partition(conn, Month(2026, 10))
+        ensure_partition(conn, Month(2026, 11))
+        conn.execute(sa.text(SYNTHETIC), {"n": n})
+    with engine.connect() as conn:
+        conn.execute(sa.text("ANALYZE audit_events"))
+
+
 def scratch(server: str) -> tuple[str, str]:
     name = f"veil_bench_{uuid.uuid4().hex[:8]}"
     with sa.create_engine(db.normalise_url(server), isolation_level="AUTOCOMMIT").connect() as conn:
@@ -81,12 +91,7 @@ def main(server: str, n: int, v: int) -> None:
         names.append(name)
         engine = db.create_engine(url)
         t = time.perf_counter()
-        with engine.begin() as conn:
-            ensure_partition(conn, Month(2026, 10))
-            ensure_partition(conn, Month(2026, 11))
-            conn.execute(sa.text(SYNTHETIC), {"n": n})
-        with engine.connect() as conn:
-            conn.execute(sa.text("ANALYZE audit_events"))
+        seed_month(engine, n)
         print(f"inserted {n:,} synthetic events in {time.perf_counter() - t:.1f}s (INSERT ... SELECT generate_series)")
         out = Path(f"/tmp/veil-report-bench-{os.getpid()}")
         out.mkdir(exist_ok=True)
