@@ -116,18 +116,35 @@ async def overview(c: Any, ctx: Any) -> Response:
     return c.render(ctx, "policies.html", nav="policies", path=str(services.policy_path), **info)
 
 
-async def editor(c: Any, ctx: Any) -> Response:
-    text = await anyio.to_thread.run_sync(lambda: c.services.policy_path.read_text(encoding="utf-8"))
+def _editor_page(
+    c: Any,
+    ctx: Any,
+    text: str | None,
+    status: int = 200,
+    *,
+    result: dict[str, Any] | None = None,
+    trial: dict[str, Any] | None = None,
+    message: str = "",
+    **extra: Any,
+) -> Response:
+    """The editor page in one of its states: as loaded, checked, rolled out (or refused), tried."""
     return c.render(
         ctx,
         "policy_edit.html",
+        status,
         nav="policies",
         text=text,
-        result=None,
-        trial=None,
-        message="",
+        result=result,
+        trial=trial,
+        message=message,
         upstreams=c.services.upstreams,
+        **extra,
     )
+
+
+async def editor(c: Any, ctx: Any) -> Response:
+    text = await anyio.to_thread.run_sync(lambda: c.services.policy_path.read_text(encoding="utf-8"))
+    return _editor_page(c, ctx, text)
 
 
 async def check_view(c: Any, ctx: Any) -> Response:
@@ -138,16 +155,7 @@ async def check_view(c: Any, ctx: Any) -> Response:
         "problems": len(result["problems"]),
         "draft_sha256": hashlib.sha256(text.encode()).hexdigest(),
     }
-    return c.render(
-        ctx,
-        "policy_edit.html",
-        nav="policies",
-        text=text,
-        result=result,
-        trial=None,
-        message="",
-        upstreams=c.services.upstreams,
-    )
+    return _editor_page(c, ctx, text, result=result)
 
 
 async def rollout(c: Any, ctx: Any) -> Response:
@@ -157,30 +165,17 @@ async def rollout(c: Any, ctx: Any) -> Response:
     new_version = hashlib.sha256(text.encode()).hexdigest()
     if result["problems"]:
         ctx.detail = {"action": "rollout", "refused": "lint", "problems": len(result["problems"])}
-        return c.render(
-            ctx,
-            "policy_edit.html",
-            409,
-            nav="policies",
-            text=text,
-            result=result,
-            trial=None,
-            message="not rolled out: fix the problems first",
-            upstreams=services.upstreams,
-        )
+        return _editor_page(c, ctx, text, 409, result=result, message="not rolled out: fix the problems first")
     old_version = await anyio.to_thread.run_sync(_write, services.policy_path, text)
     ctx.kind = ev.POLICY_ROLLOUT
     ctx.detail = {"path": str(services.policy_path), "old_version": old_version, "new_version": new_version}
-    return c.render(
+    return _editor_page(
+        c,
         ctx,
-        "policy_edit.html",
-        nav="policies",
-        text=text,
+        text,
         result=result,
-        trial=None,
         message=f"rolled out: version {new_version[:12]} written to {services.policy_path.name}; "
         "the gateway loads it within about a second",
-        upstreams=services.upstreams,
     )
 
 
@@ -268,17 +263,7 @@ async def try_view(c: Any, ctx: Any) -> Response:
     if text is None:
         text = await anyio.to_thread.run_sync(lambda: c.services.policy_path.read_text(encoding="utf-8"))
     tried = {k: str(ctx.form.get(k, "")) for k in ("principal", "roles", "tenant", "source", "destination", "argument")}
-    return c.render(
-        ctx,
-        "policy_edit.html",
-        nav="policies",
-        text=text,
-        result=None,
-        trial=result,
-        message="",
-        upstreams=c.services.upstreams,
-        tried=tried,
-    )
+    return _editor_page(c, ctx, text, trial=result, tried=tried)
 
 
 def routes(c: Any) -> list[Route]:
