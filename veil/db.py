@@ -130,8 +130,20 @@ def resolve_url(database_url: str | None, data_dir: Path) -> str:
 
 
 def create_engine(url: str, *, pool_size: int = 5) -> sa.Engine:
-    """An engine that fails fast with a message naming the (redacted) server when unreachable."""
-    engine = sa.create_engine(normalise_url(url), pool_size=pool_size, max_overflow=10, pool_pre_ping=True, future=True)
+    """An engine that fails fast with a message naming the (redacted) server when unreachable.
+
+    psycopg's automatic server-side prepared statements are off (``prepare_threshold=None``): a
+    statement prepared on one server connection is missing on the next behind PgBouncer in
+    transaction mode (before 1.21), so with them on, a pooled deployment fails now and then.
+    Veil's statements are small index look-ups and inserts whose planning costs little."""
+    engine = sa.create_engine(
+        normalise_url(url),
+        pool_size=pool_size,
+        max_overflow=10,
+        pool_pre_ping=True,
+        future=True,
+        connect_args={"prepare_threshold": None},
+    )
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))

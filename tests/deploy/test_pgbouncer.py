@@ -3,16 +3,16 @@
 * session mode: the vault (transaction-scoped advisory locks, inserts) and the audit writer
   (``SELECT ... FOR UPDATE`` on the chain head, ``SET LOCAL``), from several threads at once,
   work through the pooler;
-* transaction mode with a PgBouncer older than 1.21 (Debian 12 ships 1.18): psycopg's automatic
-  server-side prepared statements break once a statement has run a few times on a connection
-  ("prepared statement ... does not exist / already exists"), now and then in Veil's own vault
-  work too. When this test fails because the
-  error is gone (a newer PgBouncer with ``max_prepared_statements``, or Veil turning psycopg's
-  preparing off), the pooling section of docs/deployment.md needs updating.
+* transaction mode with a PgBouncer older than 1.21 (Debian 12 ships 1.18), which cannot carry
+  server-side prepared statements from one server connection to the next: Veil's engine never
+  prepares (psycopg's ``prepare_threshold=None``), so the same work, and a whole gateway serving
+  through the pooler, run without an error; an engine with psycopg's default (prepare after 5
+  runs) fails there, which shows the setting matters.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -28,6 +28,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from deploy.loopback import Replica, agent, shared_secrets, start_replicas, stop
+from examples.crm_data import generate_customers
 from veil import db
 from veil.audit import events as ev
 from veil.audit.writer import AuditWriter
@@ -36,6 +38,12 @@ from veil.tokenizer.vault import Vault
 
 THREADS = 3
 ROUNDS = 25
+CUSTOMERS = {c["id"]: c for c in generate_customers(40, 7)}  # what the replica's demo CRM serves (CRM_RECORDS=40)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
 
 
 def pgbouncer_binary() -> str:
@@ -154,10 +162,9 @@ def prepared_statement_error(message: str) -> bool:
     return "prepared statement" in message or "(26000)" in message or "(42P05)" in message
 
 
-def repeated_statement(url: str) -> list[str]:
-    """One statement run over and over on Veil's engine from several threads (as the same query
-    runs for every call in a busy gateway): psycopg prepares it server-side after 5 runs."""
-    engine = db.create_engine(url, pool_size=THREADS)
+def repeated_statement(engine: sa.Engine) -> list[str]:
+    """One statement run over and over on ``engine`` from several threads (as the same query
+    runs for every call in a busy gateway): psycopg by default prepares it server-side after 5 runs."""
     errors: list[str] = []
 
     def work() -> None:
@@ -178,7 +185,7 @@ def repeated_statement(url: str) -> list[str]:
 
 
 @pytest.mark.req("deploy:pooling")
-def test_transaction_mode_carries_veils_transactions_but_not_prepared_statements_before_pgbouncer_1_21(
+def test_transaction_mode_carries_veils_engine_which_never_prepares_statements_server_side(
     make_database: Callable[[], str],
 ) -> None:
     version = subprocess.run([pgbouncer_binary(), "--version"], capture_output=True, text=True).stdout
@@ -186,11 +193,67 @@ def test_transaction_mode_carries_veils_transactions_but_not_prepared_statements
     assert major_minor < (1, 21), f"{version.strip()}: protocol-level prepared statements exist; update the docs"
     database_url = make_database()
     with pgbouncer(database_url, "transaction") as pooled:
-        # Nothing Veil's vault and audit writer need outlives a transaction, but Veil's engine
-        # leaves psycopg's automatic server-side prepared statements on: the workload fails now
-        # and then (the vault's "(26000)" is invalid_sql_statement_name) and only so, and one
-        # statement repeated from several threads always does.
+        # Veil's engine turns psycopg's automatic preparing off, so its vault and audit writer run
+        # through a transaction-mode pooler without an error, as does one statement repeated from
+        # several threads (prepared after 5 runs under psycopg's default) ...
         workload_errors = veil_workload(pooled)
-        errors = repeated_statement(pooled)
-    assert all(prepared_statement_error(e) for e in workload_errors), workload_errors
-    assert errors and all(prepared_statement_error(e) for e in errors), errors
+        veil_engine_errors = repeated_statement(db.create_engine(pooled, pool_size=THREADS))
+        # ... which with psycopg's default breaks: why the setting exists (the test can fail).
+        default = sa.create_engine(db.normalise_url(pooled), pool_size=THREADS)
+        default_errors = repeated_statement(default)
+    assert workload_errors == []
+    assert veil_engine_errors == []
+    assert default_errors and all(prepared_statement_error(e) for e in default_errors), default_errors
+    assert audit_rows(database_url) == THREADS * ROUNDS
+
+
+def crm_calls(replica: Replica) -> list[dict]:
+    if not replica.crm_log.exists():
+        return []
+    return [json.loads(line) for line in replica.crm_log.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.anyio
+@pytest.mark.req("deploy:pooling")
+async def test_a_gateway_serves_through_a_transaction_mode_pooler(
+    make_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """``veil serve --http`` as docs/deployment.md deploys it: the runtime URL through PgBouncer in
+    transaction mode, migrations straight to PostgreSQL: nothing a call does (vault inserts and
+    look-ups, the audit append) may need state that outlives a transaction. (This workload alone
+    does not repeat one statement on one connection often enough to hit the prepared-statement
+    failure; the test above shows that one.)"""
+    database_url = make_database()
+    calls = 0
+    with pgbouncer(database_url, "transaction") as pooled:
+        secrets = {**shared_secrets(pooled), "VEIL_MIGRATION_DATABASE_URL": database_url}
+        replicas = start_replicas(1, tmp_path, secrets, auth=False)
+        try:
+            async with agent(replicas[0].url, None) as a:
+                tokens: dict[str, set[str]] = {}
+                for _ in range(3):
+                    for n in range(1, 9):
+                        customer = f"C{n:04d}"
+                        result = await a.client.call_tool("crm__get_customer", {"customer_id": customer})
+                        assert not result.is_error, result
+                        tokens.setdefault(customer, set()).add(result.structured_content["email"])
+                        calls += 1
+                # A token goes back to its value for the same upstream (the vault read through the pooler).
+                issued = next(iter(tokens["C0003"]))
+                note = await a.client.call_tool("crm__add_note", {"customer_id": "C0002", "note": f"write to {issued}"})
+                assert not note.is_error, note
+                calls += 1
+        finally:
+            stop(replicas)
+        log = replicas[0].log.read_text(errors="replace")
+    assert all(len(t) == 1 and next(iter(t)).startswith("[EMAIL_ADDRESS_") for t in tokens.values()), tokens
+    assert "prepared statement" not in log and "26000" not in log, log[-2000:]
+    notes = [c for c in crm_calls(replicas[0]) if c.get("tool") == "add_note"]
+    assert [c["arguments"]["note"] for c in notes] == [f"write to {CUSTOMERS['C0003']['email']}"]
+    engine = db.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            written = conn.execute(sa.text("SELECT count(*) FROM audit_events WHERE kind = 'tool.call'")).scalar_one()
+    finally:
+        engine.dispose()
+    assert written == calls
