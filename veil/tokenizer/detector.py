@@ -435,13 +435,18 @@ class Detector:
                     pieces.append((i, f_lo + lo))
                     texts.append(it.text[f_lo + lo : f_lo + hi])
         _check(deadline)
-        self.work["ner_chars"] += sum(len(t) for t in texts)
+        # Each distinct text once: exports repeat lines ("Hi,", a template's sentence), and the
+        # model reads a text the same way wherever it stands (a doc's entities depend on it alone).
+        distinct = list(dict.fromkeys(texts))
+        self.work["ner_chars"] += sum(len(t) for t in distinct)
         pool = nerpool.active()  # the gateway's worker processes (veil/tokenizer/nerpool.py), if running
         if pool is not None:
-            ents = pool.run(self.settings.spacy_model, texts, deadline)
+            ents_of = pool.run(self.settings.spacy_model, distinct, deadline)
         else:
-            ents = self._ner_here(texts, deadline)
-        for (i, lo), text, doc_ents in zip(pieces, texts, ents, strict=True):
+            ents_of = self._ner_here(distinct, deadline)
+        by_text = dict(zip(distinct, ents_of, strict=True))
+        for (i, lo), text in zip(pieces, texts, strict=True):
+            doc_ents = by_text[text]
             for start, end, label in doc_ents:
                 entity = NER_LABELS.get(label)
                 if entity == "DATE_TIME":
