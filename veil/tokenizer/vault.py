@@ -142,6 +142,30 @@ def _is_deadlock(exc: sa.exc.DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) in ("40P01", "40001")
 
 
+# The write path's two statements in the driver's own syntax, so that the arrays are sent in
+# binary (psycopg's ``%(name)b``): as text, every bytea element is hex-escaped in Python on the way
+# out and parsed back by the server, which cost more than the insert itself for a few thousand
+# new entries (bench/RESULTS.md, "Tokenising a 400-record CRM export").
+_EXISTING = f"""
+    SELECT {", ".join(c.name for c in (*_ENTRY_COLS, *_CRYPTO_COLS))} FROM vault_entries
+    WHERE scope = %(scope)s AND erased_at IS NULL AND value_hmac = ANY(%(hmacs)b::bytea[])
+"""
+_INSERT = """
+    INSERT INTO vault_entries
+        (scope, entity_type, n, token, value_hmac, key_id, wrapped_key, nonce, ciphertext, sources, expires_at)
+    SELECT %(scope)s, %(entity_type)s, u.n, u.token, u.h, u.kid, u.wk, u.nonce, u.ct, ARRAY[%(source)s]::text[],
+           {expiry}
+    FROM unnest(%(ns)b::integer[], %(tokens)b::text[], %(hmacs)b::bytea[], %(kids)b::text[],
+                %(wrapped)b::bytea[], %(nonces)b::bytea[], %(cts)b::bytea[]) AS u(n, token, h, kid, wk, nonce, ct)
+    ON CONFLICT (scope, value_hmac) WHERE erased_at IS NULL DO UPDATE SET
+        sources = CASE WHEN %(source)s = ANY(vault_entries.sources) THEN vault_entries.sources
+                       ELSE array_append(vault_entries.sources, %(source)s::text) END,
+        expires_at = EXCLUDED.expires_at
+    RETURNING id, token, entity_type, value_hmac, sources, expires_at, key_id, wrapped_key, nonce, ciphertext,
+              (xmax = 0) AS inserted
+"""
+
+
 class Vault:
     """Encrypted token storage for every scope, shared by all threads of a process."""
 
@@ -298,11 +322,7 @@ class Vault:
         with self._connect(write=True) as conn:
             if missing:
                 # Rows another process created since our last refresh: take them as they are.
-                rows = conn.execute(
-                    sa.select(*_ENTRY_COLS, *_CRYPTO_COLS).where(
-                        _T.scope == scope, _T.erased_at.is_(None), _T.value_hmac.in_(list(missing))
-                    )
-                ).all()
+                rows = conn.exec_driver_sql(_EXISTING, {"scope": scope, "hmacs": list(missing)}).all()
                 for row in rows:
                     e = self._entry_from_row(scope, row)
                     results[row.value_hmac] = e
@@ -349,7 +369,8 @@ class Vault:
         """Number, encrypt and insert new values of one type (caller holds the numbering lock).
 
         One ``INSERT ... SELECT FROM unnest(arrays)`` statement: a multi-row VALUES statement for
-        thousands of rows costs seconds to compile in SQLAlchemy."""
+        thousands of rows costs seconds to compile in SQLAlchemy. The arrays travel in binary
+        (``_INSERT``)."""
         start = conn.execute(
             sa.select(sa.func.coalesce(sa.func.max(_T.n), 0)).where(_T.scope == scope, _T.entity_type == entity_type)
         ).scalar_one()
@@ -370,24 +391,9 @@ class Vault:
             for name, v in zip(cols, (k, token, h, kid, wrapped, nonce, ct), strict=True):
                 cols[name].append(v)
         expiry = f"now() + make_interval(secs => {int(self.ttl_seconds)})" if self.ttl_seconds else "NULL::timestamptz"
-        stmt = sa.text(
-            f"""
-            INSERT INTO vault_entries
-                (scope, entity_type, n, token, value_hmac, key_id, wrapped_key, nonce, ciphertext, sources, expires_at)
-            SELECT :scope, :entity_type, u.n, u.token, u.h, u.kid, u.wk, u.nonce, u.ct, ARRAY[:source]::text[], {expiry}
-            FROM unnest(CAST(:ns AS integer[]), CAST(:tokens AS text[]), CAST(:hmacs AS bytea[]), CAST(:kids AS text[]),
-                        CAST(:wrapped AS bytea[]), CAST(:nonces AS bytea[]), CAST(:cts AS bytea[]))
-                 AS u(n, token, h, kid, wk, nonce, ct)
-            ON CONFLICT (scope, value_hmac) WHERE erased_at IS NULL DO UPDATE SET
-                sources = CASE WHEN :source = ANY(vault_entries.sources) THEN vault_entries.sources
-                               ELSE array_append(vault_entries.sources, CAST(:source AS text)) END,
-                expires_at = EXCLUDED.expires_at
-            RETURNING id, token, entity_type, value_hmac, sources, expires_at, key_id, wrapped_key, nonce, ciphertext,
-                      (xmax = 0) AS inserted
-            """
-        )
         out: dict[bytes, Entry] = {}
-        rows = conn.execute(stmt, {"scope": scope, "entity_type": entity_type, "source": source, **cols})
+        params = {"scope": scope, "entity_type": entity_type, "source": source, **cols}
+        rows = conn.exec_driver_sql(_INSERT.replace("{expiry}", expiry), params)
         for row in rows:
             # inserted: our plaintext; conflict: someone else's row, decrypt their value
             out[row.value_hmac] = self._entry_from_row(scope, row, plain[row.value_hmac] if row.inserted else None)
