@@ -82,3 +82,18 @@ def test_ner_reads_only_the_sentences_that_need_it(detector):
 
     assert detector.ner_focus(text, [Covered()]) == [(last, len(text))]
     assert detector.ner_focus("12 " + "A-" * 5000, []) == []  # no 40+ character "word" is a name
+
+
+@pytest.mark.req("tokenize:ner")
+def test_labels_titles_and_line_openers_are_no_reason_for_ner(detector):
+    """Header words opening a line ("To:", "Subject:", "Follow-up"), a title before a name that is
+    explained, a field label before a colon ("DOB:"): no sentence for NER. The name itself still is."""
+    text = "From: a@b.example\nTo: x\nSubject: renewal\nFollow-up owner: x.\n(DOB: 1/2/1970) Dr. Roe agreed."
+    roe = text.index("Roe")
+
+    class Covered:
+        start, end = roe, roe + 3
+
+    assert detector.ner_focus(text, [Covered()]) == []
+    assert detector.ner_focus(text, []) == [(text.index("(DOB"), len(text))]  # "Roe" unexplained: read
+    assert detector.ner_focus("The note says\nMariusz called.", []) == [(14, 29)]  # a name opening a line

@@ -46,7 +46,7 @@ from spacy.lang.en.stop_words import STOP_WORDS
 from veil.errors import TokenizeBudgetExceeded
 from veil.tokenizer import nerpool
 from veil.tokenizer.guard import name_parts
-from veil.tokenizer.hints import HINTABLE_TYPES
+from veil.tokenizer.hints import HINTABLE_TYPES, builtin_hint
 from veil.tokenizer.nlp import (
     OfflineSpacyNlpEngine,
     common_words,
@@ -152,6 +152,9 @@ MAX_SPAN = 512
 _NER_PIECE = 20_000  # NER sees long texts in pieces cut at a line break or space
 _FOCUS_WORD = re.compile(r"[^\W\d_][\w'\u2019-]{0,200}")
 _AFTER_SENTENCE = '.!?:;\n"(['
+# Titles (abbreviated) that stand before a name; a capital after ". " or " " follows.
+_TITLE_WORDS = frozenset(["mr", "mrs", "ms", "mx", "dr", "prof", "rev", "sr", "sra", "mme", "mlle", "capt", "sgt"])
+_BEFORE_NAME = re.compile(r"\.?[ \t]{1,3}[^\W\d_]")
 _FOCUS_REACH = 300  # NER reads at most this many characters either side of a word it is run for
 _LONGEST_NAME_WORD = 40  # a longer "word" ("A-A-A-..." runs, base64, hashes) is no name: not a reason for NER
 # Where a sentence ends for NER's focus: a line break, or ., ! or ? and spaces, except after a
@@ -401,10 +404,7 @@ class Detector:
             word = m.group()
             if not word[0].isupper() or inside[m.start()] or len(word) > _LONGEST_NAME_WORD:
                 continue
-            before = text[max(0, m.start() - 64) : m.start()].rstrip()  # bounded: linear on long texts
-            if (not before or before[-1] in _AFTER_SENTENCE) and (
-                word.lower() in STOP_WORDS or is_common_word(word.lower(), self.common_words)
-            ):
+            if self._no_reason_for_ner(text, m.start(), m.end(), word):
                 continue
             if starts is None:
                 starts = [0] + [b.end() for b in _SENTENCE_BREAK.finditer(text)]
@@ -423,6 +423,23 @@ class Detector:
             else:
                 out.append((lo, hi))
         return out
+
+    def _no_reason_for_ner(self, text: str, s: int, e: int, word: str) -> bool:
+        """Whether a capitalised word outside every span is still no reason to run NER on its
+        sentence: a stop word or ordinary English word (or a hyphenated one made of them:
+        "Follow-up") opening a sentence or a line; a title before a capitalised word ("Mr. Roe":
+        the name is a reason of its own when nothing explains it); a field label before a colon
+        ("DOB:", "Phone:"). Everything it looks at is bounded: linear on long texts."""
+        before = text[max(0, s - 64) : s].rstrip(" \t")
+        lower = word.lower()
+        if (not before or before[-1] in _AFTER_SENTENCE) and all(
+            p in STOP_WORDS or is_common_word(p, self.common_words) for p in lower.split("-") if p
+        ):
+            return True
+        after = text[e : e + 8]
+        if lower in _TITLE_WORDS and _BEFORE_NAME.match(after):
+            return True
+        return after.startswith(":") and builtin_hint(lower) is not None
 
     def _ner(self, items: list[TextItem], found: list[list[Span]], deadline: float | None) -> None:
         pieces: list[tuple[int, int]] = []  # (item index, offset of the piece in the item)
