@@ -414,3 +414,30 @@ def test_partly_overlapping_hits_become_one_hit_so_nothing_is_left_raw():
     assert _merge(text, [guard], [inside]) == [guard]  # wholly covered: the longer one stands
     apart = _Hit(0, 5, "PERSON", "Spoke")
     assert _merge(text, [apart], [guard]) == [apart, guard]
+
+
+def test_inline_calls_do_the_same_work_or_say_they_would_block(tokenizer, scope, monkeypatch):
+    """``inline=True`` (the gateway's event loop, small payloads) returns what a worker thread
+    would, or raises ``WouldBlock`` having changed nothing when it would need I/O or the value is
+    not small; the gateway then repeats the call in a thread."""
+    from veil.tokenizer import WouldBlock
+
+    monkeypatch.setattr(tokenizer.vault, "refresh_seconds", 3600.0)  # no process-wide check falls due
+    ok = {"ok": True, "status": "done"}
+    with pytest.raises(WouldBlock):  # the scope's cache is not loaded yet: a database read
+        tokenizer.tokenize(ok, scope, "crm", inline=True)
+    expected = tokenizer.tokenize(ok, scope, "crm")
+    assert tokenizer.tokenize(ok, scope, "crm", inline=True) == expected
+    with pytest.raises(WouldBlock):  # a value to tokenise: the vault (maybe a write)
+        tokenizer.tokenize({"email": "inline.person@example.com"}, scope, "crm", inline=True)
+    with pytest.raises(WouldBlock):  # not small
+        tokenizer.tokenize({"note": "x" * 600}, scope, "crm", inline=True)
+    # sandbox output never reads the vault: inline works on a scope never loaded
+    elsewhere = Scope(f"session:{uuid.uuid4().hex}")
+    out = tokenizer.tokenize({"n": 3}, elsewhere, "sandbox", mode="sandbox_output", inline=True)
+    assert out.value == {"n": 3}
+    args = {"customer_id": "C0001"}
+    assert tokenizer.untokenize(args, scope, allow_all, inline=True).value == args
+    token = tokenizer.tokenize({"email": "inline.person@example.com"}, scope, "crm").value["email"]
+    with pytest.raises(WouldBlock):  # a token: the vault is read
+        tokenizer.untokenize({"to": token}, scope, allow_all, inline=True)

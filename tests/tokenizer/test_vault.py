@@ -238,6 +238,53 @@ def test_two_processes_agree(database_url, session_engine):
     assert_no_duplicates(session_engine, scope, len(rows))
 
 
+@pytest.mark.req("vault:concurrency")
+def test_other_processes_values_and_erasures_reach_the_guard(database_url, session_engine, keyring):
+    """Another process's new value joins this process's guard, and its erasure leaves it, at the
+    next refresh (here: every call); a scope nobody wrote to is not read again at all."""
+    from veil import db
+
+    here_engine = db.create_engine(database_url)  # this "process": its statements are counted
+    statements: list[str] = []
+    sa.event.listen(here_engine, "before_cursor_execute", lambda c, cur, stmt, *a: statements.append(stmt))
+    try:
+        here = Vault(here_engine, keyring, refresh_seconds=0)
+        there = Vault(session_engine, keyring)  # the other replica
+        busy, quiet = new_scope(), new_scope()
+        there.assign(busy, [("Odalys Featherstonehaugh", "PERSON")], "crm")
+        there.assign(quiet, [("Quiet Person Example", "PERSON")], "crm")
+        assert [h.value for h in here.guard(busy).find("met Odalys Featherstonehaugh")]
+        assert here.guard(quiet).find("Quiet Person Example")
+
+        [new] = there.assign(busy, [("Benedikt Vasquez-Oyelaran", "PERSON")], "crm")
+        statements.clear()
+        assert here.guard(quiet).find("Quiet Person Example")
+        assert len(statements) == 1 and "max(id)" in statements[0]  # only the process-wide check
+        assert new.token in {h.token for h in here.guard(busy).find("call Benedikt Vasquez-Oyelaran today")}
+
+        there.erase_entries("Benedikt Vasquez-Oyelaran")
+        assert here.guard(busy).find("call Benedikt Vasquez-Oyelaran today") == []
+        assert here.guard(busy).find("met Odalys Featherstonehaugh")
+    finally:
+        here_engine.dispose()
+
+
+def test_cached_guard_only_when_no_round_trip_is_needed(session_engine, keyring):
+    """``cached_guard`` (the event loop's way in) answers only from a loaded, fresh cache."""
+    scope = new_scope()
+    vault = Vault(session_engine, keyring, refresh_seconds=3600)
+    vault.assign(scope, [("Perpetua Hollingsworth", "PERSON")], "crm")
+    assert vault.cached_guard(new_scope()) is None  # never loaded here
+    guard = vault.guard(scope)
+    assert vault.cached_guard(scope) is guard
+    vault.assign(scope, [("Another Name Entirely", "PERSON")], "crm")
+    assert vault.cached_guard(scope) is None  # the automaton must be rebuilt (in a thread)
+    assert vault.guard(scope).find("Another Name Entirely")
+    due = Vault(session_engine, keyring, refresh_seconds=0)
+    due.guard(scope)
+    assert due.cached_guard(scope) is None  # the process-wide check is due: a round trip
+
+
 def assert_no_duplicates(engine, scope: str, expected: int) -> None:
     with engine.connect() as conn:
         n, tokens, hmacs = conn.execute(

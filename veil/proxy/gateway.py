@@ -31,7 +31,7 @@ from veil.proxy.pipeline import Pipeline
 from veil.proxy.runner import Runner
 from veil.proxy.session import AgentSession
 from veil.proxy.survey import survey
-from veil.tokenizer import Tokenizer, nerpool
+from veil.tokenizer import Tokenizer, WouldBlock, nerpool
 from veil.tokenizer.keyring import Keyring
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,17 @@ class Gateway:
 
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._limiter)
+
+    async def inline_or_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args, inline=True)`` right here on the event loop; if it raises ``WouldBlock``
+        (its value is not small, or it needs the database or NER), ``fn(*args)`` in a worker
+        thread. Most tool calls carry a few bytes each way (``{}`` in, ``{"ok": true}`` out):
+        their (de)tokenising takes microseconds, and the two thread hand-offs it cost each time
+        (queue, wake-up, result posted back to the loop) were a large share of Veil's CPU per call."""
+        try:
+            return fn(*args, inline=True)
+        except WouldBlock:
+            return await self.in_thread(fn, *args)
 
     async def record(self, event: ev.AuditEvent) -> None:
         """Make an audit event durable; raises AuditUnavailable (fail closed) when it cannot."""

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from veil.proxy.catalogue import gateway_name
 from veil.proxy.flow import Flow, Target
 from veil.proxy.shaping import from_wire, protect, restore, to_wire, withhold_binary
-from veil.tokenizer.tokens import Deadline
+from veil.tokenizer.tokens import Deadline, WouldBlock
 
 if TYPE_CHECKING:
     from veil.proxy.session import AgentSession
@@ -31,7 +31,8 @@ SANDBOX = "sandbox_output"
 
 
 class Pipeline:
-    """Tokenisation helpers over the gateway's tokenizer, run off the event loop."""
+    """Tokenisation helpers over the gateway's tokenizer, run off the event loop (small values
+    that need no I/O excepted)."""
 
     def __init__(self, gateway: Any) -> None:
         self.gw = gateway
@@ -55,19 +56,22 @@ class Pipeline:
 
     # -- tokenisation ------------------------------------------------------------------------------
 
-    def _tokenize(self, value: Any, scope: Any, source: str, mode: str | None) -> Any:
+    def _tokenize(self, value: Any, scope: Any, source: str, mode: str | None, *, inline: bool = False) -> Any:
         tokenizer = self.gw.tokenizer
         # Every value is tokenised within limits.tokenize_budget_s, or fails closed (iso's hunk).
         deadline = Deadline.after(self.gw.config.limits.tokenize_budget_s, setting="limits.tokenize_budget_s")
-        if mode is not None:
-            if self._modes is None:
-                self._modes = "mode" in inspect.signature(tokenizer.tokenize).parameters
-            if self._modes:
-                return tokenizer.tokenize(value, scope, source, mode=mode, deadline=deadline)
-        return tokenizer.tokenize(value, scope, source, deadline=deadline)
+        if self._modes is None:
+            self._modes = "mode" in inspect.signature(tokenizer.tokenize).parameters
+        if not self._modes:  # a tokenizer without modes (or inline calls): the thread, as always
+            if inline:
+                raise WouldBlock
+            return tokenizer.tokenize(value, scope, source, deadline=deadline)
+        return tokenizer.tokenize(value, scope, source, mode=mode or "data", deadline=deadline, inline=inline)
 
     async def tokenize_value(self, session: AgentSession, value: Any, source: str, *, mode: str | None = None) -> Any:
-        return await self.gw.in_thread(self._tokenize, value, session.scope, source, mode)
+        """Small values are tokenised on the event loop when that needs no I/O (see
+        ``Gateway.inline_or_thread``), everything else in a worker thread."""
+        return await self.gw.inline_or_thread(self._tokenize, value, session.scope, source, mode)
 
     async def tokenize_interface(self, session: AgentSession, value: Any, source: str) -> Any:
         """Listings (names, titles, descriptions, schemas, URIs): guard and patterns, no NER."""

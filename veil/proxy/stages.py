@@ -158,7 +158,7 @@ class Untokenise:
         def context(path: str) -> str:
             return flow.handler.substitution(flow, path) or policy.substitute_context(upstream, tool, path)[0]
 
-        untok = await runner.gw.in_thread(untokenize, value, flow.session.scope, decide, context)
+        untok = await runner.gw.inline_or_thread(untokenize, value, flow.session.scope, decide, context)
         flow.outbound = untok.value
         flow.untokenised = [
             ev.Untokenised(

@@ -293,7 +293,11 @@ def make_authenticator(gateway: Gateway):
     authenticator = Authenticator(gateway.engine, cfg, fallback=fallback)
 
     async def authenticate(header: str | None) -> Principal:
-        return await gateway.in_thread(authenticator.authenticate, header)
+        if header is None or not header.strip():
+            # No credential: the fallback principal or a refusal, decided without I/O; a thread
+            # hand-off for it cost more than the answer (every request of every call).
+            return authenticator.authenticate(header)
+        return await gateway.in_thread(authenticator.authenticate, header)  # a key lookup, a JWT check
 
     return authenticate
 

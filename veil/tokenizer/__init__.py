@@ -11,7 +11,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from veil.tokenizer.settings import CustomPattern, DenyList, DetectionSettings, TokenSettings
-from veil.tokenizer.tokens import TOKEN_RE, Deadline, Scope, Tokenized, TokenizeMode, TokenRef, Untokenized
+from veil.tokenizer.tokens import (
+    TOKEN_RE,
+    Deadline,
+    Scope,
+    Tokenized,
+    TokenizeMode,
+    TokenRef,
+    Untokenized,
+    WouldBlock,
+)
 
 if TYPE_CHECKING:
     from veil.tokenizer.keyring import Keyring
@@ -50,4 +59,5 @@ __all__ = [
     "Untokenized",
     "Vault",
     "VaultEntryInfo",
+    "WouldBlock",
 ]

@@ -12,7 +12,8 @@ arguments out (only where the policy's ``decide`` allows each flow).
    reappear, and first/last names of known people written alone;
 5. the value is rebuilt with tokens in place.
 
-Thread-safe and synchronous: the gateway calls it from worker threads.
+Thread-safe and synchronous: the gateway calls it from worker threads, or on its event loop with
+``inline=True`` for small values (``WouldBlock`` sends those to a thread when they need I/O).
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ from veil.tokenizer.tokens import (
     TokenizeMode,
     TokenRef,
     Untokenized,
+    WouldBlock,
     format_token,
     normalise,
+    small,
 )
 from veil.tokenizer.vault import Vault
 from veil.tokenizer.walker import is_free_text, walk
@@ -103,6 +106,7 @@ class Tokenizer:
         *,
         mode: TokenizeMode = "data",
         deadline: Deadline | None = None,
+        inline: bool = False,
     ) -> Tokenized:
         """``value`` with every PII value found replaced by its token (a new value; the input is
         never modified).
@@ -112,14 +116,25 @@ class Tokenizer:
         place heuristics, so "Get Sum Tool" stays as it is); ``"sandbox_output"`` for what code in
         the sandbox printed or returned (detection only, tokens of a throwaway scope that are never
         linked to the scope's own: no equality oracle). ``deadline``: checked between stages and
-        slots; when it has passed, ``TokenizeBudgetExceeded`` is raised and nothing is returned."""
+        slots; when it has passed, ``TokenizeBudgetExceeded`` is raised and nothing is returned.
+
+        ``inline``: the caller is an event loop. The same detection runs, but the call raises
+        ``WouldBlock`` (having changed nothing) instead of blocking: when the value is not
+        ``small``, or when finishing needs the vault's database (a new or renewed entry, a cache
+        refresh) or NER. The gateway then repeats the call in a worker thread."""
         if mode not in TOKENIZE_MODES:
             raise ValueError(f"tokenize mode must be one of {', '.join(TOKENIZE_MODES)}, not {mode!r}")
+        if inline and not small(value):
+            raise WouldBlock
         detector = self._detector
         check = deadline.check if deadline is not None else _no_check
         w = walk(value, None if mode == "interface" else self._hints)
         check("walking the value")
-        assign = _Unlinked().assign if mode == "sandbox_output" else self._vault_assign(scope, source)
+        assign: Callable[[list[tuple[str, str]]], list[tuple[str, str]]]
+        if mode == "sandbox_output":
+            assign = _Unlinked().assign  # in memory: never blocks
+        else:
+            assign = _would_block if inline else self._vault_assign(scope, source)
         hits: list[list[_Hit]] = [[] for _ in w.slots]
 
         # 1. a string (or number) under a PII key is one entity, whole; every other slot is
@@ -157,7 +172,9 @@ class Tokenizer:
         check("pattern detection")
         known: list[list[GuardHit]] = [[] for _ in free]
         if mode != "sandbox_output":
-            guard = self.vault.guard(scope.key)
+            guard = self.vault.cached_guard(scope.key) if inline else self.vault.guard(scope.key)
+            if guard is None:
+                raise WouldBlock
             for k, t in enumerate(texts):
                 known[k] = guard.find(t)
                 if k % 256 == 255:
@@ -176,6 +193,8 @@ class Tokenizer:
                 focus = detector.ner_focus(texts[k], [*resolved[k], *known[k]])
                 if focus:
                     ner_items.append((k, TextItem(texts[k], ner=True, focus=tuple(focus))))
+        if inline and ner_items:
+            raise WouldBlock  # NER runs in worker processes: a wait
         with _budget(deadline, "NER"):
             ner = detector.ner([item for _, item in ner_items], at)
         for (k, _), spans in zip(ner_items, ner, strict=True):
@@ -249,6 +268,7 @@ class Tokenizer:
         context_for: ContextFor | None = None,
         *,
         destination: str = "the upstream tool",
+        inline: bool = False,
     ) -> Untokenized:
         """Real values for every token in ``value`` (also inside longer strings and JSON text),
         each written the way the place it stands needs (``substitute``).
@@ -258,12 +278,19 @@ class Tokenizer:
         tool in refusals. Order, all before anything is returned: every token's place is checked
         (``SubstitutionRefused``, before the vault is read), every token must be live in ``scope``
         (else ``TokenError``, before any decision), every occurrence is put to ``decide(ref, path)``,
-        then all values are written in; if any step raises, nothing is returned."""
+        then all values are written in; if any step raises, nothing is returned.
+
+        ``inline`` (an event loop calling): ``WouldBlock`` instead of reading the vault, or when
+        the value is not ``small``; a small value without tokens is answered at once."""
+        if inline and not small(value):
+            raise WouldBlock
         found: list[tuple[str, str]] = []  # (token, path)
         texts: dict[tuple[str, str], None] = {}  # (path, string) of every string holding a token
         _collect_tokens(value, "$", found, texts)
         if not found:
             return Untokenized(value, [])
+        if inline:
+            raise WouldBlock  # the vault is read for every token: a database round trip
         renders = _plan(texts, context_for or default_context, destination)
         entries = self.vault.resolve(scope.key, (t for t, _ in found))
         used: list[tuple[TokenRef, str]] = []
@@ -287,6 +314,11 @@ _HEURISTIC_TYPES = frozenset({"PERSON", "LOCATION", "NRP", "DATE_TIME", "ORGANIZ
 
 def _no_check(stage: str) -> None:
     return None
+
+
+def _would_block(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``assign`` for inline calls: tokens come from the vault, which may need the database."""
+    raise WouldBlock
 
 
 @contextlib.contextmanager

@@ -77,6 +77,46 @@ class Deadline:
             )
 
 
+class WouldBlock(Exception):
+    """``tokenize`` or ``untokenize`` was called with ``inline=True`` (on the gateway's event
+    loop) and could not finish without blocking it: the value is not small, or finishing needs
+    the database (a vault read or write, a cache refresh) or NER. Nothing was changed; call again
+    from a worker thread. Internal to the gateway: never reaches a client."""
+
+
+#: Values with at most this many characters of text (strings, keys, scalars) may be
+#: (de)tokenised inline: microseconds of pattern work, less than a hand-off to a worker thread.
+INLINE_CHARS = 512
+
+
+def small(value: Any, limit: int = INLINE_CHARS) -> bool:
+    """Does ``value`` (JSON-like) hold at most ``limit`` characters of text? Stops counting as
+    soon as it is over, so a large value costs no more than a small one to ask about."""
+    todo = [value]
+    left = limit
+    while todo:
+        v = todo.pop()
+        if isinstance(v, str):
+            left -= len(v)
+        elif isinstance(v, dict):
+            left -= len(v)  # at least a character per key: checked before the keys are read
+            if left < 0:
+                return False
+            for k in v:
+                left -= len(k) if isinstance(k, str) else 8
+            todo.extend(v.values())
+        elif isinstance(v, list | tuple):
+            left -= len(v)
+            if left < 0:
+                return False
+            todo.extend(v)
+        else:
+            left -= 8  # a number, bool or None: a few characters
+        if left < 0:
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class TokenRef:
     """What the policy needs to know about a token, without its value."""
