@@ -192,6 +192,40 @@ def test_digest_args_is_canonical() -> None:
     assert digest_args({}).startswith("sha256:") and len(digest_args({})) == 7 + 64
 
 
+@pytest.mark.req("audit:chain")
+def test_one_statement_batches_store_every_column_as_given(fresh_engine: sa.Engine) -> None:
+    """The one-statement append sends each column as an array (lists of strings as JSON texts):
+    awkward strings, empty lists and missing values come back exactly, and the chain verifies."""
+    odd = ['quote " back\\slash', "{brace, comma}", "NULL", "", "emoji \U0001f600 \u00fc", "[TOKEN_1]"]
+    events = [
+        tool_event(
+            i,
+            roles=odd[: i % 7],
+            tokens=list(reversed(odd[: i % 5])),
+            duration_ms=None if i % 2 else i / 3,
+            upstream=None if i % 3 == 0 else odd[i % 6],
+        )
+        for i in range(12)
+    ]
+
+    async def run() -> AuditWriter:
+        async with AuditWriter(fresh_engine, batch_max_events=8) as writer:
+            await writer.record(tool_event(99))  # the first batch learns the head under the lock
+            await asyncio.gather(*(writer.record(e) for e in events))
+        return writer
+
+    writer = asyncio.run(run())
+    assert writer.fast_appends >= 1
+    with fresh_engine.connect() as conn:
+        result = verify(conn)
+        query = sa.text("SELECT id, roles, tokens, duration_ms, upstream FROM audit_events")
+        rows = {r.id: r for r in conn.execute(query)}
+    assert result.ok, result.problem
+    for e in events:
+        r = rows[e.id]
+        assert (r.roles, r.tokens, r.upstream, r.duration_ms) == (e.roles, e.tokens, e.upstream, e.duration_ms)
+
+
 def test_nul_characters_are_stored_and_hash_consistently(fresh_engine: sa.Engine) -> None:
     with AuditWriter(fresh_engine) as writer:
         writer.record_sync(tool_event(tool="a\x00b", detail={"k\x00": "v\x00", "big": 2**60}))
