@@ -31,6 +31,7 @@ from veil.proxy.pipeline import Pipeline
 from veil.proxy.runner import Runner
 from veil.proxy.session import AgentSession
 from veil.proxy.survey import survey
+from veil.proxy.upstream_http import UpstreamHttp
 from veil.tokenizer import Tokenizer, WouldBlock, nerpool
 from veil.tokenizer.keyring import Keyring
 
@@ -49,6 +50,7 @@ class Gateway:
         self._limiter = anyio.CapacityLimiter(4)
         self.task_group: TaskGroup
         self.sandbox: Any = None
+        self.upstream_http = UpstreamHttp()  # clients for HTTP upstreams: one TLS context
 
     # -- lifecycle -----------------------------------------------------------------------------
 

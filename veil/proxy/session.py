@@ -290,6 +290,7 @@ class AgentSession:
                 self.gw.task_group,
                 log_dir=self.gw.config.data_dir / "logs",
                 timeout_s=self.gw.config.limits.upstream_timeout_s,
+                http=self.gw.upstream_http,
             )
             self._connections[upstream] = conn
         return conn

@@ -74,6 +74,7 @@ async def _ask(gateway: Gateway, upstream: str, names: bool, answers: dict[str, 
         gateway.task_group,
         log_dir=cfg.data_dir / "logs",
         timeout_s=timeout_s,
+        http=gateway.upstream_http,
     )
     try:
         client = await conn.client()

@@ -55,6 +55,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from veil.config import HttpUpstream, StdioUpstream, UpstreamConfig
 from veil.errors import UpstreamError
+from veil.proxy.upstream_http import UpstreamHttp
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,10 @@ class UpstreamConnection:
         *,
         log_dir: Path,
         timeout_s: float,
+        http: UpstreamHttp | None = None,
     ) -> None:
         self.name = name
+        self._http = http
         self.config = config
         self._relay = relay
         self._tg = task_group
@@ -215,7 +218,10 @@ class UpstreamConnection:
             )
             return stdio_client(params, errlog=errlog)
         assert isinstance(cfg, HttpUpstream)
-        http = await stack.enter_async_context(create_mcp_http_client(headers=dict(cfg.headers) or None))
+        headers = dict(cfg.headers) or None
+        # The gateway's clients share a TLS context and keep connections (veil/proxy/upstream_http.py).
+        client = self._http.client(headers) if self._http is not None else create_mcp_http_client(headers)
+        http = await stack.enter_async_context(client)
         return streamable_http_client(cfg.url, http_client=http)
 
     async def mark_dead(self) -> None:
