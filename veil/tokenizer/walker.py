@@ -60,7 +60,10 @@ class Walk:
 
 def is_free_text(text: str) -> bool:
     """Several words with letters: worth NER (a two-word string counts if it has a capital)."""
-    words = [w for w in text.split() if any(c.isalpha() for c in w)]
+    parts = text.split()
+    if len(parts) < 2:  # most strings of a result (ids, codes, "text", "complete"): decided here
+        return False
+    words = [w for w in parts if any(c.isalpha() for c in w)]
     if len(words) >= 3:
         return True
     return len(words) == 2 and any(c.isupper() for c in text)
