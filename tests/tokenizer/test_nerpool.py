@@ -63,6 +63,43 @@ def test_the_detector_sends_ner_to_the_pool_when_one_runs(pool: nerpool.NerPool,
     assert any(s.entity_type == "PERSON" and TEXTS[0][s.start : s.end] == "Maria Gonzalez" for s in spans[0])
 
 
+PATTERN_ITEMS = [
+    TextItem(
+        f"Reach Dana on +1 212-555-01{i % 100:02d} or dana{i}@example.com; she lives at {i} Main Street, "
+        "Springfield, IL 62704.",
+        "contact notes",
+    )
+    for i in range(300)
+]
+
+
+@pytest.mark.req("tokenize:isolated-cost")
+def test_a_large_pattern_pass_runs_in_the_workers_with_the_same_spans(
+    pool: nerpool.NerPool, detector: Detector
+) -> None:
+    assert sum(len(it.text) for it in PATTERN_ITEMS) >= 20_000  # large enough to be sent
+    here = detector.patterns_here(PATTERN_ITEMS)
+    assert detector.patterns(PATTERN_ITEMS) == here  # the first one asks the workers to build a detector
+    pool.wait_prepared()
+    before = pool.pattern_calls
+    there = detector.patterns(PATTERN_ITEMS, time.monotonic() + 120)
+    assert pool.pattern_calls > before
+    assert there == here
+    assert {"PHONE_NUMBER", "EMAIL_ADDRESS", "STREET_ADDRESS"} <= {s.entity_type for s in there[0]}
+
+
+@pytest.mark.req("tokenize:budget-fails-closed")
+def test_a_pattern_pass_past_its_deadline_fails_closed(pool: nerpool.NerPool, detector: Detector) -> None:
+    detector.patterns(PATTERN_ITEMS)
+    pool.wait_prepared()
+    with pytest.raises(TokenizeBudgetExceeded) as failed:
+        detector.patterns(PATTERN_ITEMS * 20, time.monotonic() - 1)
+    assert "Dana" not in failed.value.message and "time budget" in failed.value.message
+    pool.wait_ready()
+    pool.wait_prepared()  # the replacement builds the detector before it takes work
+    assert detector.patterns(PATTERN_ITEMS, time.monotonic() + 120)[0]
+
+
 @pytest.mark.req("tokenize:budget-fails-closed")
 def test_a_call_past_its_deadline_fails_closed_and_its_worker_is_replaced(pool: nerpool.NerPool) -> None:
     pool.wait_ready()

@@ -24,7 +24,9 @@ side by side.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import logging
+import pickle
 import re
 import time
 from collections import Counter
@@ -155,6 +157,9 @@ _AFTER_SENTENCE = '.!?:;\n"(['
 # Titles (abbreviated) that stand before a name; a capital after ". " or " " follows.
 _TITLE_WORDS = frozenset(["mr", "mrs", "ms", "mx", "dr", "prof", "rev", "sr", "sra", "mme", "mlle", "capt", "sgt"])
 _BEFORE_NAME = re.compile(r"\.?[ \t]{1,3}[^\W\d_]")
+# A pattern pass over at least this many characters goes to the worker processes when there are
+# some (sending smaller ones costs more than it saves).
+_POOL_PATTERN_CHARS = 20_000
 _FOCUS_REACH = 300  # NER reads at most this many characters either side of a word it is run for
 _LONGEST_NAME_WORD = 40  # a longer "word" ("A-A-A-..." runs, base64, hashes) is no name: not a reason for NER
 # Where a sentence ends for NER's focus: a line break, or ., ! or ? and spaces, except after a
@@ -269,6 +274,12 @@ class Detector:
             self._groups.append((rest, _GATE))
         self._allow = {v.casefold() for v in settings.allow_values}
         self._warm_up()
+        # The gateway's worker processes build the same detector to run large pattern passes.
+        self._settings_blob = pickle.dumps(settings)
+        self._settings_key = hashlib.sha256(self._settings_blob).hexdigest()
+        pool = nerpool.active()
+        if pool is not None:
+            pool.prepare(self._settings_key, self._settings_blob)
 
     def _warm_up(self) -> None:
         """Compile every recognizer's regexes and load phone metadata now, not in the first call."""
@@ -305,7 +316,23 @@ class Detector:
         return [self.resolve(item.text, spans) for item, spans in zip(items, found, strict=True)]
 
     def patterns(self, items: list[TextItem], deadline: float | None = None) -> list[list[Span]]:
-        """Raw pattern-recognizer spans per item (unresolved, unthresholded), batched."""
+        """Raw pattern-recognizer spans per item (unresolved, unthresholded), batched. A large
+        batch goes to the gateway's worker processes when they hold a detector for these
+        settings (``nerpool.NerPool.patterns``): the same spans, computed on every core."""
+        pool = nerpool.active()
+        if pool is not None and sum(len(it.text) for it in items) >= _POOL_PATTERN_CHARS:
+            if not pool.prepared(self._settings_key):
+                pool.prepare(self._settings_key, self._settings_blob)  # in the background; this call runs here
+            else:
+                got = pool.patterns(self._settings_key, [(it.text, it.context) for it in items], deadline)
+                if got is not None:
+                    spans, work = got
+                    self.work.update(work)
+                    return [[Span(*sp) for sp in item] for item in spans]
+        return self.patterns_here(items, deadline)
+
+    def patterns_here(self, items: list[TextItem], deadline: float | None = None) -> list[list[Span]]:
+        """``patterns`` in this process."""
         found: list[list[Span]] = [[] for _ in items]
         self._patterns(items, found, deadline)  # no spaCy here: no pipeline lock, sessions run side by side
         return found

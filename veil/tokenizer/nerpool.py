@@ -14,9 +14,15 @@ Workers are started with the ``spawn`` context (the gateway has threads, so ``fo
 and stopped with the gateway. A worker also exits when its pipe to the gateway closes, so a
 killed gateway leaves no worker behind once the worker's current batch is done.
 
+The workers run a large call's pattern passes too (``patterns``): a ``Detector`` for the same
+settings is built in each worker in the background (``prepare``) when the gateway's detector is
+created, and once a worker has it, a large batch of strings is split over the idle workers that
+have it, so pattern detection uses every core as NER does. Until then, or when no such worker is
+idle, the caller runs the patterns itself; small payloads never leave the gateway's process.
+
 One pool is active per process (``start`` / ``active`` / ``stop``): the gateway starts it, and
-``Detector._ner`` uses it when there is one; unit tests and the CLI's policy tooling, which run
-one detection at a time, keep the in-process path.
+``Detector`` uses it when there is one; unit tests and the CLI's policy tooling, which run one
+detection at a time, keep the in-process path.
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -37,15 +45,19 @@ from veil.errors import TokenizeBudgetExceeded
 log = logging.getLogger(__name__)
 
 Ents = list[tuple[int, int, str]]  # per text: (start_char, end_char, spaCy label)
+PatternSpans = list[tuple[int, int, str, float]]  # per item: (start, end, entity type, score)
 
 _CONTEXT = multiprocessing.get_context("spawn")
 _BATCH = 64
 _SPLIT_CHARS = 4000  # a batch is shared among idle workers when it has this many characters per worker
 _LOAD_TIMEOUT = 300.0  # loading a model on a busy host
+_KEEP_SETTINGS = 2  # detection settings a worker keeps a pattern detector for (a hot reload adds one)
 
 
 def _serve(conn: Connection, model: str) -> None:
-    """A worker's loop: load the pipeline, then answer ``(model, texts)`` with entity spans."""
+    """A worker's loop: load the pipeline, then answer ``("ner", model, texts)`` with entity
+    spans, ``("prepare", key, settings)`` by building a pattern detector for those settings, and
+    ``("patterns", key, items, deadline)`` with raw pattern spans per item and the work counted."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the gateway's terminal: the gateway stops us
@@ -53,6 +65,7 @@ def _serve(conn: Connection, model: str) -> None:
     from veil.tokenizer.nlp import load_ner_pipeline
 
     load_ner_pipeline(model)
+    detectors: dict[str, Any] = {}  # settings key -> Detector, the newest _KEEP_SETTINGS
     conn.send(("ready", None))
     while True:
         try:
@@ -61,15 +74,35 @@ def _serve(conn: Connection, model: str) -> None:
             return
         if msg is None:
             return
-        name, texts = msg
         try:
-            nlp, _ = load_ner_pipeline(name)
-            out = [
-                [(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in nlp.pipe(texts, batch_size=_BATCH)
-            ]
-            conn.send(("ok", out))
+            conn.send(("ok", _answer(msg, detectors)))
         except Exception as exc:  # the class only: an exception message may quote the text
             conn.send(("error", type(exc).__name__))
+
+
+def _answer(msg: tuple, detectors: dict[str, Any]) -> Any:
+    from veil.tokenizer.detector import Detector, TextItem
+    from veil.tokenizer.nlp import load_ner_pipeline
+
+    kind = msg[0]
+    if kind == "ner":
+        nlp, _ = load_ner_pipeline(msg[1])
+        return [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in nlp.pipe(msg[2], batch_size=_BATCH)]
+    if kind == "prepare":
+        _, key, blob = msg
+        if key not in detectors:
+            detectors[key] = Detector(pickle.loads(blob))
+            while len(detectors) > _KEEP_SETTINGS:
+                del detectors[next(iter(detectors))]
+        return None
+    if kind == "patterns":
+        _, key, items, deadline = msg
+        detector = detectors[key]
+        before = Counter(detector.work)
+        found = detector.patterns_here([TextItem(text, context) for text, context in items], deadline)
+        spans = [[(sp.start, sp.end, sp.entity_type, sp.score) for sp in item] for item in found]
+        return spans, dict(detector.work - before)
+    raise ValueError("unknown request")
 
 
 @dataclass(eq=False)
@@ -77,6 +110,9 @@ class _Worker:
     process: Any
     conn: Connection
     started: float = field(default_factory=time.monotonic)
+    # settings keys it holds a pattern detector for, oldest first: the worker's own cache, mirrored
+    prepared: dict[str, None] = field(default_factory=dict)
+    killed: bool = False
 
 
 class NerPool:
@@ -90,6 +126,8 @@ class NerPool:
         self._lock = threading.Lock()
         self._closed = False
         self.calls = 0  # batches sent to workers (tests check the gateway's detection used the pool)
+        self.pattern_calls = 0  # pattern batches sent to workers
+        self._settings: dict[str, bytes] = {}  # key -> pickled DetectionSettings, newest last
         for _ in range(self.size):
             self._spawn()
 
@@ -108,6 +146,10 @@ class NerPool:
     def _when_ready(self, w: _Worker) -> None:
         try:
             ok = w.conn.poll(_LOAD_TIMEOUT) and w.conn.recv()[0] == "ready"
+            with self._lock:
+                wanted = list(self._settings.items())
+            for key, blob in wanted:  # a replacement worker gets the pattern detectors the others have
+                ok = ok and self._prepare(w, key, blob)
         except (EOFError, OSError):
             ok = False
         if ok and not self._closed:
@@ -124,6 +166,136 @@ class NerPool:
             if time.monotonic() > end or not self.pids():
                 raise RuntimeError(f"the NER worker processes did not start within {timeout:g} s")
             time.sleep(0.05)
+
+    # -- pattern passes ---------------------------------------------------------------------
+    def prepare(self, key: str, blob: bytes) -> None:
+        """Have every worker build a pattern detector for the pickled settings ``blob`` (named
+        ``key``), in a background thread: no call waits for it, and none uses a worker for
+        patterns before it is built. Idempotent."""
+        with self._lock:
+            if key in self._settings or self._closed:
+                return
+            self._settings[key] = blob
+            while len(self._settings) > _KEEP_SETTINGS:
+                del self._settings[next(iter(self._settings))]
+        threading.Thread(target=self._prepare_all, args=(key, blob), name="veil-ner-prepare", daemon=True).start()
+
+    def wait_prepared(self, timeout: float = _LOAD_TIMEOUT) -> None:
+        """Block until every worker holds a pattern detector for every settings version asked
+        for (benchmarks and tests; calls never wait for it), or raise."""
+        end = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                done = len(self._all) == self.size and all(set(self._settings) <= w.prepared.keys() for w in self._all)
+            if done:
+                return
+            if time.monotonic() > end:
+                raise RuntimeError(f"the NER workers did not build their pattern detectors within {timeout:g} s")
+            time.sleep(0.05)
+
+    def prepared(self, key: str) -> bool:
+        with self._lock:
+            return key in self._settings
+
+    def _prepare_all(self, key: str, blob: bytes) -> None:
+        end = time.monotonic() + _LOAD_TIMEOUT
+        while not self._closed and time.monotonic() < end:
+            with self._lock:
+                if not any(key not in w.prepared for w in self._all):
+                    return
+            try:
+                w = self._idle.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if key in w.prepared:  # wait for the others to come back idle
+                self._idle.put(w)
+                time.sleep(0.05)
+                continue
+            try:
+                ok = self._prepare(w, key, blob)
+            except (EOFError, OSError):
+                ok = False
+            if ok and not self._closed:
+                self._idle.put(w)
+            else:
+                self._replace(w)
+
+    def _prepare(self, w: _Worker, key: str, blob: bytes) -> bool:
+        w.conn.send(("prepare", key, blob))
+        if not w.conn.poll(_LOAD_TIMEOUT):
+            return False
+        kind, _ = w.conn.recv()
+        if kind != "ok":
+            log.error("NER worker %s could not build the pattern detector", w.process.pid)
+            return False
+        if key not in w.prepared:  # the worker evicts the same way (``_answer``)
+            w.prepared[key] = None
+            while len(w.prepared) > _KEEP_SETTINGS:
+                del w.prepared[next(iter(w.prepared))]
+        return True
+
+    def patterns(
+        self, key: str, items: list[tuple[str, str]], deadline: float | None
+    ) -> tuple[list[PatternSpans], Counter[str]] | None:
+        """Raw pattern spans per ``(text, context)`` item, from the idle workers that hold the
+        detector for ``key`` (the batch split by characters among them), with the work they
+        counted; None when no such worker is idle (the caller runs the patterns itself). Fails
+        closed like ``run``."""
+        if self._closed:
+            return None
+        total = sum(len(t) for t, _ in items)
+        want = max(1, min(len(items), total // _SPLIT_CHARS + 1))
+        workers: list[_Worker] = []
+        others: list[_Worker] = []
+        while len(workers) < want:
+            try:
+                w = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            (workers if key in w.prepared else others).append(w)
+        for w in others:
+            self._idle.put(w)
+        if not workers:
+            return None
+        bounds = _split_at([len(t) for t, _ in items], len(workers))
+        self.pattern_calls += len(workers)
+        replies = self._exchange(
+            workers, [("patterns", key, items[a:b], deadline) for a, b in bounds], deadline, "pattern detection"
+        )
+        spans: list[PatternSpans] = []
+        work: Counter[str] = Counter()
+        for share_spans, share_work in replies:
+            spans.extend(share_spans)
+            work.update(share_work)
+        return spans, work
+
+    def _exchange(self, workers: list[_Worker], messages: list[tuple], deadline: float | None, what: str) -> list[Any]:
+        """Send one message to each worker, collect every reply; on a timeout, a dead worker or
+        an error every worker of the call is replaced and nothing is returned (fail closed)."""
+        replies: list[tuple[str, Any]] = []
+        try:
+            for w, msg in zip(workers, messages, strict=True):
+                try:
+                    w.conn.send(msg)
+                except OSError:
+                    raise _died(w) from None
+            for w in workers:
+                replies.append(self._receive(w, deadline, what))
+        except BaseException:
+            for w in workers:
+                self._replace(w)
+            raise
+        for w in workers:
+            self._idle.put(w)
+        out = []
+        for kind, payload in replies:
+            if kind != "ok":
+                log.error("%s failed in a worker process (%s); the call fails closed", what, payload)
+                if payload == "TokenizeBudgetExceeded":
+                    raise TokenizeBudgetExceeded(_message(what))
+                raise TokenizeBudgetExceeded(f"{what} failed in its worker process; the result was withheld")
+            out.append(payload)
+        return out
 
     def pids(self) -> list[int]:
         with self._lock:
@@ -152,33 +324,15 @@ class NerPool:
                 break
         shares = _split(texts, len(workers))
         self.calls += len(workers)
-        replies: list[tuple[str, Any]] = []
-        try:
-            for w, share in zip(workers, shares, strict=True):
-                try:
-                    w.conn.send((model, share))
-                except OSError:
-                    raise _died(w) from None
-            for w in workers:
-                replies.append(self._receive(w, deadline))
-        except BaseException:
-            for w in workers:
-                self._replace(w)
-            raise
-        for w in workers:
-            self._idle.put(w)
         out: list[Ents] = []
-        for kind, payload in replies:
-            if kind != "ok":
-                log.error("NER worker failed (%s); the call fails closed", payload)
-                raise TokenizeBudgetExceeded("NER failed in its worker process; the result was withheld")
+        for payload in self._exchange(workers, [("ner", model, share) for share in shares], deadline, "NER"):
             out.extend(payload)
         return out
 
-    def _receive(self, w: _Worker, deadline: float | None) -> tuple[str, Any]:
+    def _receive(self, w: _Worker, deadline: float | None, what: str) -> tuple[str, Any]:
         try:
             if not w.conn.poll(_remaining(deadline)):
-                raise TokenizeBudgetExceeded(_MESSAGE)
+                raise TokenizeBudgetExceeded(_message(what))
             return w.conn.recv()
         except (EOFError, OSError):
             raise _died(w) from None
@@ -190,7 +344,12 @@ class NerPool:
             self._spawn()
 
     def _kill(self, w: _Worker) -> None:
+        """Once per worker: ``close`` and a thread still preparing a replacement may both get
+        here, and closing its pipe twice would close a descriptor number that may be reused."""
         with self._lock:
+            if w.killed:
+                return
+            w.killed = True
             self._all.discard(w)
         if w.process.is_alive():
             w.process.kill()
@@ -232,6 +391,22 @@ def _split(texts: list[str], n: int) -> list[list[str]]:
     return shares
 
 
+def _split_at(sizes: list[int], n: int) -> list[tuple[int, int]]:
+    """(start, end) index bounds of ``n`` consecutive shares of about equal total size (none
+    empty, ``n`` at most ``len(sizes)``)."""
+    total = sum(sizes)
+    bounds: list[tuple[int, int]] = []
+    a = done = 0
+    for i, size in enumerate(sizes):
+        left = len(sizes) - i
+        if i > a and len(bounds) < n - 1 and (done >= total * (len(bounds) + 1) / n or left <= n - 1 - len(bounds)):
+            bounds.append((a, i))
+            a = i
+        done += size
+    bounds.append((a, len(sizes)))
+    return bounds
+
+
 def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
@@ -240,6 +415,11 @@ _MESSAGE = (
     "NER did not finish within the call's time budget; its worker was stopped and the result withheld "
     "(ask for less data, e.g. a narrower query or a smaller page)"
 )
+
+
+def _message(what: str) -> str:
+    return _MESSAGE.replace("NER", what, 1)
+
 
 _ACTIVE: NerPool | None = None
 _USERS = 0
