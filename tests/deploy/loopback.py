@@ -13,6 +13,7 @@ addresses replaced.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -29,16 +30,21 @@ from typing import Any
 
 import httpx
 import httpx2
+import sqlalchemy as sa
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from examples.crm_data import generate_customers
+from veil import db
+
 ROOT = Path(__file__).resolve().parents[2]
 HAPROXY_CFG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 CRM = ROOT / "examples" / "crm_server.py"
 REPLICA_HEADER = "x-veil-replica"
+CUSTOMERS = {c["id"]: c for c in generate_customers(40, 7)}  # what each replica's demo CRM serves (CRM_RECORDS=40)
 
 
 def free_port() -> int:
@@ -77,6 +83,12 @@ class Replica:
     @property
     def log(self) -> Path:
         return self.work / "veil.log"
+
+    def crm_calls(self) -> list[dict[str, Any]]:
+        """The calls this replica's CRM received, with the arguments as it saw them."""
+        if not self.crm_log.exists():
+            return []
+        return [json.loads(line) for line in self.crm_log.read_text().splitlines() if line.strip()]
 
     def kill(self) -> None:
         """SIGKILL: a crashed replica (no graceful shutdown, no session closes)."""
@@ -264,3 +276,13 @@ async def agent(url: str, key: str | None, *, mode: str = "legacy", terminate: b
         async with Client(transport, mode=mode, read_timeout_seconds=120) as client:  # type: ignore[arg-type]
             agent.client = client
             yield agent
+
+
+def audited_tool_calls(database_url: str) -> int:
+    """``tool.call`` events in the audit trail of the database every replica shares."""
+    engine = db.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT count(*) FROM audit_events WHERE kind = 'tool.call'")).scalar_one()
+    finally:
+        engine.dispose()

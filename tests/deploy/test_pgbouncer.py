@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -28,8 +27,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from deploy.loopback import Replica, agent, shared_secrets, start_replicas, stop
-from examples.crm_data import generate_customers
+from deploy.loopback import CUSTOMERS, agent, audited_tool_calls, shared_secrets, start_replicas, stop
 from veil import db
 from veil.audit import events as ev
 from veil.audit.writer import AuditWriter
@@ -38,7 +36,6 @@ from veil.tokenizer.vault import Vault
 
 THREADS = 3
 ROUNDS = 25
-CUSTOMERS = {c["id"]: c for c in generate_customers(40, 7)}  # what the replica's demo CRM serves (CRM_RECORDS=40)
 
 
 @pytest.fixture
@@ -207,12 +204,6 @@ def test_transaction_mode_carries_veils_engine_which_never_prepares_statements_s
     assert audit_rows(database_url) == THREADS * ROUNDS
 
 
-def crm_calls(replica: Replica) -> list[dict]:
-    if not replica.crm_log.exists():
-        return []
-    return [json.loads(line) for line in replica.crm_log.read_text().splitlines() if line.strip()]
-
-
 @pytest.mark.anyio
 @pytest.mark.req("deploy:pooling")
 async def test_a_gateway_serves_through_a_transaction_mode_pooler(
@@ -248,12 +239,6 @@ async def test_a_gateway_serves_through_a_transaction_mode_pooler(
         log = replicas[0].log.read_text(errors="replace")
     assert all(len(t) == 1 and next(iter(t)).startswith("[EMAIL_ADDRESS_") for t in tokens.values()), tokens
     assert "prepared statement" not in log and "26000" not in log, log[-2000:]
-    notes = [c for c in crm_calls(replicas[0]) if c.get("tool") == "add_note"]
+    notes = [c for c in replicas[0].crm_calls() if c.get("tool") == "add_note"]
     assert [c["arguments"]["note"] for c in notes] == [f"write to {CUSTOMERS['C0003']['email']}"]
-    engine = db.create_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            written = conn.execute(sa.text("SELECT count(*) FROM audit_events WHERE kind = 'tool.call'")).scalar_one()
-    finally:
-        engine.dispose()
-    assert written == calls
+    assert audited_tool_calls(database_url) == calls

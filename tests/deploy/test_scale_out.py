@@ -22,17 +22,14 @@ import anyio
 import httpx
 import httpx2
 import pytest
-import sqlalchemy as sa
 from mcp.shared.exceptions import MCPError
 
-from deploy.loopback import Replica, agent, haproxy, shared_secrets, start_replicas, stop
-from examples.crm_data import generate_customers
+from deploy.loopback import CUSTOMERS, Replica, agent, audited_tool_calls, haproxy, shared_secrets, start_replicas, stop
 from veil import db
 from veil.auth import create_key
 
 pytestmark = pytest.mark.anyio
 
-CUSTOMERS = {c["id"]: c for c in generate_customers(40, 7)}  # what each replica's demo CRM serves (CRM_RECORDS=40)
 
 # What a client of the killed replica is told (the MCP SDK's wording): its call in flight lost its
 # response stream, or HAProxy answered for the dead server, or the live replica does not know the
@@ -123,12 +120,6 @@ def email_token(result) -> str:
     return result.structured_content["email"]
 
 
-def crm_calls(replica: Replica) -> list[dict]:
-    if not replica.crm_log.exists():
-        return []
-    return [json.loads(line) for line in replica.crm_log.read_text().splitlines() if line.strip()]
-
-
 @pytest.mark.req("deploy:scale-out")
 async def test_replicas_behind_haproxy_share_tokens_and_survive_a_replica_kill(cluster) -> None:
     replicas, url, key, database_url = cluster
@@ -178,12 +169,12 @@ async def test_replicas_behind_haproxy_share_tokens_and_survive_a_replica_kill(c
         assert issued != token
         note = await on2.client.call_tool("crm__add_note", {"customer_id": "C0002", "note": f"write to {issued}"})
         assert not note.is_error, note
-        notes = [c for c in crm_calls(by_name["veil2"]) if c.get("tool") == "add_note"]
+        notes = [c for c in by_name["veil2"].crm_calls() if c.get("tool") == "add_note"]
         assert len(notes) == 1
         real_email = notes[0]["arguments"]["note"].removeprefix("write to ")
         assert real_email == CUSTOMERS["C0003"]["email"]
         assert real_email not in json.dumps(note.model_dump(mode="json"))
-        assert all(c["arguments"].get("customer_id") != "C0003" for c in crm_calls(by_name["veil2"]))
+        assert all(c["arguments"].get("customer_id") != "C0003" for c in by_name["veil2"].crm_calls())
         assert email_token(await on2.client.call_tool("crm__get_customer", {"customer_id": "C0003"})) == issued
 
         # Under load: every session, and a 2026-07-28 client, calls in a loop; veil1 is killed part-way.
@@ -264,11 +255,6 @@ async def test_replicas_behind_haproxy_share_tokens_and_survive_a_replica_kill(c
             h.release.set()
 
     # The audit trail of the shared database has both replicas' calls.
-    engine = db.create_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            calls = conn.execute(sa.text("SELECT count(*) FROM audit_events WHERE kind = 'tool.call'")).scalar_one()
-    finally:
-        engine.dispose()
+    calls = audited_tool_calls(database_url)
     assert calls >= sum(ok.values())
     assert real_email is not None
