@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import select
 import signal
 import sys
 from collections import deque
@@ -214,14 +215,37 @@ class AgentStdout:
     cannot split, so an answer handed over before the stop reaches the agent whole."""
 
     def __init__(self, gate: StdioGate) -> None:
+        import stat
+
         self._private = _claim(1, 2)  # stray prints go to stderr, never into the channel
         self._file = os.fdopen(self._private, "w", encoding="utf-8", closefd=False)
         self._gate = gate
+        self._pipe = stat.S_ISFIFO(os.fstat(self._private).st_mode)
 
     async def write(self, text: str) -> None:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._write, text)
+        if not self._write_now(text):
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._write, text)
         self._gate.written()
+
+    def _write_now(self, text: str) -> bool:
+        """Write a short line here, on the event loop, when that cannot block: the channel is a
+        pipe, the line is at most ``PIPE_BUF`` bytes (written whole: POSIX makes such a pipe
+        write atomic) and the pipe has room for it (``POLLOUT``: at least that much is free).
+        Most answers are such lines; each saved a hand-off to a worker thread and back. False:
+        the worker thread writes it (an agent that stops reading must not stall the loop)."""
+        if not self._pipe:
+            return False
+        data = text.encode("utf-8")
+        if len(data) > select.PIPE_BUF:
+            return False
+        poll = select.poll()
+        poll.register(self._private, select.POLLOUT)
+        if not poll.poll(0):
+            return False
+        while data:  # one write: at most PIPE_BUF bytes to a pipe is all or nothing
+            data = data[os.write(self._private, data) :]  # the text layer is flushed after every write
+        return True
 
     def _write(self, text: str) -> None:
         self._file.write(text)
