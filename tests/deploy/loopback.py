@@ -278,11 +278,15 @@ async def agent(url: str, key: str | None, *, mode: str = "legacy", terminate: b
             yield agent
 
 
-def audited_tool_calls(database_url: str) -> int:
-    """``tool.call`` events in the audit trail of the database every replica shares."""
+def audit_count(database_url: str, *, kind: str | None = None, tool: str | None = None) -> int:
+    """Audit events of ``kind`` and/or ``tool`` in the trail of the database the replicas share."""
     engine = db.create_engine(database_url)
     try:
         with engine.connect() as conn:
-            return conn.execute(sa.text("SELECT count(*) FROM audit_events WHERE kind = 'tool.call'")).scalar_one()
+            query = sa.text(
+                "SELECT count(*) FROM audit_events"
+                " WHERE (CAST(:kind AS text) IS NULL OR kind = :kind) AND (CAST(:tool AS text) IS NULL OR tool = :tool)"
+            )
+            return conn.execute(query, {"kind": kind, "tool": tool}).scalar_one()
     finally:
         engine.dispose()

@@ -27,7 +27,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from deploy.loopback import CUSTOMERS, agent, audited_tool_calls, shared_secrets, start_replicas, stop
+from deploy.loopback import CUSTOMERS, agent, audit_count, shared_secrets, start_replicas, stop
 from veil import db
 from veil.audit import events as ev
 from veil.audit.writer import AuditWriter
@@ -136,21 +136,12 @@ def veil_workload(url: str) -> list[str]:
     return errors
 
 
-def audit_rows(url: str) -> int:
-    engine = db.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(sa.text("SELECT count(*) FROM audit_events WHERE tool = 'ping'")).scalar_one()
-    finally:
-        engine.dispose()
-
-
 @pytest.mark.req("deploy:pooling")
 def test_session_mode_pooling_carries_the_vault_and_the_audit_writer(make_database: Callable[[], str]) -> None:
     database_url = make_database()
     with pgbouncer(database_url, "session") as pooled:
         assert veil_workload(pooled) == []
-    assert audit_rows(database_url) == THREADS * ROUNDS
+    assert audit_count(database_url, tool="ping") == THREADS * ROUNDS
 
 
 def prepared_statement_error(message: str) -> bool:
@@ -201,7 +192,7 @@ def test_transaction_mode_carries_veils_engine_which_never_prepares_statements_s
     assert workload_errors == []
     assert veil_engine_errors == []
     assert default_errors and all(prepared_statement_error(e) for e in default_errors), default_errors
-    assert audit_rows(database_url) == THREADS * ROUNDS
+    assert audit_count(database_url, tool="ping") == THREADS * ROUNDS
 
 
 @pytest.mark.anyio
@@ -241,4 +232,4 @@ async def test_a_gateway_serves_through_a_transaction_mode_pooler(
     assert "prepared statement" not in log and "26000" not in log, log[-2000:]
     notes = [c for c in replicas[0].crm_calls() if c.get("tool") == "add_note"]
     assert [c["arguments"]["note"] for c in notes] == [f"write to {CUSTOMERS['C0003']['email']}"]
-    assert audited_tool_calls(database_url) == calls
+    assert audit_count(database_url, kind="tool.call") == calls

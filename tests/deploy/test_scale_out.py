@@ -24,7 +24,7 @@ import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from deploy.loopback import CUSTOMERS, Replica, agent, audited_tool_calls, haproxy, shared_secrets, start_replicas, stop
+from deploy.loopback import CUSTOMERS, Replica, agent, audit_count, haproxy, shared_secrets, start_replicas, stop
 from veil import db
 from veil.auth import create_key
 
@@ -255,6 +255,6 @@ async def test_replicas_behind_haproxy_share_tokens_and_survive_a_replica_kill(c
             h.release.set()
 
     # The audit trail of the shared database has both replicas' calls.
-    calls = audited_tool_calls(database_url)
+    calls = audit_count(database_url, kind="tool.call")
     assert calls >= sum(ok.values())
     assert real_email is not None
