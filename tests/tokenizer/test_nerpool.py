@@ -21,6 +21,8 @@ from veil.tokenizer import nerpool
 from veil.tokenizer.detector import Detector, TextItem
 from veil.tokenizer.nlp import load_ner_pipeline
 from veil.tokenizer.settings import DetectionSettings
+from veil.tokenizer.tokenizer import Tokenizer
+from veil.tokenizer.tokens import Scope
 
 MODEL = DetectionSettings().spacy_model
 TEXTS = [
@@ -86,6 +88,25 @@ def test_a_large_pattern_pass_runs_in_the_workers_with_the_same_spans(
     assert pool.pattern_calls > before
     assert there == here
     assert {"PHONE_NUMBER", "EMAIL_ADDRESS", "STREET_ADDRESS"} <= {s.entity_type for s in there[0]}
+
+
+@pytest.mark.req("tokenize:isolated-cost")
+def test_a_large_result_is_tokenised_the_same_while_its_patterns_run_in_the_workers(
+    pool: nerpool.NerPool, tokenizer: Tokenizer, scope: Scope
+) -> None:
+    """The hinted fields' vault entries are written, and the guard run, while the workers run
+    the patterns: a name known only from its hinted field is still caught in the notes."""
+    records = [{"name": "Marisol Quenby", "notes": f"Marisol Quenby asked. {it.text}"} for it in PATTERN_ITEMS]
+    tokenizer.detector.patterns(PATTERN_ITEMS)
+    pool.wait_prepared()
+    before = pool.pattern_calls
+    first = tokenizer.tokenize(records, scope, "crm")
+    assert pool.pattern_calls > before
+    text = str(first.value)
+    assert "Marisol" not in text and "Quenby" not in text and "dana7@example.com" not in text
+    token = first.value[0]["name"]
+    assert first.value[5]["notes"].startswith(f"{token} asked.")
+    assert tokenizer.tokenize(records, scope, "crm").value == first.value
 
 
 @pytest.mark.req("tokenize:budget-fails-closed")

@@ -320,7 +320,7 @@ class Detector:
         batch goes to the gateway's worker processes when they hold a detector for these
         settings (``nerpool.NerPool.patterns``): the same spans, computed on every core."""
         pool = nerpool.active()
-        if pool is not None and sum(len(it.text) for it in items) >= _POOL_PATTERN_CHARS:
+        if pool is not None and self.pooled(items):
             if not pool.prepared(self._settings_key):
                 pool.prepare(self._settings_key, self._settings_blob)  # in the background; this call runs here
             else:
@@ -330,6 +330,11 @@ class Detector:
                     self.work.update(work)
                     return [[Span(*sp) for sp in item] for item in spans]
         return self.patterns_here(items, deadline)
+
+    def pooled(self, items: list[TextItem]) -> bool:
+        """Whether ``patterns`` may send ``items`` to the worker processes (a pool is running and
+        the batch is large): the caller then only waits, and can do other work meanwhile."""
+        return nerpool.active() is not None and sum(len(it.text) for it in items) >= _POOL_PATTERN_CHARS
 
     def patterns_here(self, items: list[TextItem], deadline: float | None = None) -> list[list[Span]]:
         """``patterns`` in this process."""

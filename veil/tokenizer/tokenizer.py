@@ -23,6 +23,7 @@ import bisect
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -154,32 +155,39 @@ class Tokenizer:
                 free.append(i)
             else:
                 copies.append((i, rep))
-        _fill_tokens(hits, assign)
-        check("tokenising hinted fields")
-        if not free:
-            return self._finish(w, hits, copies)
-
         # 2. patterns on every other string, key and long number; values known in the scope
-        #    (hinted ones just above included) found by the guard, except in sandbox output
+        #    (hinted ones included) found by the guard, except in sandbox output. When the
+        #    patterns go to the worker processes, this thread writes the hinted fields' vault
+        #    entries and runs the guard meanwhile (it would only wait for the workers otherwise)
         texts = [w.slots[i].text for i in free]
         scan = [k for k, i in enumerate(free) if w.slots[i].kind != "number" or len(texts[k]) >= _NUMBER_DIGITS]
         at = deadline.at if deadline is not None else None
+        items = [TextItem(texts[k], w.slots[free[k]].context) for k in scan]
+        background = _Background(detector.patterns, items, at) if not inline and detector.pooled(items) else None
+        known: list[list[GuardHit]] = [[] for _ in free]
+        try:
+            _fill_tokens(hits, assign)
+            check("tokenising hinted fields")
+            if not free:
+                return self._finish(w, hits, copies)
+            if mode != "sandbox_output":
+                guard = self.vault.cached_guard(scope.key) if inline else self.vault.guard(scope.key)
+                if guard is None:
+                    raise WouldBlock
+                for k, t in enumerate(texts):
+                    known[k] = guard.find(t)
+                    if k % 256 == 255:
+                        check("the exact-match guard")
+            check("the exact-match guard")
+        finally:
+            if background is not None:
+                background.join()  # no worker is left busy for a call that failed
         with _budget(deadline, "pattern detection"):
-            found = detector.patterns([TextItem(texts[k], w.slots[free[k]].context) for k in scan], at)
+            found = background.result() if background is not None else detector.patterns(items, at)
         raw: list[list] = [[] for _ in free]
         for k, spans in zip(scan, found, strict=True):
             raw[k] = _interface_spans(spans) if mode == "interface" else spans
         check("pattern detection")
-        known: list[list[GuardHit]] = [[] for _ in free]
-        if mode != "sandbox_output":
-            guard = self.vault.cached_guard(scope.key) if inline else self.vault.guard(scope.key)
-            if guard is None:
-                raise WouldBlock
-            for k, t in enumerate(texts):
-                known[k] = guard.find(t)
-                if k % 256 == 255:
-                    check("the exact-match guard")
-        check("the exact-match guard")
 
         # 3. NER on the sentences of free text that still hold a capitalised word nothing above
         #    explains (the model's context is a few words: the other sentences add nothing)
@@ -346,6 +354,33 @@ def _fill_tokens(hits: list[list[_Hit]], assign: Callable[[list[tuple[str, str]]
     for (i, k), (token, entity_type) in zip(todo, assigned, strict=True):
         h = hits[i][k]
         hits[i][k] = _Hit(h.start, h.end, entity_type, h.value, token)
+
+
+class _Background:
+    """``fn(*args)`` in a thread of its own: its result, or its exception re-raised, from
+    ``result``. One thread per large call (not a shared executor): a call never queues behind
+    another session's."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._out: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), name="veil-patterns", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[..., Any], args: tuple) -> None:
+        try:
+            self._out = fn(*args)
+        except BaseException as exc:  # re-raised in the caller's thread
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._out
 
 
 class _Unlinked:
