@@ -34,6 +34,7 @@ from veil.proxy.survey import survey
 from veil.proxy.upstream_http import UpstreamHttp
 from veil.tokenizer import Tokenizer, WouldBlock, nerpool
 from veil.tokenizer.keyring import Keyring
+from veil.tokenizer.nlp import settle_heap
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,6 +79,7 @@ class Gateway:
         self._stack.callback(nerpool.stop)
         await anyio.to_thread.run_sync(pool.wait_ready)
         self.tokenizer = Tokenizer(self.engine, self.keyring, policy.detection, policy.tokens)
+        await anyio.to_thread.run_sync(settle_heap)  # the models stay: collections skip them
 
         self.audit = AuditWriter(
             self.engine,

@@ -14,6 +14,7 @@ medium model, then the small one.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import warnings
@@ -193,3 +194,16 @@ def is_common_word(word: str, words: frozenset[str]) -> bool:
             if stem in words or (len(stem) > 2 and stem[-1] == stem[-2] and stem[:-1] in words):
                 return True
     return False
+
+
+def settle_heap() -> None:
+    """Collect once, then put every object alive now out of the garbage collector's sight
+    (``gc.freeze``). Called once by the gateway after its models are loaded: the spaCy pipeline,
+    Presidio's recognizers and the imported modules are a few hundred thousand objects that live
+    as long as the process, and every full collection (one or two per large tokenise call, as
+    the call's own objects pile up) walked all of them again, about 0.1 s each: on the 400-record
+    export, 0.13-0.33 s of the gateway process's 0.7-0.8 s of CPU per call (measured). Objects
+    frozen are never freed: a detector replaced by a hot reload of the detection settings stays
+    in memory (its recognizers, a few MB)."""
+    gc.collect()
+    gc.freeze()
