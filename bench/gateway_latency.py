@@ -79,7 +79,7 @@ async def main(calls: int, server: str, baseline_tree: str | None) -> None:
             "veil": (veil_params(work / "veil", ROOT, url), "crm__ping"),
         }
         if baseline_tree:
-            base_url = dbs.enter_context(scratch_database(server))
+            base_url = dbs.enter_context(scratch_database(server, migrate=False))
             paths["baseline"] = (veil_params(work / "baseline", Path(baseline_tree).resolve(), base_url), "crm__ping")
         timings: dict[str, list[float]] = {name: [] for name in [*paths, "commit"]}
         probe = dbs.enter_context(psycopg.connect(libpq(url), autocommit=True))

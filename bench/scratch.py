@@ -14,15 +14,18 @@ from veil import db
 
 
 @contextmanager
-def scratch_database(server: str) -> Iterator[str]:
-    """Yield the URL of a new, migrated database on ``server``; drop it on exit."""
+def scratch_database(server: str, *, migrate: bool = True) -> Iterator[str]:
+    """Yield the URL of a new database on ``server``, migrated by this checkout's Veil unless
+    ``migrate`` is false (a baseline checkout's ``veil serve`` migrates it with its own
+    migrations at start); drop it on exit."""
     name = f"veil_bench_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(db.normalise_url(server), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     try:
         url = make_url(db.normalise_url(server)).set(database=name).render_as_string(hide_password=False)
-        db.upgrade(url)
+        if migrate:
+            db.upgrade(url)
         yield url
     finally:
         with admin.connect() as conn:

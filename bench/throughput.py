@@ -18,8 +18,12 @@ that database: audit, vault, reads), and the CPU time the Veil process (with its
 the CRM used per call: on a shared machine that, not the wall-clock rate, says what Veil costs.
 
 Veil serves a scratch database on the server DATABASE_URL names (created, migrated, dropped).
+With ``--baseline-tree DIR`` a second ``veil serve --http``, run from another checkout (main
+before a change) on a scratch database of its own, takes a third phase in every round
+(direct, veil, baseline, ...) against the same upstream: a before/after of one run.
 
     DATABASE_URL=postgresql://... .venv/bin/python bench/throughput.py [--agents 50] [--seconds 15] [--rounds 2]
+        [--baseline-tree DIR]
 """
 
 from __future__ import annotations
@@ -197,32 +201,50 @@ def audit_counts(conn: psycopg.Connection[Any], dbname: str) -> tuple[int, int, 
     return int(seq), int(commits), int(xact[0]) if xact else 0
 
 
+def start_veil(
+    tree: Path, work: Path, name: str, crm_port: int, db_url: str, env: dict[str, str]
+) -> tuple[subprocess.Popen[Any], int]:
+    """``veil serve --http`` from the checkout ``tree``, in front of the crm, on ``db_url``."""
+    home = work / name
+    home.mkdir()
+    config = {
+        "upstreams": {"crm": {"url": f"http://127.0.0.1:{crm_port}/mcp"}},
+        "data_dir": str(home / "data"),
+        "expose": "direct",
+        "policy": str(tree / "policies" / "default.yaml"),
+        "auth": {"required": False},  # loopback only; each agent is its own MCP session
+        "database_url": db_url,
+    }
+    (home / "veil.yaml").write_text(yaml.safe_dump(config))
+    veil_env = {**env, "PYTHONPATH": str(tree), "VEIL_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}
+    port = free_port()
+    cmd = [sys.executable, "-m", "veil", "serve", "--config", str(home / "veil.yaml"), "--http", f"127.0.0.1:{port}"]
+    return start(cmd, home, name, port, veil_env), port
+
+
 def main(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="veil-bench-throughput-"))
-    with scratch_database(args.database_url) as db_url:
+    with contextlib.ExitStack() as scratch:
+        db_url = scratch.enter_context(scratch_database(args.database_url))
+        base_url = (
+            scratch.enter_context(scratch_database(args.database_url, migrate=False)) if args.baseline_tree else None
+        )
         libpq = db_url.replace("postgresql+psycopg://", "postgresql://", 1)
         dbname = libpq.rsplit("/", 1)[1].split("?")[0]
-        crm_port, veil_port = free_port(), free_port()
+        crm_port = free_port()
         env = {**os.environ, "PYTHONPATH": str(ROOT), "CRM_RECORDS": "40"}
         crm = start([sys.executable, str(CRM), "--http", f"127.0.0.1:{crm_port}"], work, "crm", crm_port, env)
-        config = {
-            "upstreams": {"crm": {"url": f"http://127.0.0.1:{crm_port}/mcp"}},
-            "data_dir": str(work / "data"),
-            "expose": "direct",
-            "policy": str(ROOT / "policies" / "default.yaml"),
-            "auth": {"required": False},  # loopback only; each agent is its own MCP session
-            "database_url": db_url,
-        }
-        (work / "veil.yaml").write_text(yaml.safe_dump(config))
-        veil_env = {**env, "VEIL_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}
-        veil_cmd = [sys.executable, "-m", "veil", "serve", "--config", str(work / "veil.yaml")]
-        veil = start([*veil_cmd, "--http", f"127.0.0.1:{veil_port}"], work, "veil", veil_port, veil_env)
+        veil, veil_port = start_veil(ROOT, work, "veil", crm_port, db_url, env)
         paths = {
             "direct": (f"http://127.0.0.1:{crm_port}/mcp", "ping"),
             "veil": (f"http://127.0.0.1:{veil_port}/mcp", "crm__ping"),
         }
-        results: dict[str, dict[str, Any]] = {p: {"lat": [], "seconds": 0.0, "errors": {}, "cpu": 0.0} for p in paths}
         server_of = {"direct": crm, "veil": veil}
+        if base_url is not None:
+            tree = Path(args.baseline_tree).resolve()
+            server_of["baseline"], base_port = start_veil(tree, work, "baseline", crm_port, base_url, env)
+            paths["baseline"] = (f"http://127.0.0.1:{base_port}/mcp", "crm__ping")
+        results: dict[str, dict[str, Any]] = {p: {"lat": [], "seconds": 0.0, "errors": {}, "cpu": 0.0} for p in paths}
         group = {"events": 0, "commits": 0, "xact": 0}
         loads: list[float] = []
         try:
@@ -252,7 +274,7 @@ def main(args: argparse.Namespace) -> None:
                             flush=True,
                         )
         finally:
-            for proc in (veil, crm):
+            for proc in server_of.values():
                 proc.terminate()
                 try:
                     proc.wait(timeout=30)
@@ -271,6 +293,10 @@ def main(args: argparse.Namespace) -> None:
     d, v = results["direct"]["lat"], results["veil"]["lat"]
     ratio = statistics.median(v) / statistics.median(d)
     print(f"veil/direct: throughput {len(v) / max(1, len(d)):.2f}x, p50 {ratio:.2f}x")
+    if "baseline" in results:
+        b = results["baseline"]["lat"]
+        b_cpu = results["baseline"]["cpu"] / max(1, len(b)) * 1000
+        print(f"veil/baseline: throughput {len(v) / max(1, len(b)):.2f}x; baseline CPU per call {b_cpu:.2f} ms")
     v_cpu = results["veil"]["cpu"] / max(1, len(v)) * 1000
     d_cpu = results["direct"]["cpu"] / max(1, len(d)) * 1000
     print(
@@ -296,6 +322,7 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
+    parser.add_argument("--baseline-tree", help="also run `veil serve --http` from this checkout (before/after)")
     args = parser.parse_args()
     if not args.database_url:
         sys.exit("set DATABASE_URL to a PostgreSQL server (a scratch database is created on it)")
