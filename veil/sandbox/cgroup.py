@@ -13,9 +13,18 @@ sandbox, since they all run as one account), so neither bounds a *session*. A cg
   to cgroupfs, which the jail hides (``/sys`` is blacklisted). The host kills from this list.
 
 The groups are created under Veil's own cgroup (read from ``/proc/self/cgroup``), in a directory
-per Veil process, so the sandboxes stay inside whatever limits the host put on Veil. cgroup v1
-(separate ``pids`` and ``memory`` hierarchies) and v2 (one unified hierarchy with both controllers)
-are supported; a host with neither gets a SandboxError saying so, and code never runs without them.
+per Veil process, so the sandboxes stay inside whatever limits the host put on Veil.
+
+cgroup v1 (separate ``pids`` and ``memory`` hierarchies) is what runs in the tests and on the
+machines this was built on. cgroup v2 (one unified hierarchy) is implemented and unit-tested
+against a fake cgroupfs (``tests/sandbox/test_cgroup_v2.py``) but has not yet run on a real v2
+host. On v2 a group may hand controllers to its children only while it holds no processes itself
+(the "no internal processes" rule), and Veil's own group (a container's, a systemd service's)
+holds Veil: so when enabling ``+pids +memory`` there fails with EBUSY, every process of that group
+is moved into a leaf child, ``<own>/veil-gateway``, the controllers are enabled, and the
+sandboxes' groups are created beside the leaf. A host where none of this works (no controllers,
+controllers not delegated to Veil's group, a read-only cgroupfs) gets a SandboxError saying
+what to change, and code never runs without the limits.
 """
 
 from __future__ import annotations
@@ -26,25 +35,46 @@ import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from veil.errors import SandboxError
 
+Writer = Callable[[Path, str], None]
+
 ROOT = Path("/sys/fs/cgroup")
+SELF_CGROUP = Path("/proc/self/cgroup")
+# cgroup v2: the leaf child of Veil's own group that Veil's processes move into, so that its own
+# group holds no processes and may enable controllers for the sandboxes' groups.
+LEAF = "veil-gateway"
+CONTROLLERS = ("pids", "memory")
 FIX = (
     "Veil needs the 'pids' and 'memory' cgroup controllers (cgroup v1 hierarchies under /sys/fs/cgroup/pids "
     "and /sys/fs/cgroup/memory, or cgroup v2 with both delegated to Veil's cgroup) to bound each sandbox."
 )
+V2_FIX = (
+    "On cgroup v2 Veil needs a writable /sys/fs/cgroup showing its own cgroup (a private cgroup namespace; "
+    "in a container: privileged, see docs/deployment.md#cgroup-v2-nodes) with 'pids' and 'memory' enabled "
+    "for it by its parent (systemd: Delegate=pids memory); or run with expose: direct (no code mode)."
+)
 
 
-def _own_path(controller: str) -> str:
+def _own_path(controller: str, self_cgroup: Path = SELF_CGROUP) -> str:
     """Veil's cgroup path in the hierarchy holding ``controller`` ("" for the v2 unified one)."""
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
+    for line in self_cgroup.read_text().splitlines():
         _num, controllers, path = line.split(":", 2)
         if controller in controllers.split(","):
             return path
     return "/"
+
+
+def v2_base(root: Path = ROOT, self_cgroup: Path = SELF_CGROUP) -> Path:
+    """The v2 group the managers' groups go in: Veil's own group, or, once Veil has moved itself
+    into the ``veil-gateway`` leaf, the leaf's parent (a second manager must not nest a new leaf
+    inside the first)."""
+    own = root / _own_path("", self_cgroup).lstrip("/")
+    return own.parent if own.name == LEAF and own != root else own
 
 
 def _write(path: Path, value: str) -> None:
@@ -53,6 +83,63 @@ def _write(path: Path, value: str) -> None:
         os.write(fd, value.encode())
     finally:
         os.close(fd)
+
+
+def _words(path: Path) -> set[str]:
+    return set(path.read_text().split())
+
+
+def delegate_v2(root: Path = ROOT, self_cgroup: Path = SELF_CGROUP, write: Writer = _write) -> Path:
+    """Make Veil's v2 group able to give ``pids`` and ``memory`` to child groups, and return it.
+
+    First the plain way: write ``+pids +memory`` to its ``cgroup.subtree_control``. The kernel
+    refuses that with EBUSY while the group holds processes (the no-internal-processes rule; only
+    the root group is exempt), which it does whenever Veil is in it. Then every process of the
+    group (Veil, and whatever runs beside it in the same container or service: tini, upstream
+    servers) is moved into the leaf ``<group>/veil-gateway`` and the write is tried again. Any
+    other refusal is a SandboxError naming the group and the fix; nothing is left half-limited,
+    since no sandbox group exists yet."""
+    base = v2_base(root, self_cgroup)
+    if not (base / "cgroup.controllers").is_file():
+        raise SandboxError(
+            f"Veil's cgroup {base} (from {self_cgroup}) is not visible under {root}: mount the cgroup "
+            f"filesystem of Veil's own cgroup namespace there. {V2_FIX}"
+        )
+    missing = [c for c in CONTROLLERS if c not in _words(base / "cgroup.controllers")]
+    if missing:
+        raise SandboxError(
+            f"the cgroup v2 controller(s) {', '.join(missing)} are not available in Veil's cgroup {base} "
+            f"(its cgroup.controllers): the parent group must enable them in its cgroup.subtree_control. {V2_FIX}"
+        )
+    control = base / "cgroup.subtree_control"
+    if all(c in _words(control) for c in CONTROLLERS):
+        return base
+    leaf = base / LEAF
+    for _ in range(100):
+        try:
+            write(control, " ".join(f"+{c}" for c in CONTROLLERS))
+            return base
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise SandboxError(
+                    f"cannot enable the pids and memory controllers in {control} ({exc.strerror}). {V2_FIX}"
+                ) from None
+        # EBUSY: the group holds processes. Move them (again: some may have forked meanwhile).
+        try:
+            leaf.mkdir(exist_ok=True)
+            pids = [p for p in (base / "cgroup.procs").read_text().split() if p != "0"]
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+                    write(leaf / "cgroup.procs", pid)
+        except OSError as exc:
+            raise SandboxError(
+                f"cannot move Veil's processes from {base} into the leaf group {leaf} "
+                f"(needed on cgroup v2 before the sandboxes' groups can have limits; {exc.strerror}). {V2_FIX}"
+            ) from None
+    raise SandboxError(
+        f"Veil's cgroup {base} still holds processes Veil cannot move into {leaf} (outside its PID "
+        f"namespace, or started faster than they are moved): run Veil in a cgroup of its own. {V2_FIX}"
+    )
 
 
 # Started with each manager's cgroup parents: waits for EOF on stdin, which comes when the manager
@@ -100,25 +187,27 @@ class Layout:
     watchdog: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def detect(cls) -> Layout:
+    def detect(cls, root: Path = ROOT, self_cgroup: Path = SELF_CGROUP, write: Writer = _write) -> Layout:
         """The hierarchies of this host, with the manager's parent directories created and
-        watched; or SandboxError."""
+        watched; or SandboxError. ``root``, ``self_cgroup`` and ``write`` are the host's
+        cgroupfs, ``/proc/self/cgroup`` and the write to a cgroupfs file, replaceable to test the
+        decisions against a fake tree."""
         tag = f"veil-sandboxes.{os.getpid()}.{secrets.token_hex(4)}"
-        v1_pids, v1_mem = ROOT / "pids", ROOT / "memory"
+        v1_pids, v1_mem = root / "pids", root / "memory"
         try:
             if (v1_pids / "cgroup.procs").exists() and (v1_mem / "cgroup.procs").exists():
-                pids = v1_pids / _own_path("pids").lstrip("/") / tag
-                memory = v1_mem / _own_path("memory").lstrip("/") / tag
+                pids = v1_pids / _own_path("pids", self_cgroup).lstrip("/") / tag
+                memory = v1_mem / _own_path("memory", self_cgroup).lstrip("/") / tag
                 pids.mkdir(exist_ok=True)
                 memory.mkdir(exist_ok=True)
                 layout = cls(1, pids, memory)
             else:
-                controllers = ROOT / "cgroup.controllers"
-                if not controllers.exists() or not {"pids", "memory"} <= set(controllers.read_text().split()):
+                controllers = root / "cgroup.controllers"
+                if not controllers.exists() or not set(CONTROLLERS) <= _words(controllers):
                     raise SandboxError(f"no usable cgroup controllers on this host. {FIX}")
-                parent = ROOT / _own_path("").lstrip("/") / tag
+                parent = delegate_v2(root, self_cgroup, write) / tag
                 parent.mkdir(exist_ok=True)
-                _write(parent / "cgroup.subtree_control", "+pids +memory")
+                write(parent / "cgroup.subtree_control", "+pids +memory")
                 layout = cls(2, parent, parent)
         except OSError as exc:
             raise SandboxError(f"cannot create the sandboxes' cgroups ({exc.strerror}). {FIX}") from None

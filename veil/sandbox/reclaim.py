@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from veil.sandbox import workspace
-from veil.sandbox.cgroup import ROOT, _own_path
+from veil.sandbox.cgroup import ROOT, _own_path, v2_base
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def stale_group_parents() -> list[Path]:
         if (hierarchy / "cgroup.procs").exists():
             candidates.append(hierarchy / _own_path(controller).lstrip("/"))
     if not candidates and (ROOT / "cgroup.controllers").exists():
-        candidates.append(ROOT / _own_path("").lstrip("/"))
+        candidates.append(v2_base())
     watched = _watched_paths()
     stale = []
     for base in candidates:
