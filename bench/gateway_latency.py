@@ -35,6 +35,7 @@ import yaml
 from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters
 from scratch import scratch_database
+from trees import python_env
 
 ROOT = Path(__file__).resolve().parent.parent
 CRM = ROOT / "examples" / "crm_server.py"
@@ -60,10 +61,12 @@ def veil_params(work: Path, tree: Path, database_url: str) -> StdioServerParamet
         "database_url": database_url,
     }
     (work / "veil.yaml").write_text(yaml.safe_dump(config))
+    env, cwd = python_env(tree)
     return StdioServerParameters(
         command=sys.executable,
         args=["-m", "veil", "serve", "--config", str(work / "veil.yaml")],
-        env={**os.environ, "PYTHONPATH": str(tree)},
+        env=env,
+        cwd=cwd,
     )
 
 

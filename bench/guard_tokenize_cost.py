@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.export_data import generate_export  # noqa: E402
 from bench.tokenize_export import recall, temp_database  # noqa: E402
+from bench.trees import python_env  # noqa: E402
 from examples.crm_data import generate_customers, ground_truth_values  # noqa: E402
 
 CHILD = r"""
@@ -56,10 +57,11 @@ print(json.dumps(result))
 def run(tree: Path, data_file: str, runs: int) -> dict:
     url, drop = temp_database(os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"))
     try:
-        env = {**os.environ, "PYTHONPATH": str(tree)}
+        env, cwd = python_env(tree)
         out = subprocess.run(
             [sys.executable, "-c", CHILD, str(tree), data_file, str(runs), url],
             env=env,
+            cwd=cwd,
             capture_output=True,
             text=True,
             check=True,

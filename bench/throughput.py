@@ -24,6 +24,8 @@ before a change) on a scratch database of its own, takes a third phase in every 
 
     DATABASE_URL=postgresql://... .venv/bin/python bench/throughput.py [--agents 50] [--seconds 15] [--rounds 2]
         [--baseline-tree DIR]
+
+The baseline runs with its tree as working directory and PYTHONPATH, checked (bench/trees.py).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import psutil
 import psycopg
 import yaml
 from scratch import scratch_database
+from trees import python_env
 
 ROOT = Path(__file__).resolve().parent.parent
 CRM = ROOT / "examples" / "crm_server.py"
@@ -80,10 +83,12 @@ def wait_for(proc: subprocess.Popen[Any], log: Path, port: int, what: str, timeo
     raise SystemExit(f"{what} did not start within {timeout:.0f} s")
 
 
-def start(cmd: list[str], work: Path, name: str, port: int, env: dict[str, str]) -> subprocess.Popen[Any]:
+def start(
+    cmd: list[str], work: Path, name: str, port: int, env: dict[str, str], cwd: Path = ROOT
+) -> subprocess.Popen[Any]:
     log = work / f"{name}.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
     wait_for(proc, log, port, name)
     return proc
 
@@ -216,10 +221,10 @@ def start_veil(
         "database_url": db_url,
     }
     (home / "veil.yaml").write_text(yaml.safe_dump(config))
-    veil_env = {**env, "PYTHONPATH": str(tree), "VEIL_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}
+    veil_env, cwd = python_env(tree, {**env, "VEIL_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()})
     port = free_port()
     cmd = [sys.executable, "-m", "veil", "serve", "--config", str(home / "veil.yaml"), "--http", f"127.0.0.1:{port}"]
-    return start(cmd, home, name, port, veil_env), port
+    return start(cmd, home, name, port, veil_env, cwd), port
 
 
 def main(args: argparse.Namespace) -> None:
