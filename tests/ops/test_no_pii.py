@@ -256,6 +256,8 @@ def test_text_logs_and_authenticated_metrics_carry_no_seeded_value(tmp_path: Pat
         metrics = response.text
         ready = httpx.get(f"{served.base}/readyz", timeout=10)
         assert ready.status_code == 200, ready.text
+        ner = ready.json()["checks"]["ner_workers"]
+        assert ner["ok"] is True and ner["state"] in ("starting", "ready") and ner["size"] >= 1, ner
         probes = ready.text + httpx.get(f"{served.base}/healthz", timeout=10).text
 
         _drop_database(ops_database)

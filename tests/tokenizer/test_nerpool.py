@@ -5,6 +5,8 @@ its pool or a killed gateway. Real spawned processes with the real spaCy model."
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import multiprocessing.spawn
 import os
 import signal
 import subprocess
@@ -188,3 +190,41 @@ def test_no_worker_outlives_a_killed_gateway_process() -> None:
         owner.kill()
         owner.wait()
     assert all(_orphan_gone(pid) for pid in pids)
+
+
+@pytest.mark.req("tokenize:isolated-cost")
+def test_a_call_before_the_first_worker_is_ready_waits_for_it_outside_its_budget() -> None:
+    """The gateway serves while its workers load their models: a call that needs NER then waits
+    for the first worker, and the wait is not counted against its budget: a budget shorter
+    than starting a worker (a new interpreter importing spaCy and loading the model) still gets
+    its spans."""
+    nlp, _ = load_ner_pipeline(MODEL)
+    here = [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in nlp.pipe(TEXTS[:1])]
+    budget = 1.5
+    began = time.monotonic()
+    p = nerpool.NerPool(MODEL, 1)
+    try:
+        assert p.state() == ("starting", 0)
+        assert p.run(MODEL, TEXTS[:1], time.monotonic() + budget) == here
+        assert time.monotonic() - began > budget, "the worker started within the budget: nothing was shown"
+        assert p.state() == ("ready", 1)
+    finally:
+        p.close()
+
+
+@pytest.mark.req("tokenize:isolated-cost")
+def test_a_pool_whose_workers_cannot_start_fails_calls_closed_and_says_so() -> None:
+    """Workers whose interpreter exits at once (``/bin/false`` in its place): a call that needs NER
+    fails closed, saying why, instead of waiting, and the pool reports ``failed`` (/readyz)."""
+    python = multiprocessing.spawn.get_executable()
+    multiprocessing.set_executable("/bin/false")
+    try:
+        p = nerpool.NerPool(MODEL, 1)
+    finally:
+        multiprocessing.set_executable(python)
+    try:
+        with pytest.raises(TokenizeBudgetExceeded, match="did not start"):
+            p.run(MODEL, TEXTS[:1], time.monotonic() + 120)
+        assert p.state() == ("failed", 0)
+    finally:
+        p.close()

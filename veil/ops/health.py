@@ -4,8 +4,9 @@ Why two: an orchestrator restarts a process whose liveness fails and only stops 
 whose readiness fails. Liveness is therefore about this process alone (the event loop runs, its
 heartbeat is recent), so a database outage never restarts every replica at once; readiness is
 about whether a call could be served and audited now (the database answers, the audit writer
-runs and its queue moves) and whether Veil is staying: from the first SIGTERM on it says
-``stopping``, so the load balancer stops routing while calls in flight drain.
+runs and its queue moves, the NER worker processes have not all failed to start) and whether
+Veil is staying: from the first SIGTERM on it says ``stopping``, so the load balancer stops
+routing while calls in flight drain.
 
 Both are unauthenticated (probes carry no credentials) and reveal only what docs/operations.md
 lists: status words, check names, error class names, counts, and the configured upstream names
@@ -28,6 +29,7 @@ import sqlalchemy as sa
 from veil.ops.metrics import LOOP_LAG
 from veil.ops.observe import upstream_states
 from veil.ops.writer import writer_stats
+from veil.tokenizer import nerpool
 
 if TYPE_CHECKING:
     from veil.proxy.gateway import Gateway
@@ -83,12 +85,13 @@ class Monitor:
     async def readiness(self) -> tuple[int, dict[str, Any]]:
         database = await self._database()
         audit = self._audit()
+        ner = self._ner()
         upstreams = {name: seen.state for name, seen in upstream_states(self.gw).items()}
         stopping = self.stop is not None and self.stop.draining
-        ready = database["ok"] and audit["ok"] and not stopping
+        ready = database["ok"] and audit["ok"] and ner["ok"] and not stopping
         body = {
             "status": "stopping" if stopping else "ready" if ready else "not ready",
-            "checks": {"database": database, "audit_writer": audit},
+            "checks": {"database": database, "audit_writer": audit, "ner_workers": ner},
             "upstreams": upstreams,
         }
         return (200 if ready else 503), body
@@ -134,6 +137,17 @@ class Monitor:
         if stuck:
             out["error"] = f"no event committed for {now - self._progress_at:.0f}s with events queued"
         return out
+
+    @staticmethod
+    def _ner() -> dict[str, Any]:
+        """The NER worker pool: still ``starting`` is ready (Veil serves while its workers load
+        their models; a call that needs one waits for it), ``failed`` is not (every call that
+        needs NER would fail closed)."""
+        pool = nerpool.active()
+        if pool is None:
+            return {"ok": True, "state": "off"}
+        state, ready = pool.state()
+        return {"ok": state != "failed", "state": state, "ready": ready, "size": pool.size}
 
     def close(self) -> None:
         if self._engine is not None:

@@ -74,11 +74,14 @@ class Gateway:
         self.keyring = Keyring.load(cfg.data_dir, cfg.key_file)
         self.policies = PolicyStore(cfg.policy, on_change=self._policy_changed, on_rejected=self._policy_rejected)
         policy = self.policies.current
-        # NER in worker processes, so one session's large result never stalls another (iso's hunk)
-        pool = await anyio.to_thread.run_sync(nerpool.start, policy.detection.spacy_model, cfg.limits.ner_workers)
+        # NER in worker processes, so one session's large result never stalls another. They load
+        # their models while this process loads its own; Veil serves once its own detector is
+        # ready, and a call that needs a worker before one is ready waits for it (nerpool).
+        await anyio.to_thread.run_sync(nerpool.start, policy.detection.spacy_model, cfg.limits.ner_workers)
         self._stack.callback(nerpool.stop)
-        await anyio.to_thread.run_sync(pool.wait_ready)
-        self.tokenizer = Tokenizer(self.engine, self.keyring, policy.detection, policy.tokens)
+        self.tokenizer = await anyio.to_thread.run_sync(
+            Tokenizer, self.engine, self.keyring, policy.detection, policy.tokens
+        )
         await anyio.to_thread.run_sync(settle_heap)  # the models stay: collections skip them
 
         self.audit = AuditWriter(

@@ -11,7 +11,11 @@ A call that passes its deadline, or whose worker dies, kills that worker, starts
 and raises ``TokenizeBudgetExceeded``: detection fails closed, never returns partial spans.
 
 Workers are started with the ``spawn`` context (the gateway has threads, so ``fork`` is unsafe)
-and stopped with the gateway. A worker also exits when its pipe to the gateway closes, so a
+and stopped with the gateway. The gateway does not wait for them to load their models: it loads
+its own detector meanwhile and serves as soon as that is ready (small payloads never need a
+worker); a call that needs NER before the first worker is ready waits for it, and that wait is
+not counted against its time budget. If no worker can be started at all, such calls fail closed
+and /readyz reports the pool as failed. A worker also exits when its pipe to the gateway closes, so a
 killed gateway leaves no worker behind once the worker's current batch is done.
 
 The workers run a large call's pattern passes too (``patterns``): a ``Detector`` for the same
@@ -112,6 +116,7 @@ class _Worker:
     started: float = field(default_factory=time.monotonic)
     # settings keys it holds a pattern detector for, oldest first: the worker's own cache, mirrored
     prepared: dict[str, None] = field(default_factory=dict)
+    ready: bool = False  # its pipeline is loaded (it has been idle once)
     killed: bool = False
 
 
@@ -128,6 +133,9 @@ class NerPool:
         self.calls = 0  # batches sent to workers (tests check the gateway's detection used the pool)
         self.pattern_calls = 0  # pattern batches sent to workers
         self._settings: dict[str, bytes] = {}  # key -> pickled DetectionSettings, newest last
+        # Set once the first worker is ready, or once every worker of the first start failed.
+        self._started = threading.Event()
+        self._ever_ready = False
         for _ in range(self.size):
             self._spawn()
 
@@ -153,11 +161,41 @@ class NerPool:
         except (EOFError, OSError):
             ok = False
         if ok and not self._closed:
+            w.ready = True
             self._idle.put(w)
+            self._ever_ready = True
+            self._started.set()
         else:
             if not self._closed:
                 log.error("NER worker %s did not start (exit code %s)", w.process.pid, w.process.exitcode)
             self._kill(w)
+            if not self.pids():  # nobody left to wait for: callers fail closed instead of waiting
+                self._started.set()
+
+    def state(self) -> tuple[str, int]:
+        """(``starting`` | ``ready`` | ``failed``, workers ready now), for /readyz and /metrics.
+        ``failed``: none of the first workers could start, so every call that needs NER fails
+        closed."""
+        with self._lock:
+            ready = sum(1 for w in self._all if w.ready)
+            alive = len(self._all)
+        if not alive and not self._ever_ready and (self._started.is_set() or self._closed):
+            return "failed", 0
+        return ("ready" if self._ever_ready else "starting"), ready
+
+    def _wait_started(self) -> float:
+        """Wait until a worker has ever been ready (the gateway serves while its workers load
+        their models); returns the seconds waited, which the caller's budget does not count.
+        Fails closed when no worker could be started."""
+        if self._ever_ready:
+            return 0.0
+        began = time.monotonic()
+        self._started.wait(_LOAD_TIMEOUT)
+        if not self._ever_ready:
+            raise TokenizeBudgetExceeded(
+                "NER is unavailable: its worker processes did not start (see Veil's log); the result was withheld"
+            )
+        return time.monotonic() - began
 
     def wait_ready(self, timeout: float = _LOAD_TIMEOUT) -> None:
         """Block until every worker has loaded its pipeline (gateway start-up), or raise."""
@@ -312,6 +350,9 @@ class NerPool:
             return []
         if self._closed:
             raise TokenizeBudgetExceeded("NER is unavailable: the gateway is stopping")
+        waited = self._wait_started()
+        if deadline is not None:
+            deadline += waited
         try:
             workers = [self._idle.get(timeout=_remaining(deadline))]
         except queue.Empty:
