@@ -225,3 +225,53 @@ def test_processes_that_cannot_be_moved_fail_closed(tmp_path):
         delegate_v2(fs.root, self_cgroup(tmp_path, "/"), fs.write)
     assert fs.words(own / "cgroup.subtree_control") == []
     assert not any(p.name.startswith("veil-sandboxes.") for p in own.iterdir())
+
+
+def mountinfo(tmp_path: Path, *mounts: tuple[str, Path, str, str]) -> Path:
+    """A ``/proc/self/mountinfo`` with one line per (group mounted, mount point, type, options)."""
+    file = tmp_path / "mountinfo"
+    lines = [
+        f"{100 + i} 99 0:{30 + i} {group} {point} rw,nosuid,nodev,noexec,relatime - {kind} {kind} {options}"
+        for i, (group, point, kind, options) in enumerate(mounts)
+    ]
+    file.write_text("\n".join(lines) + "\n")
+    return file
+
+
+def test_v1_container_without_a_cgroup_namespace(tmp_path, layouts):
+    """Podman/containerd on a cgroup v1 node without a private cgroup namespace (seen here with
+    podman and runc): /proc/self/cgroup names the container's group by its host path, and that
+    group is what is mounted at /sys/fs/cgroup/<controller>. The groups go inside it."""
+    root = tmp_path / "cgroup"
+    for controller in ("pids", "memory"):
+        (root / controller).mkdir(parents=True)
+        (root / controller / "cgroup.procs").write_text("1\n")
+    ctr = "/libpod_parent/libpod-9f5b3c47"
+    own = self_cgroup(tmp_path, "")
+    own.write_text(f"8:pids:{ctr}\n4:memory:{ctr}\n0::{ctr}\n")
+    mounts = mountinfo(
+        tmp_path, (ctr, root / "memory", "cgroup", "rw,memory"), (ctr, root / "pids", "cgroup", "rw,pids")
+    )
+    layout = Layout.detect(root=root, self_cgroup=own, mountinfo=mounts)
+    layouts.append(layout)
+    assert layout.version == 1
+    assert layout.pids_parent.parent == root / "pids" and layout.memory_parent.parent == root / "memory"
+    assert layout.pids_parent.is_dir() and layout.memory_parent.is_dir()
+
+    # Without the mount roots the host path does not exist in the container: fail closed, as before.
+    with pytest.raises(SandboxError, match="cannot create the sandboxes' cgroups"):
+        Layout.detect(root=root, self_cgroup=own, mountinfo=tmp_path / "no-mountinfo")
+
+
+def test_v2_container_without_a_cgroup_namespace(tmp_path, layouts):
+    fs = FakeCgroup2(tmp_path / "cgroup", host_root=False)
+    own = fs.group("/", procs="1 7")
+    ctr = "/kubepods/pod1/abc"
+    mounts = mountinfo(tmp_path, (ctr, fs.root, "cgroup2", "rw"))
+    here = self_cgroup(tmp_path, ctr)
+    layout = Layout.detect(root=fs.root, self_cgroup=here, write=fs.write, mountinfo=mounts)
+    layouts.append(layout)
+    assert layout.pids_parent.parent == own
+    assert sorted(fs.procs(own / LEAF)) == ["1", "7"]
+    # after the move /proc/self/cgroup says .../abc/veil-gateway: still the same base
+    assert v2_base(fs.root, self_cgroup(tmp_path, f"{ctr}/{LEAF}"), mounts) == own

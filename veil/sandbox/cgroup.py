@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -45,6 +46,7 @@ Writer = Callable[[Path, str], None]
 
 ROOT = Path("/sys/fs/cgroup")
 SELF_CGROUP = Path("/proc/self/cgroup")
+SELF_MOUNTINFO = Path("/proc/self/mountinfo")
 # cgroup v2: the leaf child of Veil's own group that Veil's processes move into, so that its own
 # group holds no processes and may enable controllers for the sandboxes' groups.
 LEAF = "veil-gateway"
@@ -69,11 +71,45 @@ def _own_path(controller: str, self_cgroup: Path = SELF_CGROUP) -> str:
     return "/"
 
 
-def v2_base(root: Path = ROOT, self_cgroup: Path = SELF_CGROUP) -> Path:
+def _mount_roots(mountinfo: Path) -> dict[str, str]:
+    """Mount point -> the group of its cgroup hierarchy that is mounted there ("/" for the whole)."""
+    roots: dict[str, str] = {}
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return roots
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if sep and len(fields) > 4 and right.split()[:1] in (["cgroup"], ["cgroup2"]):
+            unescape = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), f) for f in fields[3:5]]
+            roots[unescape[1]] = unescape[0]
+    return roots
+
+
+def own_group(
+    hierarchy: Path, controller: str, self_cgroup: Path = SELF_CGROUP, mountinfo: Path = SELF_MOUNTINFO
+) -> Path:
+    """Veil's own group's directory in the hierarchy mounted at ``hierarchy``.
+
+    ``/proc/self/cgroup`` names the group from the root of Veil's cgroup namespace, but a
+    container without a cgroup namespace of its own (Podman, containerd and Docker on cgroup v1
+    nodes) has only its own group mounted at ``/sys/fs/cgroup/<controller>``: ``/proc/self/cgroup``
+    says ``/kubepods/.../<container>`` while that group is the mount's top. The mount's root
+    (``/proc/self/mountinfo``) is taken off the front; where the whole hierarchy is mounted (a
+    host, a private cgroup namespace) the root is ``/`` and nothing changes."""
+    own = _own_path(controller, self_cgroup)
+    mounted = _mount_roots(mountinfo).get(str(hierarchy), "/").rstrip("/")
+    if mounted and (own == mounted or own.startswith(mounted + "/")):
+        own = own[len(mounted) :]
+    return hierarchy / own.lstrip("/")
+
+
+def v2_base(root: Path = ROOT, self_cgroup: Path = SELF_CGROUP, mountinfo: Path = SELF_MOUNTINFO) -> Path:
     """The v2 group the managers' groups go in: Veil's own group, or, once Veil has moved itself
     into the ``veil-gateway`` leaf, the leaf's parent (a second manager must not nest a new leaf
     inside the first)."""
-    own = root / _own_path("", self_cgroup).lstrip("/")
+    own = own_group(root, "", self_cgroup, mountinfo)
     return own.parent if own.name == LEAF and own != root else own
 
 
@@ -89,7 +125,9 @@ def _words(path: Path) -> set[str]:
     return set(path.read_text().split())
 
 
-def delegate_v2(root: Path = ROOT, self_cgroup: Path = SELF_CGROUP, write: Writer = _write) -> Path:
+def delegate_v2(
+    root: Path = ROOT, self_cgroup: Path = SELF_CGROUP, write: Writer = _write, mountinfo: Path = SELF_MOUNTINFO
+) -> Path:
     """Make Veil's v2 group able to give ``pids`` and ``memory`` to child groups, and return it.
 
     First the plain way: write ``+pids +memory`` to its ``cgroup.subtree_control``. The kernel
@@ -99,7 +137,7 @@ def delegate_v2(root: Path = ROOT, self_cgroup: Path = SELF_CGROUP, write: Write
     servers) is moved into the leaf ``<group>/veil-gateway`` and the write is tried again. Any
     other refusal is a SandboxError naming the group and the fix; nothing is left half-limited,
     since no sandbox group exists yet."""
-    base = v2_base(root, self_cgroup)
+    base = v2_base(root, self_cgroup, mountinfo)
     if not (base / "cgroup.controllers").is_file():
         raise SandboxError(
             f"Veil's cgroup {base} (from {self_cgroup}) is not visible under {root}: mount the cgroup "
@@ -187,17 +225,23 @@ class Layout:
     watchdog: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def detect(cls, root: Path = ROOT, self_cgroup: Path = SELF_CGROUP, write: Writer = _write) -> Layout:
+    def detect(
+        cls,
+        root: Path = ROOT,
+        self_cgroup: Path = SELF_CGROUP,
+        write: Writer = _write,
+        mountinfo: Path = SELF_MOUNTINFO,
+    ) -> Layout:
         """The hierarchies of this host, with the manager's parent directories created and
-        watched; or SandboxError. ``root``, ``self_cgroup`` and ``write`` are the host's
-        cgroupfs, ``/proc/self/cgroup`` and the write to a cgroupfs file, replaceable to test the
-        decisions against a fake tree."""
+        watched; or SandboxError. ``root``, ``self_cgroup``, ``write`` and ``mountinfo`` are the
+        host's cgroupfs, ``/proc/self/cgroup``, the write to a cgroupfs file and
+        ``/proc/self/mountinfo``, replaceable to test the decisions against a fake tree."""
         tag = f"veil-sandboxes.{os.getpid()}.{secrets.token_hex(4)}"
         v1_pids, v1_mem = root / "pids", root / "memory"
         try:
             if (v1_pids / "cgroup.procs").exists() and (v1_mem / "cgroup.procs").exists():
-                pids = v1_pids / _own_path("pids", self_cgroup).lstrip("/") / tag
-                memory = v1_mem / _own_path("memory", self_cgroup).lstrip("/") / tag
+                pids = own_group(v1_pids, "pids", self_cgroup, mountinfo) / tag
+                memory = own_group(v1_mem, "memory", self_cgroup, mountinfo) / tag
                 pids.mkdir(exist_ok=True)
                 memory.mkdir(exist_ok=True)
                 layout = cls(1, pids, memory)
@@ -205,7 +249,7 @@ class Layout:
                 controllers = root / "cgroup.controllers"
                 if not controllers.exists() or not set(CONTROLLERS) <= _words(controllers):
                     raise SandboxError(f"no usable cgroup controllers on this host. {FIX}")
-                parent = delegate_v2(root, self_cgroup, write) / tag
+                parent = delegate_v2(root, self_cgroup, write, mountinfo) / tag
                 parent.mkdir(exist_ok=True)
                 write(parent / "cgroup.subtree_control", "+pids +memory")
                 layout = cls(2, parent, parent)

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from veil.sandbox import workspace
-from veil.sandbox.cgroup import ROOT, _own_path, v2_base
+from veil.sandbox.cgroup import ROOT, own_group, v2_base
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def stale_group_parents() -> list[Path]:
     for controller in ("pids", "memory"):
         hierarchy = ROOT / controller
         if (hierarchy / "cgroup.procs").exists():
-            candidates.append(hierarchy / _own_path(controller).lstrip("/"))
+            candidates.append(own_group(hierarchy, controller))
     if not candidates and (ROOT / "cgroup.controllers").exists():
         candidates.append(v2_base())
     watched = _watched_paths()
