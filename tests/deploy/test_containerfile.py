@@ -1,4 +1,5 @@
-"""The Containerfile, checked statically (no container daemon or builder on the CI machine):
+"""The Containerfile, checked statically on every run (building it takes minutes: that is the opt-in
+tests/deploy/test_container_image.py):
 multi-stage, an exact base image, firejail and the sandbox user inside, a non-root account, a
 HEALTHCHECK on /healthz at the port Veil serves on, the config file it ships accepted by Veil,
 and a .dockerignore that sends only what the build copies."""
@@ -91,6 +92,10 @@ def test_firejail_the_sandbox_user_and_a_non_root_account_are_inside() -> None:
     assert "install -d -m 0711 -o root -g root /srv/veil" in runs
     entrypoint = json_array(next(rest for word, rest in RUNTIME if word == "ENTRYPOINT"))
     assert entrypoint[:2] == ["tini", "--"]
+    # Without a `container` value firejail knows, firejail in a PID namespace runs the code with no
+    # sandbox at all (Veil then refuses): seen running the image (tests/deploy/test_container_image.py).
+    env = " ".join(rest for word, rest in RUNTIME if word == "ENV").split()
+    assert "container=docker" in env
 
 
 @pytest.mark.req("deploy:container")
