@@ -95,8 +95,9 @@ echo "== building $image from $base"
 # --isolation chroot: no user or network namespaces for RUN steps, which works on hosts where
 # runc/crun cannot create them (nested in another sandbox). --layers: a rebuild reuses the steps
 # whose inputs did not change. --format docker: the OCI image format has no HEALTHCHECK (buildah
-# drops it with a warning), the Docker format keeps it; both run on every runtime.
-buildah bud --format docker --layers --isolation "${BUILDAH_ISOLATION:-chroot}" "${mounts[@]}" \
+# drops it with a warning), the Docker format keeps it; both run on every runtime. --force-rm: no
+# working container is left behind when a step fails.
+buildah bud --format docker --layers --force-rm --isolation "${BUILDAH_ISOLATION:-chroot}" "${mounts[@]}" \
     --build-arg PYTHON_IMAGE="$base" -f "$here/Containerfile" -t "$image" "$here"
 
 size=$(podman image inspect --format '{{.Size}}' "$image")
