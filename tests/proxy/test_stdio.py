@@ -51,8 +51,10 @@ async def test_stdio_agent_sees_tokens_and_the_upstream_real_values(make_config,
 
 
 @pytest.mark.req("vault:multi-process")
-async def test_two_veil_processes_on_one_database_agree_on_tokens(make_config, tmp_path: Path) -> None:
-    path = write_config(make_config, tmp_path, "veil.yaml", scope="principal")
+async def test_two_veil_processes_on_one_database_agree_on_tokens(make_config, make_database, tmp_path: Path) -> None:
+    # A database of its own: the session's shared one holds other tests' rows for this principal
+    # (erased ones beside live ones among them), which the duplicate count below would see.
+    path = write_config(make_config, tmp_path, "veil.yaml", scope="principal", database_url=make_database())
     ids = [f"C{n:04d}" for n in range(1, 21)]
     seen: dict[int, dict[str, str]] = {0: {}, 1: {}}
 
