@@ -5,8 +5,7 @@ its pool or a killed gateway. Real spawned processes with the real spaCy model."
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
-import multiprocessing.spawn
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -194,37 +194,54 @@ def test_no_worker_outlives_a_killed_gateway_process() -> None:
 
 @pytest.mark.req("tokenize:isolated-cost")
 def test_a_call_before_the_first_worker_is_ready_waits_for_it_outside_its_budget() -> None:
-    """The gateway serves while its workers load their models: a call that needs NER then waits
-    for the first worker, and the wait is not counted against its budget: a budget shorter
-    than starting a worker (a new interpreter importing spaCy and loading the model) still gets
-    its spans."""
-    nlp, _ = load_ner_pipeline(MODEL)
-    here = [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in nlp.pipe(TEXTS[:1])]
-    budget = 1.5
-    began = time.monotonic()
-    p = nerpool.NerPool(MODEL, 1)
-    try:
-        assert p.state() == ("starting", 0)
-        assert p.run(MODEL, TEXTS[:1], time.monotonic() + budget) == here
-        assert time.monotonic() - began > budget, "the worker started within the budget: nothing was shown"
-        assert p.state() == ("ready", 1)
-    finally:
-        p.close()
+    """The gateway serves while its workers load: a call that needs NER then waits for the first
+    worker, and the wait is not counted against its budget. In a new process (no fork server
+    yet, so the first worker comes only after the server has imported spaCy and loaded the
+    model), a budget shorter than that start still gets the same spans as in process, and only
+    the fork server imported the preload module."""
+    script = textwrap.dedent(
+        f"""
+        import json, sys, time
+        from veil.tokenizer import nerpool
+        from veil.tokenizer.nlp import load_ner_pipeline
+        if __name__ == "__main__":
+            budget = 1.5
+            began = time.monotonic()
+            pool = nerpool.NerPool({MODEL!r}, 1)
+            before = pool.state()
+            spans = pool.run({MODEL!r}, {TEXTS[:1]!r}, time.monotonic() + budget)
+            took = time.monotonic() - began
+            nlp, _ = load_ner_pipeline({MODEL!r})
+            here = [[[e.start_char, e.end_char, e.label_] for e in doc.ents] for doc in nlp.pipe({TEXTS[:1]!r})]
+            print(json.dumps({{
+                "before": before, "after": pool.state(), "took": took, "budget": budget,
+                "same": [[list(e) for e in t] for t in spans] == here,
+                "preload_here": "veil.tokenizer.ner_preload" in sys.modules,
+            }}), flush=True)
+            pool.close()
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["before"] == ["starting", 0]
+    assert found["same"] and found["after"] == ["ready", 1]
+    assert found["took"] > found["budget"], "the worker was ready within the budget: nothing was shown"
+    assert not found["preload_here"], "only the fork server imports the preload module"
 
 
 @pytest.mark.req("tokenize:isolated-cost")
-def test_a_pool_whose_workers_cannot_start_fails_calls_closed_and_says_so() -> None:
-    """Workers whose interpreter exits at once (``/bin/false`` in its place): a call that needs NER
-    fails closed, saying why, instead of waiting, and the pool reports ``failed`` (/readyz)."""
-    python = multiprocessing.spawn.get_executable()
-    multiprocessing.set_executable("/bin/false")
-    try:
-        p = nerpool.NerPool(MODEL, 1)
-    finally:
-        multiprocessing.set_executable(python)
+def test_a_pool_whose_workers_cannot_start_fails_calls_closed_and_says_so(tmp_path: Path) -> None:
+    """Workers that die loading their model (a model directory without a model in it): a call
+    that needs NER fails closed, saying why, instead of waiting, and the pool reports ``failed``
+    (/readyz)."""
+    broken = str(tmp_path)
+    p = nerpool.NerPool(broken, 2)
     try:
         with pytest.raises(TokenizeBudgetExceeded, match="did not start"):
-            p.run(MODEL, TEXTS[:1], time.monotonic() + 120)
+            p.run(broken, TEXTS[:1], time.monotonic() + 120)
         assert p.state() == ("failed", 0)
+        with pytest.raises(RuntimeError, match="did not start"):
+            p.wait_ready(timeout=60)
     finally:
         p.close()

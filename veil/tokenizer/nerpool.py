@@ -10,8 +10,11 @@ and a worker never logs a text.
 A call that passes its deadline, or whose worker dies, kills that worker, starts a replacement
 and raises ``TokenizeBudgetExceeded``: detection fails closed, never returns partial spans.
 
-Workers are started with the ``spawn`` context (the gateway has threads, so ``fork`` is unsafe)
-and stopped with the gateway. The gateway does not wait for them to load their models: it loads
+Workers are forked by multiprocessing's fork server (the gateway has threads, so forking the
+gateway itself is unsafe; the server is a separate, single-threaded process), which loads spaCy,
+Presidio and the model once before it forks any (``veil.tokenizer.ner_preload``): a worker, a
+replacement included, starts at once with the model loaded, sharing its pages with its siblings.
+Workers are stopped with the gateway. The gateway does not wait for them to load their models: it loads
 its own detector meanwhile and serves as soon as that is ready (small payloads never need a
 worker); a call that needs NER before the first worker is ready waits for it, and that wait is
 not counted against its time budget. If no worker can be started at all, such calls fail closed
@@ -34,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import pickle
 import queue
@@ -51,7 +55,9 @@ log = logging.getLogger(__name__)
 Ents = list[tuple[int, int, str]]  # per text: (start_char, end_char, spaCy label)
 PatternSpans = list[tuple[int, int, str, float]]  # per item: (start, end, entity type, score)
 
-_CONTEXT = multiprocessing.get_context("spawn")
+_CONTEXT = multiprocessing.get_context("forkserver")
+_PRELOAD = "veil.tokenizer.ner_preload"  # imported by the fork server only, never here
+MODEL_ENV = "VEIL_NER_PRELOAD_MODEL"  # the model it preloads
 _BATCH = 64
 _SPLIT_CHARS = 4000  # a batch is shared among idle workers when it has this many characters per worker
 _LOAD_TIMEOUT = 300.0  # loading a model on a busy host
@@ -136,8 +142,26 @@ class NerPool:
         # Set once the first worker is ready, or once every worker of the first start failed.
         self._started = threading.Event()
         self._ever_ready = False
-        for _ in range(self.size):
-            self._spawn()
+        self._spawning = True
+        # Starting the fork server waits for its preload (seconds): in the background, so the
+        # gateway loads its own detector meanwhile.
+        threading.Thread(target=self._spawn_all, name="veil-ner-spawn", daemon=True).start()
+
+    def _spawn_all(self) -> None:
+        try:
+            _start_fork_server(self.model)
+            for _ in range(self.size):
+                if self._closed:
+                    break
+                self._spawn()
+        except Exception as exc:
+            log.error("could not start the NER worker processes (%s)", type(exc).__name__)
+        finally:
+            with self._lock:
+                self._spawning = False
+                none_left = not self._all
+            if none_left:  # every worker failed already, or none could be started
+                self._started.set()
 
     def _spawn(self) -> None:
         """Start a worker; it joins the idle queue once its pipeline is loaded (in a thread, so
@@ -149,6 +173,9 @@ class NerPool:
         w = _Worker(proc, parent)
         with self._lock:
             self._all.add(w)
+        if self._closed:  # closed while this one started
+            self._kill(w)
+            return
         threading.Thread(target=self._when_ready, args=(w,), name="veil-ner-start", daemon=True).start()
 
     def _when_ready(self, w: _Worker) -> None:
@@ -169,7 +196,9 @@ class NerPool:
             if not self._closed:
                 log.error("NER worker %s did not start (exit code %s)", w.process.pid, w.process.exitcode)
             self._kill(w)
-            if not self.pids():  # nobody left to wait for: callers fail closed instead of waiting
+            with self._lock:
+                none_left = not self._all and not self._spawning
+            if none_left:  # nobody left to wait for: callers fail closed instead of waiting
                 self._started.set()
 
     def state(self) -> tuple[str, int]:
@@ -201,7 +230,7 @@ class NerPool:
         """Block until every worker has loaded its pipeline (gateway start-up), or raise."""
         end = time.monotonic() + timeout
         while self._idle.qsize() < self.size:
-            if time.monotonic() > end or not self.pids():
+            if time.monotonic() > end or (self._started.is_set() and not self.pids()):
                 raise RuntimeError(f"the NER worker processes did not start within {timeout:g} s")
             time.sleep(0.05)
 
@@ -410,6 +439,24 @@ class NerPool:
             self._kill(w)
 
 
+def _start_fork_server(model: str) -> None:
+    """Launch this process's fork server, if it is not running, preloading ``model``
+    (``ner_preload``; the name goes in its environment, set only while it is launched). Only the
+    first pool of a process launches it: a later pool with another model gets workers that load
+    theirs themselves."""
+    with _SERVER_LOCK:
+        _CONTEXT.set_forkserver_preload([_PRELOAD])
+        before = os.environ.get(MODEL_ENV)
+        os.environ[MODEL_ENV] = model
+        try:
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            if before is None:
+                os.environ.pop(MODEL_ENV, None)
+            else:
+                os.environ[MODEL_ENV] = before
+
+
 def _died(w: _Worker) -> TokenizeBudgetExceeded:
     w.process.join(1)
     log.error("NER worker %s died (exit code %s); replaced", w.process.pid, w.process.exitcode)
@@ -465,6 +512,7 @@ def _message(what: str) -> str:
 _ACTIVE: NerPool | None = None
 _USERS = 0
 _START_LOCK = threading.Lock()
+_SERVER_LOCK = threading.Lock()
 
 
 def start(model: str, size: int | None = None) -> NerPool:
