@@ -246,3 +246,184 @@ def test_event_ids_are_unique_per_row(engine: sa.Engine) -> None:
     with engine.connect() as conn:
         found = conn.execute(sa.text("SELECT count(*) FROM audit_events WHERE id = ANY(:ids)"), {"ids": ids}).scalar()
     assert found == 3
+
+
+# -- the event-loop lane (start_async / async with: the gateway's) ----------------------------
+
+
+@pytest.mark.req("audit:durable")
+def test_the_loop_lane_writes_on_the_loop_without_a_writer_thread(fresh_engine: sa.Engine) -> None:
+    """A lone sequential caller on the bound loop: each event is committed on its own, in one
+    statement after the first batch, and no writer thread is ever started."""
+
+    async def run() -> AuditWriter:
+        async with AuditWriter(fresh_engine) as writer:
+            for i in range(5):
+                await writer.record(tool_event(i))
+            assert writer._thread is None
+            assert writer.health() == (0, True)
+        return writer
+
+    writer = asyncio.run(run())
+    assert (writer.batches, writer.events, writer.fast_appends) == (5, 5, 4)
+    assert writer.health() == (0, False)
+    with fresh_engine.connect() as conn:
+        result = verify(conn)
+        rows = conn.execute(sa.text("SELECT detail->>'i' FROM audit_events ORDER BY seq")).scalars().all()
+    assert result.ok, result.problem
+    assert rows == ["0", "1", "2", "3", "4"]
+
+
+@pytest.mark.req("audit:chain")
+def test_the_loop_lane_takes_events_from_threads_and_from_its_own_thread(fresh_engine: sa.Engine) -> None:
+    """record_sync from other threads goes through the bound loop (interleaved with async
+    callers); on the loop's own thread (a policy check run there) it cannot wait for the loop and
+    uses the writer thread instead. Both lanes append to one valid chain."""
+
+    async def run() -> AuditWriter:
+        async with AuditWriter(fresh_engine, batch_max_events=8) as writer:
+
+            def work(n: int) -> None:
+                for i in range(30):
+                    writer.record_sync(AuditEvent(kind="tool.call", principal=f"thread{n}", detail={"i": i}))
+
+            async def on_loop(i: int) -> None:
+                await writer.record(AuditEvent(kind="tool.call", principal="loop", detail={"i": i}))
+
+            threads = [asyncio.to_thread(work, n) for n in range(3)]
+            await asyncio.gather(*threads, *(on_loop(i) for i in range(60)))
+            assert writer._thread is None  # the threads' events went through the loop
+            writer.record_sync(AuditEvent(kind="tool.call", principal="loop-thread"))
+            assert writer._thread is not None
+            await writer.record(AuditEvent(kind="tool.call", principal="loop"))
+        return writer
+
+    writer = asyncio.run(run())
+    assert writer.events == 152
+    with fresh_engine.connect() as conn:
+        result = verify(conn)
+        by = dict(conn.execute(sa.text("SELECT principal, count(*) FROM audit_events GROUP BY 1")).all())
+    assert result.ok, result.problem
+    assert by == {"loop": 61, "loop-thread": 1, **{f"thread{n}": 30 for n in range(3)}}
+
+
+@pytest.mark.req("audit:chain")
+def test_the_loop_lane_yields_to_other_writers(fresh_engine: sa.Engine) -> None:
+    async def run() -> AuditWriter:
+        async with AuditWriter(fresh_engine) as writer:
+            await writer.record(tool_event(1))
+            await writer.record(tool_event(2))
+            assert writer.fast_appends == 1
+            with fresh_engine.begin() as conn:
+                append_events(conn, [tool_event(3, principal="cli")])
+            writer._fast_after = 0.0
+            await writer.record(tool_event(4))
+            assert writer.head_conflicts == 1
+            await writer.record(tool_event(5))
+        return writer
+
+    asyncio.run(run())
+    with fresh_engine.connect() as conn:
+        result = verify(conn)
+        rows = conn.execute(sa.text("SELECT detail->>'i' FROM audit_events ORDER BY seq")).scalars().all()
+    assert result.ok, result.problem
+    assert rows == ["1", "2", "3", "4", "5"]
+
+
+@pytest.mark.req("audit:durable")
+def test_the_loop_lane_never_appends_a_commit_with_a_lost_answer_twice(
+    fresh_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = writer_module.append_if_head_async
+    lost: list[int] = []
+
+    async def commit_then_lose_the_answer(driver, head, params, out):  # type: ignore[no-untyped-def]
+        inserted = await real(driver, head, params, out)
+        if not lost:
+            lost.append(inserted)
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return inserted
+
+    monkeypatch.setattr(writer_module, "append_if_head_async", commit_then_lose_the_answer)
+
+    async def run() -> AuditWriter:
+        async with AuditWriter(fresh_engine) as writer:
+            for i in (1, 2, 3):  # 2: committed, answer lost, must not be written again
+                await writer.record(tool_event(i))
+        return writer
+
+    writer = asyncio.run(run())
+    assert lost == [1]
+    assert writer.fast_appends == 1  # 3, on a new connection
+    with fresh_engine.connect() as conn:
+        result = verify(conn)
+        rows = conn.execute(sa.text("SELECT detail->>'i' FROM audit_events ORDER BY seq")).scalars().all()
+    assert result.ok, result.problem
+    assert rows == ["1", "2", "3"]
+
+
+@pytest.mark.req("audit:durable")
+def test_closing_the_loop_lane_writes_what_is_queued(fresh_engine: sa.Engine) -> None:
+    async def run() -> tuple[list[BaseException | None], AuditWriter]:
+        writer = AuditWriter(fresh_engine, batch_max_events=16)
+        await writer.start_async()
+        tasks = [asyncio.create_task(writer.record(tool_event(i))) for i in range(100)]
+        await asyncio.sleep(0)  # every task has queued its event; the first batch has not committed
+        assert writer.health()[0] > 0
+        await writer.aclose()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        with pytest.raises(AuditUnavailable, match="closed"):
+            await writer.record(tool_event())
+        return results, writer
+
+    results, writer = asyncio.run(run())
+    assert results == [None] * 100
+    assert writer.events == 100 and writer.batches < 100
+    with fresh_engine.connect() as conn:
+        assert verify(conn).events == 100
+
+
+@pytest.mark.req("audit:fail-closed")
+def test_the_loop_lane_fails_closed_when_the_database_is_unreachable() -> None:
+    engine = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:1/nowhere?connect_timeout=2")
+
+    async def run() -> None:
+        async with AuditWriter(engine, timeout_s=20) as writer:
+            with pytest.raises(AuditUnavailable, match="could not be written"):
+                await writer.record(tool_event())
+            with pytest.raises(AuditUnavailable, match="could not be written"):
+                await asyncio.to_thread(writer.record_sync, tool_event())
+
+    try:
+        asyncio.run(run())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.req("audit:checkpoints")
+def test_the_loop_lane_makes_periodic_checkpoints(fresh_engine: sa.Engine) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+
+    async def run() -> None:
+        async with AuditWriter(fresh_engine, batch_max_events=1, signing_key=key, checkpoint_every_events=5) as writer:
+            for i in range(12):
+                await writer.record(tool_event(i))
+
+    asyncio.run(run())
+    with fresh_engine.connect() as conn:
+        result = verify(conn, public_key=key.public_key())
+    assert result.ok, result.problem
+    assert len(result.checkpoints) == 2
+
+
+def test_closing_a_bound_writer_on_its_own_loop_thread_is_refused(engine: sa.Engine) -> None:
+    async def run() -> None:
+        writer = AuditWriter(engine)
+        await writer.start_async()
+        with pytest.raises(RuntimeError, match="aclose"):
+            writer.close()
+        await writer.aclose()
+
+    asyncio.run(run())

@@ -193,6 +193,19 @@ def append_if_head(
     re-reads the row, finds the seq moved and writes nothing. The caller makes sure that ``ts``
     is no earlier than ``head.ts`` and that its month's partition exists.
     """
+    return driver.execute(APPEND_IF_HEAD, _append_args(head, params, out)).rowcount
+
+
+async def append_if_head_async(
+    driver: psycopg.AsyncConnection[Any], head: Head, params: list[dict[str, Any]], out: list[Appended]
+) -> int:
+    """:func:`append_if_head` on an asyncio connection: the writer's event-loop lane sends the
+    same statement without handing the batch to a thread."""
+    cur = await driver.execute(APPEND_IF_HEAD, _append_args(head, params, out))
+    return cur.rowcount
+
+
+def _append_args(head: Head, params: list[dict[str, Any]], out: list[Appended]) -> list[Any]:
     last = out[-1]
     args: list[Any] = [last.seq, last.hash, last.ts, head.seq, head.hash]
     for c in COLUMNS:
@@ -200,7 +213,7 @@ def append_if_head(
             args.append([json.dumps(p[c]) for p in params])
         else:
             args.append([p[c] for p in params])
-    return driver.execute(APPEND_IF_HEAD, args).rowcount
+    return args
 
 
 def lock_head(conn: sa.Connection) -> tuple[Head, datetime]:

@@ -99,8 +99,8 @@ class GatewayCollector(Collector):
         from veil.ops.observe import upstream_states
         from veil.ops.writer import writer_stats
 
-        depth = GaugeMetricFamily("veil_audit_queue_depth", "Audit events waiting for the writer thread.")
-        up = GaugeMetricFamily("veil_audit_writer_up", "1 when the audit writer thread is running.")
+        depth = GaugeMetricFamily("veil_audit_queue_depth", "Audit events waiting for the writer (not yet in a batch).")
+        up = GaugeMetricFamily("veil_audit_writer_up", "1 when the audit writer runs (its event loop or thread).")
         written = CounterMetricFamily("veil_audit_events_written", "Audit events committed by the writer.")
         batches = CounterMetricFamily("veil_audit_batches", "Audit transactions committed (group commit).")
         sessions = GaugeMetricFamily("veil_sessions_active", "Open agent sessions.")

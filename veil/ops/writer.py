@@ -17,8 +17,8 @@ from veil.ops.metrics import AUDIT_WRITE_SECONDS
 
 @dataclass(frozen=True)
 class WriterStats:
-    queued: int  # events waiting for the writer thread
-    running: bool  # the writer thread is alive and the writer not closed
+    queued: int  # events waiting for the writer (not yet in a batch)
+    running: bool  # the writer's loop (or thread) runs and the writer is not closed
     events: int  # events committed since start
     batches: int  # transactions committed since start
 

@@ -93,8 +93,9 @@ class Gateway:
             checkpoint_every_s=cfg.audit.checkpoint_every_s,
             checkpoint_file=checkpoint_file(cfg.data_dir, cfg.audit.checkpoint_file),
         )
-        self.audit.start()
-        self._stack.callback(self.audit.close)
+        # Bound to this loop: record() here makes no thread hop; other threads hand events to it.
+        await self.audit.start_async()
+        self._stack.push_async_callback(self.audit.aclose)
 
         self.task_group = await self._stack.enter_async_context(anyio.create_task_group())
         self._stack.push_async_callback(self._close_sessions)
