@@ -5,7 +5,9 @@
 
 Creates a scratch database on the server in DATABASE_URL (dropped at the end). For each
 configuration and each concurrency level, C asyncio callers each ``await record()`` E events
-back to back; we report events/s and the median / p99 latency of one ``record()`` call. Every
+back to back; we report events/s, the median / p99 latency of one ``record()`` call and the CPU
+time of this process (all its threads) per event. The writer runs on the event-loop lane (as in
+``veil serve``) except in "writer thread", the same default writer on its background thread. Every
 configuration runs the same workload through the same code path; "per-event" is the writer with
 ``batch_max_events=1`` (one transaction, one commit per event); "always under the lock" is the
 default writer with its one-statement append switched off (each batch: lock the head, COPY, move
@@ -35,6 +37,9 @@ CONFIGS = {
     # The default, but every batch appended under the chain lock (lock, COPY, move the head,
     # commit: how every batch was written before the one-statement append).
     "default, always under the lock": {"batch_max_events": 256, "batch_max_delay_ms": 2.0, "fast_append": False},
+    # The default on the writer thread (start(), no event loop bound): how ``veil serve`` wrote
+    # before the event-loop lane (each event handed to the thread and the wake-up handed back).
+    "default, writer thread": {"batch_max_events": 256, "batch_max_delay_ms": 2.0, "lane": "thread"},
 }
 LEVELS = [(1, 400), (16, 100), (64, 50)]  # (concurrent callers, events each)
 ROUNDS = 3
@@ -60,7 +65,7 @@ def event(i: int) -> AuditEvent:
     )
 
 
-async def run(writer: AuditWriter, callers: int, each: int) -> tuple[float, list[float]]:
+async def run(writer: AuditWriter, callers: int, each: int) -> tuple[float, list[float], float]:
     latencies: list[float] = []
 
     async def caller(c: int) -> None:
@@ -69,28 +74,36 @@ async def run(writer: AuditWriter, callers: int, each: int) -> tuple[float, list
             await writer.record(event(c * each + i))
             latencies.append(time.perf_counter() - t)
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(caller(c) for c in range(callers)))
-    return callers * each / (time.perf_counter() - t0), latencies
+    cpu_ms = (time.process_time() - cpu0) * 1000 / (callers * each)  # this process, every thread
+    return callers * each / (time.perf_counter() - t0), latencies, cpu_ms
 
 
 async def main(url: str) -> None:
     engine = db.create_engine(url, pool_size=4)
-    results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+    results: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
     for _ in range(ROUNDS):
         for callers, each in LEVELS:
             for name, cfg in CONFIGS.items():
-                options = {k: v for k, v in cfg.items() if k != "fast_append"}
-                async with AuditWriter(engine, **options) as writer:  # type: ignore[arg-type]
-                    writer.fast_append = bool(cfg.get("fast_append", True))
-                    rate, lat = await run(writer, callers, each)
+                options = {k: v for k, v in cfg.items() if k not in ("fast_append", "lane")}
+                writer = AuditWriter(engine, **options)  # type: ignore[arg-type]
+                writer.fast_append = bool(cfg.get("fast_append", True))
+                if cfg.get("lane") == "thread":
+                    writer.start()
+                else:
+                    await writer.start_async()
+                try:
+                    rate, lat, cpu = await run(writer, callers, each)
+                finally:
+                    await writer.aclose()
                 lat.sort()
                 p50 = statistics.median(lat) * 1000
                 p99 = lat[int(len(lat) * 0.99) - 1] * 1000
-                results.setdefault((name, callers), []).append((rate, p50, p99))
+                results.setdefault((name, callers), []).append((rate, p50, p99, cpu))
     engine.dispose()
-    print("| callers | configuration | events/s | record() p50 ms | record() p99 ms | speed-up vs per-event |")
-    print("|---:|---|---:|---:|---:|---:|")
+    print("| callers | configuration | events/s | record() p50 ms | p99 ms | CPU ms/event | speed-up vs per-event |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
     for callers, _ in LEVELS:
         base = statistics.median(r[0] for r in results[(next(iter(CONFIGS)), callers)])
         for name in CONFIGS:
@@ -98,7 +111,8 @@ async def main(url: str) -> None:
             rate = statistics.median(r[0] for r in runs)
             p50 = statistics.median(r[1] for r in runs)
             p99 = statistics.median(r[2] for r in runs)
-            print(f"| {callers} | {name} | {rate:,.0f} | {p50:.2f} | {p99:.2f} | {rate / base:.1f}x |")
+            cpu = statistics.median(r[3] for r in runs)
+            print(f"| {callers} | {name} | {rate:,.0f} | {p50:.2f} | {p99:.2f} | {cpu:.3f} | {rate / base:.1f}x |")
     print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
