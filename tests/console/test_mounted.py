@@ -65,20 +65,29 @@ async def test_console_is_served_under_slash_console_by_the_gateway(make_databas
             f"{base}/console/policies/rollout", data={"policy": draft}, headers={"authorization": f"Bearer {security}"}
         )
         assert rolled.status_code == 200 and "rolled out" in rolled.text
+
+        def load_reasons() -> list[str]:
+            with gateway.engine.connect() as conn:
+                loads = conn.execute(
+                    sa.text("SELECT detail->>'reason' FROM audit_events WHERE kind = :k ORDER BY seq"),
+                    {"k": ev.POLICY_LOAD},
+                )
+                return [r[0] for r in loads]
+
         with anyio.fail_after(30):
             while gateway.policy.version == before:
                 await anyio.sleep(0.05)
+            # The new policy is in force before its policy.load event is committed: the watcher
+            # thread records it through the event loop's audit writer, which this test's loop runs.
+            while len(load_reasons()) < 2:
+                await anyio.sleep(0.05)
         assert gateway.policy.name == "rolled-out"
+        reasons = load_reasons()
         with gateway.engine.connect() as conn:
             views = conn.execute(
                 sa.text("SELECT principal, outcome FROM audit_events WHERE kind = :k ORDER BY seq"),
                 {"k": ev.CONSOLE_VIEW},
             ).all()
-            loads = conn.execute(
-                sa.text("SELECT detail->>'reason' FROM audit_events WHERE kind = :k ORDER BY seq"),
-                {"k": ev.POLICY_LOAD},
-            )
-            reasons = [r[0] for r in loads]
             (rollout,) = conn.execute(
                 sa.text("SELECT principal, detail FROM audit_events WHERE kind = :k"), {"k": ev.POLICY_ROLLOUT}
             ).all()
