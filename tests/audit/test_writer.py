@@ -34,6 +34,15 @@ engine.dispose()
 """
 
 
+def verified_details(engine: sa.Engine) -> list[str]:
+    """Each event's ``detail.i`` in chain order, once the whole chain verified."""
+    with engine.connect() as conn:
+        result = verify(conn)
+        rows = conn.execute(sa.text("SELECT detail->>'i' FROM audit_events ORDER BY seq")).scalars().all()
+    assert result.ok, result.problem
+    return list(rows)
+
+
 @pytest.mark.req("audit:durable")
 def test_record_returns_after_commit_with_every_field(fresh_engine: sa.Engine) -> None:
     event = tool_event(7)
@@ -155,11 +164,7 @@ def test_commit_with_lost_answer_is_not_appended_twice(
         writer.record_sync(tool_event(2))  # committed, answer lost, must not be written again
         writer.record_sync(tool_event(3))
     assert lost == [1]
-    with fresh_engine.connect() as conn:
-        result = verify(conn)
-        rows = conn.execute(sa.text("SELECT detail->>'i' FROM audit_events ORDER BY seq")).scalars().all()
-    assert result.ok, result.problem
-    assert rows == ["1", "2", "3"]
+    assert verified_details(fresh_engine) == ["1", "2", "3"]
 
 
 @pytest.mark.req("audit:fail-closed")
@@ -267,11 +272,7 @@ def test_the_loop_lane_writes_on_the_loop_without_a_writer_thread(fresh_engine: 
     writer = asyncio.run(run())
     assert (writer.batches, writer.events, writer.fast_appends) == (5, 5, 4)
     assert writer.health() == (0, False)
-    with fresh_engine.connect() as conn:
-        result = verify(conn)
-        rows = conn.execute(sa.text("SELECT detail->>'i' FROM audit_events ORDER BY seq")).scalars().all()
-    assert result.ok, result.problem
-    assert rows == ["0", "1", "2", "3", "4"]
+    assert verified_details(fresh_engine) == ["0", "1", "2", "3", "4"]
 
 
 @pytest.mark.req("audit:chain")
@@ -323,11 +324,7 @@ def test_the_loop_lane_yields_to_other_writers(fresh_engine: sa.Engine) -> None:
         return writer
 
     asyncio.run(run())
-    with fresh_engine.connect() as conn:
-        result = verify(conn)
-        rows = conn.execute(sa.text("SELECT detail->>'i' FROM audit_events ORDER BY seq")).scalars().all()
-    assert result.ok, result.problem
-    assert rows == ["1", "2", "3", "4", "5"]
+    assert verified_details(fresh_engine) == ["1", "2", "3", "4", "5"]
 
 
 @pytest.mark.req("audit:durable")
@@ -355,11 +352,7 @@ def test_the_loop_lane_never_appends_a_commit_with_a_lost_answer_twice(
     writer = asyncio.run(run())
     assert lost == [1]
     assert writer.fast_appends == 1  # 3, on a new connection
-    with fresh_engine.connect() as conn:
-        result = verify(conn)
-        rows = conn.execute(sa.text("SELECT detail->>'i' FROM audit_events ORDER BY seq")).scalars().all()
-    assert result.ok, result.problem
-    assert rows == ["1", "2", "3"]
+    assert verified_details(fresh_engine) == ["1", "2", "3"]
 
 
 @pytest.mark.req("audit:durable")

@@ -103,6 +103,18 @@ def _timed_out(kind: str, timeout_s: float) -> AuditUnavailable:
     )
 
 
+# A one-statement attempt: (appended, None), or (None, what a failed attempt may have committed).
+_FastOutcome = tuple[list[Appended] | None, list[Appended] | None]
+
+
+def _fast_failed(exc: BaseException, out: list[Appended]) -> list[Appended] | None:
+    """A one-statement append raised: what it may have committed. A lost connection leaves the
+    commit unknown (the locked retry checks before appending again); any other error rolled it
+    back."""
+    log.warning("audit one-statement append failed (%s); retrying under the chain lock", _reason(exc))
+    return out if isinstance(exc, psycopg.OperationalError) else None
+
+
 def _reason(exc: BaseException) -> str:
     """A short, payload-free description of a database failure."""
     if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
@@ -453,26 +465,8 @@ class AuditWriter:
 
     async def _write_async(self, batch: list[_Waiter]) -> None:
         rows = [waiter.row for waiter in batch]
-        appended: list[Appended] | None = None
-        unsure: list[Appended] | None = None  # what an attempt that may have committed appended
+        appended, unsure = await self._append_fast_async(rows)
         ensured: set[Month] = set()
-        plan = self._fast_plan(rows)
-        if plan is not None:
-            head, params, out = plan
-            try:
-                conn = await self._direct_async()
-            except Exception as exc:  # nothing was sent
-                log.warning("audit one-statement connection failed (%s); appending under the chain lock", _reason(exc))
-            else:
-                try:
-                    inserted = await append_if_head_async(conn, head, params, out)
-                except Exception as exc:
-                    # A lost connection leaves the commit unknown; any other error rolled it back.
-                    unsure = out if isinstance(exc, psycopg.OperationalError) else None
-                    log.warning("audit one-statement append failed (%s); retrying under the chain lock", _reason(exc))
-                    await self._drop_aconn()
-                else:
-                    appended = self._fast_result(inserted, out)
         if appended is None:
             try:
                 appended, ensured = await self._in_thread(self._append_locked, rows, unsure)
@@ -487,6 +481,25 @@ class AuditWriter:
                 waiter.future.set_result(done)
         if self._checkpoint_due():
             await self._in_thread(self._checkpoint)
+
+    async def _append_fast_async(self, rows: list[dict[str, Any]]) -> _FastOutcome:
+        """The one-statement append on the lane's connection: (appended, None), or (None, what
+        a failed attempt may have committed) when the batch must go under the chain lock."""
+        plan = self._fast_plan(rows)
+        if plan is None:
+            return None, None
+        head, params, out = plan
+        try:
+            conn = await self._direct_async()
+        except Exception as exc:  # nothing was sent
+            log.warning("audit one-statement connection failed (%s); appending under the chain lock", _reason(exc))
+            return None, None
+        try:
+            inserted = await append_if_head_async(conn, head, params, out)
+        except Exception as exc:
+            await self._drop_aconn()
+            return None, _fast_failed(exc, out)
+        return self._fast_result(inserted, out), None
 
     async def _direct_async(self) -> psycopg.AsyncConnection[Any]:
         """The lane's own asyncio connection, with the engine's connect settings, in autocommit."""
@@ -549,19 +562,8 @@ class AuditWriter:
 
     def _write(self, batch: list[_Item]) -> None:
         rows = [item.row for item in batch]
-        appended: list[Appended] | None = None
-        unsure: list[Appended] | None = None  # what an attempt that may have committed appended
+        appended, unsure = self._append_fast_sync(rows)
         ensured: set[Month] = set()
-        plan = self._fast_plan(rows)
-        if plan is not None:
-            head, params, out = plan
-            try:
-                appended = self._fast_result(append_if_head(self._direct(), head, params, out), out)
-            except Exception as exc:
-                # A lost connection leaves the commit unknown; any other error rolled it back.
-                unsure = out if isinstance(exc, psycopg.OperationalError) else None
-                log.warning("audit one-statement append failed (%s); retrying under the chain lock", _reason(exc))
-                self._drop_direct()
         if appended is None:
             try:
                 appended, ensured = self._append_locked(rows, unsure)
@@ -575,6 +577,19 @@ class AuditWriter:
             item.future.set_result(done)
         if self._checkpoint_due():
             self._checkpoint()
+
+    def _append_fast_sync(self, rows: list[dict[str, Any]]) -> _FastOutcome:
+        """``_append_fast_async`` on the writer thread's own connection."""
+        plan = self._fast_plan(rows)
+        if plan is None:
+            return None, None
+        head, params, out = plan
+        try:
+            inserted = append_if_head(self._direct(), head, params, out)
+        except Exception as exc:
+            self._drop_direct()
+            return None, _fast_failed(exc, out)
+        return self._fast_result(inserted, out), None
 
     # -- shared by both lanes ------------------------------------------------------------------
 
