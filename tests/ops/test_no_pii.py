@@ -166,16 +166,29 @@ def _spans(collector: Collector) -> tuple[str, list[Any]]:
                     spans.append(span)
                     attrs = " ".join(f"{a.key}={a.value}" for a in span.attributes)
                     lines.append(f"{scope.scope.name} {span.name} {attrs} {span.status.message}")
-        # Every string in the export as sent, minus the random binary trace and span ids: decoded
-        # as text they sometimes spell a short seeded surname ('Do') between non-letters.
-        for resource in request.resource_spans:
-            for scope in resource.scope_spans:
-                for span in scope.spans:
-                    span.trace_id = span.span_id = span.parent_span_id = b""
-                    for link in span.links:
-                        link.trace_id = link.span_id = b""
-        lines.append(request.SerializeToString().decode("utf-8", errors="replace"))
+        # Every string field in the export as sent, wherever it sits (resource, scope, span, event,
+        # link, attribute). Not the serialised bytes: their random ids and fixed64 timestamps,
+        # decoded as text, sometimes spell a short seeded surname ('Do') between non-letters.
+        lines.extend(_strings_in(request))
     return "\n".join(lines), spans
+
+
+def _strings_in(message: Any) -> list[str]:
+    """Every string-typed field of a protobuf message and of the messages inside it, and the
+    numbers an attribute value carries (a value could leave as an int)."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    found: list[str] = []
+    for field, value in message.ListFields():
+        values = value if field.is_repeated else [value]
+        for item in values:
+            if field.type == FieldDescriptor.TYPE_STRING:
+                found.append(item)
+            elif field.type == FieldDescriptor.TYPE_MESSAGE:
+                found.extend(_strings_in(item))
+            elif message.DESCRIPTOR.name == "AnyValue" and field.type != FieldDescriptor.TYPE_BYTES:
+                found.append(str(item))
+    return found
 
 
 def _assert_no_leak(captured: dict[str, str]) -> None:
