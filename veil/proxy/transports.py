@@ -28,6 +28,7 @@ from veil.ops.http import MetricsRoute, PublicRoutes
 from veil.principal import Principal
 from veil.proxy.front import Front
 from veil.proxy.gateway import Gateway
+from veil.proxy.lazy_sse import streamable_http_app
 from veil.proxy.lifecycle import AgentStdin, AgentStdout, StdioGate, Stop, busy_sessions, end_sessions
 from veil.proxy.session import AgentSession, identity_of
 
@@ -308,7 +309,8 @@ def http_app(gateway: Gateway, host: str, *, stop: Stop | None = None) -> tuple[
     ``monitor`` holds the probes' state."""
     sessions = HttpSessions(gateway)
     front = Front(gateway, sessions)
-    app = front.server.streamable_http_app(
+    app = streamable_http_app(
+        front.server,
         host=host,
         session_idle_timeout=gateway.config.limits.session_idle_timeout_s,
         # Room for the JSON-RPC envelope, so oversized arguments get Veil's message naming the limit;
