@@ -14,17 +14,30 @@ default writer with its one-statement append switched off (each batch: lock the 
 the head, commit; how batches were written before). Rounds alternate between configurations and
 the median round is reported. The load average at the end is printed (other processes share
 the machine).
+
+    ... bench/audit_writer.py --baseline-tree DIR [--rounds 7]   # this checkout vs another one
+
+compares this checkout's writer with another checkout's (main before a change), the default
+configuration on the event-loop lane only: each (round, callers) runs one fresh process per tree
+(started with ``trees.python_env``, which checks that it imports that tree's Veil; the worker
+re-checks), the two trees' order alternating between rounds, each tree on its own scratch
+database. Each process records 50 warm-up events first (not counted). Medians over rounds.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 from scratch import scratch_database
+from trees import python_env
 
 from veil import db
 from veil.audit import AuditWriter
@@ -149,12 +162,97 @@ def sequential(url: str, events: int) -> None:
     print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
+async def worker(url: str, callers: int, each: int) -> dict[str, float | str]:
+    """One measured run of the default writer on the event-loop lane, after 50 warm-up events."""
+    import veil
+
+    engine = db.create_engine(url, pool_size=4)
+    writer = AuditWriter(engine, batch_max_events=256, batch_max_delay_ms=2.0)
+    await writer.start_async()
+    try:
+        for i in range(50):
+            await writer.record(event(i))
+        rate, lat, cpu = await run(writer, callers, each)
+    finally:
+        await writer.aclose()
+    engine.dispose()
+    lat.sort()
+    return {
+        "veil": veil.__file__,
+        "rate": rate,
+        "p50": statistics.median(lat) * 1000,
+        "p99": lat[int(len(lat) * 0.99) - 1] * 1000,
+        "cpu": cpu,
+    }
+
+
+def compare(server: str, baseline: Path, rounds: int) -> None:
+    """This checkout vs ``baseline``, one process per (round, callers, tree), order alternating."""
+    trees = {"this tree": Path(__file__).resolve().parent.parent, "baseline": baseline.resolve()}
+    envs = {name: python_env(tree) for name, tree in trees.items()}
+    load = [os.getloadavg()[0]]
+    results: dict[tuple[str, int], list[dict[str, float]]] = {}
+    with scratch_database(server) as url_now, scratch_database(server) as url_base:
+        urls = {"this tree": url_now, "baseline": url_base}
+        for r in range(rounds):
+            for callers, each in LEVELS:
+                order = list(trees) if r % 2 == 0 else list(reversed(trees))
+                for name in order:
+                    env, cwd = envs[name]
+                    script = str(Path(__file__).resolve())
+                    out = subprocess.run(
+                        [sys.executable, script, "--worker", urls[name], str(callers), str(each)],
+                        env=env,
+                        cwd=cwd,
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    ).stdout
+                    got = json.loads(out.strip().splitlines()[-1])
+                    if not Path(str(got.pop("veil"))).resolve().is_relative_to(trees[name]):
+                        raise SystemExit(f"the {name} worker imported the wrong Veil")
+                    results.setdefault((name, callers), []).append(got)
+            load.append(os.getloadavg()[0])
+    print(f"this tree {trees['this tree']} vs baseline {trees['baseline']}: {rounds} rounds, median per column")
+    print("| callers | tree | events/s | record() p50 ms | p99 ms | CPU ms/event |")
+    print("|---:|---|---:|---:|---:|---:|")
+    med: dict[tuple[str, int], dict[str, float]] = {}
+    for callers, _ in LEVELS:
+        for name in trees:
+            runs = results[(name, callers)]
+            m = {k: statistics.median(run[k] for run in runs) for k in ("rate", "p50", "p99", "cpu")}
+            med[(name, callers)] = m
+            print(f"| {callers} | {name} | {m['rate']:,.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['cpu']:.3f} |")
+    print("ratios this tree / baseline (medians): ", end="")
+    print(
+        "; ".join(
+            f"{c} callers: CPU {med[('this tree', c)]['cpu'] / med[('baseline', c)]['cpu']:.2f}x, "
+            f"p50 {med[('this tree', c)]['p50'] / med[('baseline', c)]['p50']:.2f}x"
+            for c, _ in LEVELS
+        )
+    )
+    print(f"1-minute load average over the run: {min(load):.1f}-{max(load):.1f}")
+
+
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sequential", type=int, metavar="N", help="one caller, N events per path")
+    parser.add_argument("--baseline-tree", type=Path, help="compare with the writer of this checkout")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of --baseline-tree (default 7)")
+    parser.add_argument("--worker", nargs=3, metavar=("URL", "CALLERS", "EACH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        url, callers, each = args.worker
+        print(json.dumps(asyncio.run(worker(url, int(callers), int(each)))))
+        sys.exit()
     server = os.environ.get("DATABASE_URL")
     if not server:
         sys.exit("set DATABASE_URL to a PostgreSQL server (a scratch database is created on it)")
+    if args.baseline_tree:
+        compare(server, args.baseline_tree, args.rounds)
+        sys.exit()
     with scratch_database(server) as url:
-        if len(sys.argv) > 2 and sys.argv[1] == "--sequential":
-            sequential(url, int(sys.argv[2]))
+        if args.sequential:
+            sequential(url, args.sequential)
         else:
             asyncio.run(main(url))

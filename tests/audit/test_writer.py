@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 import threading
 import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -14,7 +17,8 @@ import sqlalchemy as sa
 
 from veil.audit import AuditWriter, digest_args
 from veil.audit import writer as writer_module
-from veil.audit.chain import append_events
+from veil.audit.canonical import encode_record
+from veil.audit.chain import COLUMNS, append_events
 from veil.audit.events import AuditEvent
 from veil.audit.verify import verify
 from veil.errors import AuditUnavailable
@@ -199,8 +203,8 @@ def test_digest_args_is_canonical() -> None:
 
 @pytest.mark.req("audit:chain")
 def test_one_statement_batches_store_every_column_as_given(fresh_engine: sa.Engine) -> None:
-    """The one-statement append sends each column as an array (lists of strings as JSON texts):
-    awkward strings, empty lists and missing values come back exactly, and the chain verifies."""
+    """The one-statement append sends the batch as one JSON document: awkward strings, empty
+    lists and missing values come back exactly, and the chain verifies."""
     odd = ['quote " back\\slash', "{brace, comma}", "NULL", "", "emoji \U0001f600 \u00fc", "[TOKEN_1]"]
     events = [
         tool_event(
@@ -229,6 +233,74 @@ def test_one_statement_batches_store_every_column_as_given(fresh_engine: sa.Engi
     for e in events:
         r = rows[e.id]
         assert (r.roles, r.tokens, r.upstream, r.duration_ms) == (e.roles, e.tokens, e.upstream, e.duration_ms)
+
+
+@pytest.mark.req("audit:chain")
+def test_one_statement_append_stores_what_the_lock_path_stores(fresh_engine: sa.Engine) -> None:
+    """Each awkward event is appended twice: in one statement (the batch as a JSON document)
+    and under the chain lock (COPY). Both rows hold the same values, bit for bit where the hash
+    depends on them (timestamps to the microsecond whatever the time zone, floats, unicode,
+    NULLs, empty lists, a large detail), and the chain verifies."""
+    deep: dict[str, object] = {"leaf": [None, True, False, 0, -1, 2**53 - 1]}
+    for level in range(60):
+        deep = {f"l{level}": deep, "n": level / 7}
+    awkward = [
+        AuditEvent(kind="session.open"),  # every optional column NULL, every list and object empty
+        tool_event(1, ts=datetime(2026, 11, 29, 13, 5, 7, 123456, tzinfo=ZoneInfo("America/St_Johns"))),
+        tool_event(2, ts=datetime(2026, 11, 29, 23, 59, 59, 999999, tzinfo=ZoneInfo("Asia/Kathmandu"))),
+        tool_event(3, ts=datetime(1900, 1, 1, 0, 0, 0, 1, tzinfo=ZoneInfo("Europe/Amsterdam"))),  # +00:19:32
+        tool_event(5, ts=datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC)),
+        tool_event(
+            6,
+            principal="Zo\u00eb \u674e \U0001f600 \u202e rtl \u2028 sep",
+            roles=["", "NULL", "{a,b}", 'q"uote', "back\\slash", "\x01\x1f\n\t"],
+            tokens=["\U0001f600"],
+            tool="nul\x00inside",
+            session_id="lone \ud800 surrogate",
+            detail={"\u00fcml\u00e4ut": "\u0000 and \\u0000", "\U0001f600": ["\ufb33", "a"], "": {}},
+        ),
+        tool_event(7, duration_ms=5e-324, detail={"tiny": 1e-320, "max": 1.7976931348623157e308, "third": 1 / 3}),
+        tool_event(8, duration_ms=-0.0, detail={"big": 2**60, "neg": -(2**63), "safe": 2**53 - 1, "zero": -0.0}),
+        tool_event(9, duration_ms=123456789.12345679, detail={"blob": "x\u00e9" * 300_000, "deep": deep}),
+        tool_event(10, entities={}, tokens=[], untokenised=[], roles=[], detail={}, duration_ms=None),
+    ]
+    with AuditWriter(fresh_engine) as writer:
+        writer.record_sync(tool_event(0))  # the first batch learns the head under the lock
+        for event in awkward:
+            for fast in (True, False):
+                writer.fast_append = fast
+                writer.record_sync(dataclasses.replace(event, id=uuid.uuid4(), detail={**event.detail, "fast": fast}))
+        assert writer.fast_appends == len(awkward)
+        writer.fast_append = True
+        # A UTC offset with microseconds: COPY's text cannot carry it (the lock path refuses the
+        # event); the one statement sends the UTC time that is hashed.
+        odd_zone = timezone(-timedelta(microseconds=3))
+        writer.record_sync(tool_event(4, ts=datetime(2026, 3, 1, 0, 0, 0, 7, tzinfo=odd_zone)))
+        assert writer.fast_appends == len(awkward) + 1
+
+        # and all of them again as one batch of the event-loop lane
+        async def batch() -> None:
+            async with AuditWriter(fresh_engine, batch_max_events=64) as lane:
+                await lane.record(tool_event(11))
+                await asyncio.gather(*(lane.record(dataclasses.replace(e, id=uuid.uuid4())) for e in awkward))
+                assert lane.fast_appends >= 1
+
+        asyncio.run(batch())
+    with fresh_engine.connect() as conn:
+        result = verify(conn)
+        rows = conn.execute(sa.text("SELECT * FROM audit_events ORDER BY seq")).mappings().all()
+    assert result.ok, result.problem
+    pairs = [rows[1 + 2 * i : 3 + 2 * i] for i in range(len(awkward))]
+    for event, (fast, locked) in zip(awkward, pairs, strict=True):
+        assert fast["detail"].pop("fast") is True and locked["detail"].pop("fast") is False
+        assert fast["occurred_at"] == locked["occurred_at"] == event.ts
+        assert fast["ts"] <= locked["ts"]
+        for column in COLUMNS:
+            if column not in ("seq", "ts", "id", "prev_hash", "hash"):
+                assert fast[column] == locked[column], column
+        same = {"seq": 0, "ts": locked["ts"], "id": locked["id"]}
+        assert encode_record({**fast, **same}) == encode_record({**locked, **same})
+    assert len(rows) == 3 + 3 * len(awkward)  # the lane's batch: verified with the rest
 
 
 def test_nul_characters_are_stored_and_hash_consistently(fresh_engine: sa.Engine) -> None:

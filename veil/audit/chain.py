@@ -17,7 +17,6 @@ kept in ``occurred_at``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import psycopg
 import sqlalchemy as sa
 
-from veil.audit.canonical import FIELDS, EncodingError, _text, chain_hash, json_value, to_json_text
+from veil.audit.canonical import FIELDS, EncodingError, _text, chain_hash, format_ts, json_value, to_json_text
 from veil.audit.events import AuditEvent
 from veil.audit.partitions import Month, PartitionCache, ensure_partition
 
@@ -79,9 +78,9 @@ def _insert(conn: sa.Connection, params: list[dict[str, Any]]) -> None:
     if isinstance(driver, psycopg.Connection):
         with driver.cursor() as cur, cur.copy(COPY_SQL) as copy:
             for p in params:
-                copy.write_row([p[c] for c in COLUMNS])
+                copy.write_row([to_json_text(p[c]) if c in _JSONB else p[c] for c in COLUMNS])
     else:  # pragma: no cover - Veil ships with psycopg 3
-        conn.execute(INSERT, params)
+        conn.execute(INSERT, [{**p, **{c: to_json_text(p[c]) for c in _JSONB}} for p in params])
 
 
 def prepare(event: AuditEvent) -> dict[str, Any]:
@@ -117,7 +116,6 @@ def prepare(event: AuditEvent) -> dict[str, Any]:
 
 _TYPES = {
     "seq": "bigint",
-    "ts": "timestamptz",
     "occurred_at": "timestamptz",
     "id": "uuid",
     "roles": "text[]",
@@ -126,33 +124,36 @@ _TYPES = {
     "untokenised": "jsonb",
     "detail": "jsonb",
     "duration_ms": "float8",
-    "prev_hash": "bytea",
-    "hash": "bytea",
 }
-_LISTS = ("roles", "tokens")  # text[] per row: sent as JSON texts (unnest needs rectangular arrays)
+_TEXT = "text"
+_HEX = ("prev_hash", "hash")  # bytea, sent as hex text and decoded in SQL
+_ROW = tuple(c for c in COLUMNS if c != "ts")  # what a batch row carries (ts: the moved head's)
+_AS_IS = tuple(c for c in _ROW if c not in ("occurred_at", "id", *_HEX))  # JSON values already
 
 
 def _column(c: str) -> str:
-    if c in _LISTS:
-        return f"ARRAY(SELECT jsonb_array_elements_text(CAST(v.{c} AS jsonb)))"
-    return f"CAST(v.{c} AS jsonb)" if c in _JSONB else f"v.{c}"
+    if c == "ts":
+        return "moved.ts"
+    return f"decode(v.{c}, 'hex')" if c in _HEX else f"v.{c}"
 
 
-def _array_type(c: str) -> str:
-    return "text[]" if c in _LISTS or c in _JSONB else f"{_TYPES.get(c, 'text')}[]"
-
-
-#: One statement text for every batch size: each column is one array parameter, unnested into
-#: rows. A statement with a VALUES row per event (27 parameters each) was new text for every
-#: batch size and, over psycopg's 50-parameter cache limit, was re-parsed by psycopg on every
-#: append (a tenth of the writer's CPU); this one is parsed once and has 29 parameters.
+#: One statement text for every batch size, with 6 parameters: the batch's rows are ONE jsonb
+#: parameter (an array of objects, one per event) unpacked by ``jsonb_to_recordset``; every row
+#: takes its ``ts`` from the head the statement moved (:func:`link` gives a batch one ``ts``).
+#: A statement with a VALUES row per event (27 parameters each) was new text for every batch
+#: size and, over psycopg's 50-parameter cache limit, was re-parsed by psycopg on every append
+#: (a tenth of the writer's CPU); one array parameter per column (27 arrays, unnested) was
+#: parsed once, but psycopg's adaptation of those arrays was about a quarter of the writer's CPU
+#: per event. The JSON document is made by the C JSON encoder. Stored values read back exactly
+#: as hashed: timestamps travel as UTC text with microseconds (what the hash covers), hashes as
+#: hex, floats as their shortest round-trip text (jsonb's numeric converts back exactly).
 APPEND_IF_HEAD = (
     "WITH moved AS (UPDATE audit_chain_head SET seq = %s, hash = %s, ts = %s"
-    " WHERE id AND seq = %s AND hash = %s RETURNING 1)"
+    " WHERE id AND seq = %s AND hash = %s RETURNING ts)"
     f" INSERT INTO audit_events ({', '.join(COLUMNS)})"
     f" SELECT {', '.join(_column(c) for c in COLUMNS)}"
-    f" FROM unnest({', '.join(f'%s::{_array_type(c)}' for c in COLUMNS)}) AS v({', '.join(COLUMNS)})"
-    " WHERE EXISTS (SELECT FROM moved)"
+    " FROM moved, jsonb_to_recordset(CAST(%s AS jsonb))"
+    f" AS v({', '.join(f'{c} {_TYPES.get(c, _TEXT)}' for c in _ROW)})"
 ).encode()
 
 
@@ -164,16 +165,7 @@ def link(head: Head, ts: datetime, rows: list[dict[str, Any]]) -> tuple[list[dic
         seq += 1
         full = {**row, "seq": seq, "ts": ts}
         digest = chain_hash(prev, full)
-        params.append(
-            {
-                **full,
-                "entities": to_json_text(row["entities"]),
-                "untokenised": to_json_text(row["untokenised"]),
-                "detail": to_json_text(row["detail"]),
-                "prev_hash": prev,
-                "hash": digest,
-            }
-        )
+        params.append({**full, "prev_hash": prev, "hash": digest})
         out.append(Appended(seq, digest, ts))
         prev = digest
     return params, out
@@ -207,13 +199,20 @@ async def append_if_head_async(
 
 def _append_args(head: Head, params: list[dict[str, Any]], out: list[Appended]) -> list[Any]:
     last = out[-1]
-    args: list[Any] = [last.seq, last.hash, last.ts, head.seq, head.hash]
-    for c in COLUMNS:
-        if c in _LISTS:
-            args.append([json.dumps(p[c]) for p in params])
-        else:
-            args.append([p[c] for p in params])
-    return args
+    return [last.seq, last.hash, last.ts, head.seq, head.hash, batch_json(params)]
+
+
+def batch_json(params: list[dict[str, Any]]) -> str:
+    """The rows of :func:`link` as the one JSON parameter of :data:`APPEND_IF_HEAD`."""
+    rows = []
+    for p in params:
+        row = {c: p[c] for c in _AS_IS}
+        row["occurred_at"] = format_ts(p["occurred_at"])  # the very text the hash covers
+        row["id"] = str(p["id"])
+        row["prev_hash"] = p["prev_hash"].hex()
+        row["hash"] = p["hash"].hex()
+        rows.append(row)
+    return to_json_text(rows)
 
 
 def lock_head(conn: sa.Connection) -> tuple[Head, datetime]:
