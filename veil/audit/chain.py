@@ -144,9 +144,11 @@ def _column(c: str) -> str:
 #: size and, over psycopg's 50-parameter cache limit, was re-parsed by psycopg on every append
 #: (a tenth of the writer's CPU); one array parameter per column (27 arrays, unnested) was
 #: parsed once, but psycopg's adaptation of those arrays was about a quarter of the writer's CPU
-#: per event. The JSON document is made by the C JSON encoder. Stored values read back exactly
-#: as hashed: timestamps travel as UTC text with microseconds (what the hash covers), hashes as
-#: hex, floats as their shortest round-trip text (jsonb's numeric converts back exactly).
+#: per event. With the JSON document (made by the C JSON encoder) the writer's CPU per event is
+#: 0.5-0.7x that (bench/RESULTS.md, "The batch as one JSON parameter"). Stored values read back
+#: exactly as hashed: ``occurred_at`` travels as the UTC text with microseconds that the hash
+#: covers, hashes as hex, floats as their shortest round-trip text (jsonb's numeric converts
+#: back to the same double). Never server-side prepared, so it works behind PgBouncer.
 APPEND_IF_HEAD = (
     "WITH moved AS (UPDATE audit_chain_head SET seq = %s, hash = %s, ts = %s"
     " WHERE id AND seq = %s AND hash = %s RETURNING ts)"
