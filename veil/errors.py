@@ -12,6 +12,7 @@
     ├── UpstreamError              an upstream server failed, died or is unreachable
     ├── ToolNotFound               the agent named a tool that does not exist
     ├── InvalidArguments           arguments do not match the tool's schema
+    │   └── HeaderMismatch         an Mcp-Param-* header disagrees with its argument (2026-07-28)
     ├── AuditUnavailable           an audit event could not be made durable (fail closed)
     ├── SandboxError               code execution could not run safely
     ├── TokenizeBudgetExceeded     tokenising a result ran out of its time budget (fail closed)
@@ -29,6 +30,7 @@ from typing import Any
 # JSON-RPC reserved codes and Veil's own application codes (-32000..-32099 are for servers).
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
+HEADER_MISMATCH = -32020  # mcp_types.HEADER_MISMATCH: a routing header disagrees with the body
 
 
 class VeilError(Exception):
@@ -125,6 +127,13 @@ class ToolNotFound(VeilError):
 
 class InvalidArguments(VeilError):
     code = INVALID_PARAMS
+
+
+class HeaderMismatch(InvalidArguments):
+    """A 2026-07-28 request's ``Mcp-Param-*`` header (an argument mirrored for intermediaries that
+    route on it) disagrees with the body; the SDK's code for it, which its transport answers 400."""
+
+    code = HEADER_MISMATCH
 
 
 class AuditUnavailable(VeilError):

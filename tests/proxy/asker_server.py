@@ -136,6 +136,13 @@ def lookup(email: Annotated[str, Field(description=f"for example {ADDRESS}", exa
     return json.dumps({"email": email, "plan": "gold", "phones": [PHONE]})
 
 
+@mcp.tool()
+def route(region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})], note: str = "") -> str:
+    """Its ``region`` is mirrored by 2026-07-28 clients into an ``Mcp-Param-Region`` header."""
+    record("route", region)
+    return f"routed to {region}"
+
+
 @mcp.tool(structured_output=False)
 def record_as_text() -> str:
     """A JSON record as plain text content."""

@@ -53,6 +53,7 @@ def _sse_messages(body: str) -> list[dict[str, Any]]:
     return messages
 
 
+@pytest.mark.req("transport:http-response-type")
 async def test_an_answer_with_nothing_before_it_is_one_json_body_and_anything_first_makes_a_stream(
     make_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

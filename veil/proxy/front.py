@@ -56,6 +56,11 @@ def _error(exc: VeilError) -> MCPError:
     return MCPError(exc.code, exc.message, exc.data)
 
 
+def _schema_checked_by_the_runner(name: str) -> None:
+    """No schema for the SDK's pre-dispatch header check: the runner does it (see Front)."""
+    return None
+
+
 class _Server(Server[Any]):
     """Veil relays upstreams' list-changed notifications on every transport, so its capabilities
     say ``listChanged: true`` by default (the SDK's HTTP runner asks with no options, i.e. false)."""
@@ -107,6 +112,10 @@ class Front:
             "veil",
             version=veil.__version__,
             instructions=gateway.instructions,  # Veil's and each upstream's (veil.proxy.survey)
+            # Mcp-Param-* headers are checked by the tools/call handler against this session's
+            # listing (veil.proxy.methods._check_param_headers); without a lookup the SDK would
+            # run a tools/list through Veil before every call with arguments to find the schema.
+            get_tool_input_schema=_schema_checked_by_the_runner,
         )
         for method, params_type in AGENT_METHODS.items():
             self.server.add_request_handler(method, params_type, self._handler(method))

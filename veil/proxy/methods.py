@@ -19,10 +19,18 @@ from typing import TYPE_CHECKING, Any
 import jsonschema
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
+from mcp.shared.inbound import validate_mcp_param_headers
 
 from veil.audit import digest_args
 from veil.audit import events as ev
-from veil.errors import InvalidArguments, TokenizeBudgetExceeded, ToolNotFound, UpstreamError, VeilError
+from veil.errors import (
+    HeaderMismatch,
+    InvalidArguments,
+    TokenizeBudgetExceeded,
+    ToolNotFound,
+    UpstreamError,
+    VeilError,
+)
 from veil.proxy import catalogue as cat
 from veil.proxy.flow import Flow, Target
 from veil.proxy.shaping import from_wire, to_wire, withhold_binary
@@ -314,6 +322,7 @@ class ToolsCall(Handler):
                 "(task-augmented execution), which Veil does not relay yet; see docs/conformance.md, 'Not covered'"
             )
         _validate(entry.tool, arguments, upstream, tool)
+        _check_param_headers(flow, entry.tool, arguments)
 
     def outbound(self, flow: Flow) -> Any:
         return dict(flow.params.arguments or {})
@@ -344,6 +353,21 @@ class ToolsCall(Handler):
         if flow.result.is_error:
             flow.outcome = ev.ERROR
             flow.detail["upstream_error"] = True
+
+
+def _check_param_headers(flow: Flow, tool_def: types.Tool, arguments: dict[str, Any]) -> None:
+    """A 2026-07-28 agent mirrors the arguments its tool's schema marks ``x-mcp-header`` into
+    ``Mcp-Param-*`` headers, and they must agree with the body. Checked here, against the tool as
+    this session listed it, because the SDK's own check (when the server gives it no schema
+    lookup) runs a whole tools/list through Veil on every call with arguments: audited as a
+    listing the agent never asked for, and a second trip through the runner. (Front gives the SDK
+    a lookup that leaves the check to this stage.) Handshake-era agents send no such headers."""
+    request = getattr(flow.ctx, "request", None)
+    if request is None or flow.session is None or not flow.session.stateless_agent(flow.ctx):
+        return
+    rejection = validate_mcp_param_headers(tool_def.input_schema or {}, arguments, request.headers)
+    if rejection is not None:
+        raise HeaderMismatch(rejection.message)  # names the header and the argument, never a value
 
 
 def _validate(tool_def: types.Tool, arguments: dict[str, Any], upstream: str, tool: str) -> None:
