@@ -1,14 +1,15 @@
 """Tool calls per second through one ``veil serve --http`` process, 50 concurrent agents.
 
 Side by side, in one run, against the same upstream (the demo CRM served over Streamable HTTP,
-tool ``ping`` returning ``{"ok": true}``):
+by default tool ``ping`` returning ``{"ok": true}``; ``--tool``/``--arguments`` pick another):
   direct:  N agents ──HTTP──▶ crm                          (ping)
   veil:    N agents ──HTTP──▶ veil serve ──HTTP──▶ crm     (crm__ping, durable audit)
-Every agent is a real MCP client session (its own ``Mcp-Session-Id``) calling in a loop, as fast
-as answers come back. The agents run in ``--workers`` load-generator processes (they share the
-machine's cores with Veil, the CRM and PostgreSQL; on a small machine they are a large part of
-the load). Phases alternate (direct, veil, direct, veil, ...) so machine noise hits both paths
-alike; each phase lasts ``--seconds``.
+Every agent is a real MCP client calling in a loop, as fast as answers come back: a handshake-era
+session (its own ``Mcp-Session-Id``) by default, 2026-07-28 requests with ``--mode auto``. The
+agents run in ``--workers`` load-generator processes (they share the machine's cores with Veil,
+the CRM and PostgreSQL; on a small machine they are a large part of the load). Phases alternate
+(direct, veil, direct, veil, ...) so machine noise hits both paths alike; each phase lasts
+``--seconds``.
 
 Group commit is checked in the database, not taken on trust: each batch the audit writer commits
 shares one ``ts``, so for every veil phase the script counts the audit events appended and the
@@ -23,7 +24,7 @@ before a change) on a scratch database of its own, takes a third phase in every 
 (direct, veil, baseline, ...) against the same upstream: a before/after of one run.
 
     DATABASE_URL=postgresql://... .venv/bin/python bench/throughput.py [--agents 50] [--seconds 15] [--rounds 2]
-        [--baseline-tree DIR]
+        [--baseline-tree DIR] [--mode legacy|auto] [--tool ping --arguments '{}']
 
 The baseline runs with its tree as working directory and PYTHONPATH, checked (bench/trees.py).
 """
@@ -96,8 +97,9 @@ def start(
 # -- the load generator (a subprocess: --worker) ------------------------------------------------
 
 
-async def worker(url: str, tool: str, agents: int, seconds: float) -> None:
-    """Open ``agents`` sessions, say READY, wait for GO on stdin, call for ``seconds``, print JSON."""
+async def worker(url: str, tool: str, agents: int, seconds: float, mode: str, arguments: dict[str, Any]) -> None:
+    """Open ``agents`` sessions, say READY, wait for GO on stdin, call for ``seconds``, print JSON.
+    ``mode`` is the SDK client's: ``legacy`` (handshake-era sessions) or ``auto`` (2026-07-28)."""
     from mcp.client.client import Client
 
     latencies: list[float] = []
@@ -108,8 +110,8 @@ async def worker(url: str, tool: str, agents: int, seconds: float) -> None:
 
     async def agent() -> None:
         nonlocal ready
-        async with Client(url, mode="legacy", read_timeout_seconds=120) as client:
-            await client.call_tool(tool, {})  # the session is open and the path warm
+        async with Client(url, mode=mode, read_timeout_seconds=120) as client:
+            await client.call_tool(tool, arguments)  # the session is open and the path warm
             ready += 1
             if ready == agents:
                 all_ready.set()
@@ -117,7 +119,7 @@ async def worker(url: str, tool: str, agents: int, seconds: float) -> None:
             end = time.perf_counter() + seconds
             while (now := time.perf_counter()) < end:
                 try:
-                    result = await client.call_tool(tool, {})
+                    result = await client.call_tool(tool, arguments)
                     if result.is_error:
                         errors["error result"] = errors.get("error result", 0) + 1
                         continue
@@ -143,12 +145,19 @@ async def worker(url: str, tool: str, agents: int, seconds: float) -> None:
 
 
 def run_phase(
-    url: str, tool: str, agents: int, workers: int, seconds: float, server: subprocess.Popen[Any]
+    url: str,
+    tool: str,
+    agents: int,
+    workers: int,
+    seconds: float,
+    server: subprocess.Popen[Any],
+    mode: str,
+    arguments: str,
 ) -> tuple[list[float], dict[str, int], float]:
     per = [agents // workers + (1 if i < agents % workers else 0) for i in range(workers)]
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "--worker", url, tool, str(n), str(seconds)],
+            [sys.executable, __file__, "--worker", url, tool, str(n), str(seconds), mode, arguments],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -241,14 +250,14 @@ def main(args: argparse.Namespace) -> None:
         crm = start([sys.executable, str(CRM), "--http", f"127.0.0.1:{crm_port}"], work, "crm", crm_port, env)
         veil, veil_port = start_veil(ROOT, work, "veil", crm_port, db_url, env)
         paths = {
-            "direct": (f"http://127.0.0.1:{crm_port}/mcp", "ping"),
-            "veil": (f"http://127.0.0.1:{veil_port}/mcp", "crm__ping"),
+            "direct": (f"http://127.0.0.1:{crm_port}/mcp", args.tool),
+            "veil": (f"http://127.0.0.1:{veil_port}/mcp", f"crm__{args.tool}"),
         }
         server_of = {"direct": crm, "veil": veil}
         if base_url is not None:
             tree = Path(args.baseline_tree).resolve()
             server_of["baseline"], base_port = start_veil(tree, work, "baseline", crm_port, base_url, env)
-            paths["baseline"] = (f"http://127.0.0.1:{base_port}/mcp", "crm__ping")
+            paths["baseline"] = (f"http://127.0.0.1:{base_port}/mcp", f"crm__{args.tool}")
         results: dict[str, dict[str, Any]] = {p: {"lat": [], "seconds": 0.0, "errors": {}, "cpu": 0.0} for p in paths}
         group = {"events": 0, "commits": 0, "xact": 0}
         loads: list[float] = []
@@ -258,7 +267,14 @@ def main(args: argparse.Namespace) -> None:
                     for name, (url, tool) in paths.items():
                         before = audit_counts(conn, dbname)
                         lat, errors, cpu = run_phase(
-                            url, tool, args.agents, args.workers, args.seconds, server_of[name]
+                            url,
+                            tool,
+                            args.agents,
+                            args.workers,
+                            args.seconds,
+                            server_of[name],
+                            args.mode,
+                            args.arguments,
                         )
                         results[name]["cpu"] += cpu
                         after = audit_counts(conn, dbname)
@@ -286,7 +302,8 @@ def main(args: argparse.Namespace) -> None:
                 except subprocess.TimeoutExpired:
                     proc.kill()
     print(
-        f"{args.agents} agents in {args.workers} load-generator processes, {args.rounds} x {args.seconds:g} s per path"
+        f"{args.agents} {args.mode} agents in {args.workers} load-generator processes,"
+        f" {args.rounds} x {args.seconds:g} s per path"
         f" (alternating), {os.cpu_count()} cores; load average during the phases "
         f"{min(loads):.1f}-{max(loads):.1f}"
     )
@@ -318,8 +335,8 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        url, tool, agents, seconds = sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
-        anyio.run(worker, url, tool, agents, seconds)
+        url, tool, agents, seconds, mode = sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
+        anyio.run(worker, url, tool, agents, seconds, mode, json.loads(sys.argv[7]))
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", type=int, default=50)
@@ -328,6 +345,14 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     parser.add_argument("--baseline-tree", help="also run `veil serve --http` from this checkout (before/after)")
+    parser.add_argument(
+        "--mode",
+        choices=["legacy", "auto"],
+        default="legacy",
+        help="the agents' protocol: handshake-era sessions (legacy) or 2026-07-28 requests (auto)",
+    )
+    parser.add_argument("--tool", default="ping", help="the demo CRM's tool every agent calls (get_customer, ...)")
+    parser.add_argument("--arguments", default="{}", help="its arguments, as JSON")
     args = parser.parse_args()
     if not args.database_url:
         sys.exit("set DATABASE_URL to a PostgreSQL server (a scratch database is created on it)")
