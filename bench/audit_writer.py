@@ -31,13 +31,12 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from scratch import scratch_database
-from trees import python_env
+from trees import python_env, run_for_json
 
 from veil import db
 from veil.audit import AuditWriter
@@ -198,17 +197,8 @@ def compare(server: str, baseline: Path, rounds: int) -> None:
             for callers, each in LEVELS:
                 order = list(trees) if r % 2 == 0 else list(reversed(trees))
                 for name in order:
-                    env, cwd = envs[name]
                     script = str(Path(__file__).resolve())
-                    out = subprocess.run(
-                        [sys.executable, script, "--worker", urls[name], str(callers), str(each)],
-                        env=env,
-                        cwd=cwd,
-                        capture_output=True,
-                        text=True,
-                        check=True,
-                    ).stdout
-                    got = json.loads(out.strip().splitlines()[-1])
+                    got = run_for_json([script, "--worker", urls[name], str(callers), str(each)], envs[name])
                     if not Path(str(got.pop("veil"))).resolve().is_relative_to(trees[name]):
                         raise SystemExit(f"the {name} worker imported the wrong Veil")
                     results.setdefault((name, callers), []).append(got)

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.export_data import generate_export  # noqa: E402
 from bench.tokenize_export import recall, temp_database  # noqa: E402
-from bench.trees import python_env  # noqa: E402
+from bench.trees import python_env, run_for_json  # noqa: E402
 from examples.crm_data import generate_customers, ground_truth_values  # noqa: E402
 
 CHILD = r"""
@@ -57,18 +56,9 @@ print(json.dumps(result))
 def run(tree: Path, data_file: str, runs: int) -> dict:
     url, drop = temp_database(os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"))
     try:
-        env, cwd = python_env(tree)
-        out = subprocess.run(
-            [sys.executable, "-c", CHILD, str(tree), data_file, str(runs), url],
-            env=env,
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        return run_for_json(["-c", CHILD, str(tree), data_file, str(runs), url], python_env(tree))
     finally:
         drop()
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:

@@ -11,10 +11,12 @@ comparisons recorded before that in RESULTS.md say so). A subprocess started wit
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def python_env(tree: Path, env: dict[str, str] | None = None) -> tuple[dict[str, str], Path]:
@@ -32,3 +34,11 @@ def python_env(tree: Path, env: dict[str, str] | None = None) -> tuple[dict[str,
     if not Path(found).resolve().is_relative_to(tree):
         raise SystemExit(f"a Veil started for {tree} would import {found}: fix the checkout or PYTHONPATH first")
     return env, tree
+
+
+def run_for_json(args: list[str], where: tuple[dict[str, str], Path]) -> Any:
+    """``sys.executable *args`` run under ``where`` (``python_env``'s answer): its last line of
+    output, which the benchmarks' child processes print as their JSON report."""
+    env, cwd = where
+    out = subprocess.run([sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
