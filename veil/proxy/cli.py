@@ -87,7 +87,9 @@ def serve(config_path: str, listen: str | None) -> None:
             else:
                 await serve_stdio(gateway, stop=stop)
 
-    anyio.run(main)
+    # uvloop: the gateway is an event loop moving small messages between sockets and pipes, where
+    # the standard loop's Python-level transports cost a large share of each call (bench/RESULTS.md).
+    anyio.run(main, backend_options={"use_uvloop": True})
     # Everything is closed, flushed and audited: skip the interpreter's teardown of the NLP models
     # and the rest of the heap (measured: 5-8 s on a busy 2-core host, counted against Kubernetes'
     # grace period and a service manager's stop timeout).

@@ -364,8 +364,17 @@ async def serve_http(
     stop = stop or Stop(gateway.config.limits.shutdown_grace_s)
     wrapped, inner, sessions = http_app(gateway, host, stop=stop)
     # log_config=None: uvicorn's records go through Veil's handler (text or JSON, veil/ops/logs.py).
+    # http="httptools": the C parser (uvicorn's default when installed, named so a missing one is
+    # an ImportError at start rather than a silent fall-back to the slower h11).
     config = uvicorn.Config(
-        wrapped, host=host, port=port, log_level="warning", lifespan="off", access_log=False, log_config=None
+        wrapped,
+        host=host,
+        port=port,
+        http="httptools",
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        log_config=None,
     )
     server = Server(config)
     monitor = wrapped.monitor
