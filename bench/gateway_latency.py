@@ -15,19 +15,29 @@ In the same loop, for context:
 Each Veil gets its own scratch database on the server DATABASE_URL names (created, migrated and
 dropped), so two Veils never share one audit chain.
 
-    DATABASE_URL=postgresql://... .venv/bin/python bench/gateway_latency.py [--calls 300] [--baseline-tree DIR]
+With ``--stages``, this tree's Veil also serves its Prometheus metrics on a loopback port, and
+the script reports where a call's time inside Veil goes: the mean of each runner stage
+(``veil_stage_duration_seconds``: admit, the two durable audit events, the exchange with the
+upstream, tokenising...) and of the whole call (``veil_call_duration_seconds``) over the timed
+calls, read from Veil's own histograms before and after them.
+
+    DATABASE_URL=postgresql://... .venv/bin/python bench/gateway_latency.py [--calls 300]
+        [--baseline-tree DIR] [--stages]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
+from typing import Any
 
 import anyio
 import psycopg
@@ -35,6 +45,7 @@ import yaml
 from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters
 from scratch import scratch_database
+from startup import free_port
 from trees import python_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,16 +61,18 @@ def libpq(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
-def veil_params(work: Path, tree: Path, database_url: str) -> StdioServerParameters:
+def veil_params(work: Path, tree: Path, database_url: str, metrics_port: int | None = None) -> StdioServerParameters:
     """``veil serve`` (stdio) from ``tree`` in front of the crm example, on its own database."""
     work.mkdir(parents=True)
-    config = {
+    config: dict[str, Any] = {
         "upstreams": {"crm": {"command": sys.executable, "args": [str(CRM)], "env": {"CRM_RECORDS": "40"}}},
         "data_dir": str(work / "data"),
         "expose": "direct",
         "policy": str(ROOT / "policies" / "default.yaml"),
         "database_url": database_url,
     }
+    if metrics_port is not None:
+        config["observability"] = {"metrics": {"listen": f"127.0.0.1:{metrics_port}"}}
     (work / "veil.yaml").write_text(yaml.safe_dump(config))
     env, cwd = python_env(tree)
     return StdioServerParameters(
@@ -70,8 +83,33 @@ def veil_params(work: Path, tree: Path, database_url: str) -> StdioServerParamet
     )
 
 
-async def main(calls: int, server: str, baseline_tree: str | None) -> None:
+Durations = dict[tuple[str, str, str], float]
+_DURATION = re.compile(
+    r'^veil_(stage|call)_duration_seconds_(sum|count)\{(?:stage|method)="([^"]+)"\} (\S+)$', re.MULTILINE
+)
+
+
+def durations(port: int) -> Durations:
+    """Veil's stage and call duration histograms' sums and counts, keyed (kind, name, sum|count)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {(m[1], m[3], m[2]): float(m[4]) for m in _DURATION.finditer(text)}
+
+
+def report_stages(before: Durations, after: Durations, calls: int) -> None:
+    print(f"inside Veil, mean per timed call ({calls} calls, from its own histograms):")
+    for kind, name, part in sorted(after):
+        if part != "sum":
+            continue
+        count = after[(kind, name, "count")] - before.get((kind, name, "count"), 0.0)
+        total = after[(kind, name, "sum")] - before.get((kind, name, "sum"), 0.0)
+        if count:
+            label = f"{kind} {name}"
+            print(f"  {label:<28}{total / count * 1000:>8.3f} ms  ({count / calls:.2f} per call)")
+
+
+async def main(calls: int, server: str, baseline_tree: str | None, stages: bool) -> None:
     work = Path(tempfile.mkdtemp(prefix="veil-bench-"))
+    metrics_port = free_port() if stages else None
     with ExitStack() as dbs:
         url = dbs.enter_context(scratch_database(server))
         paths = {
@@ -79,7 +117,7 @@ async def main(calls: int, server: str, baseline_tree: str | None) -> None:
                 StdioServerParameters(command=sys.executable, args=[str(CRM)], env={"CRM_RECORDS": "40"}),
                 "ping",
             ),
-            "veil": (veil_params(work / "veil", ROOT, url), "crm__ping"),
+            "veil": (veil_params(work / "veil", ROOT, url, metrics_port), "crm__ping"),
         }
         if baseline_tree:
             base_url = dbs.enter_context(scratch_database(server, migrate=False))
@@ -95,6 +133,7 @@ async def main(calls: int, server: str, baseline_tree: str | None) -> None:
             for _ in range(20):  # warm-up: connections, caches, the upstream behind Veil
                 for name, client in clients.items():
                     await client.call_tool(paths[name][1], {})
+            before = durations(metrics_port) if metrics_port is not None else {}
             for _ in range(calls):
                 for name, client in clients.items():
                     t0 = time.perf_counter()
@@ -103,6 +142,7 @@ async def main(calls: int, server: str, baseline_tree: str | None) -> None:
                 t0 = time.perf_counter()
                 probe.execute("INSERT INTO commit_probe VALUES (1)")
                 timings["commit"].append((time.perf_counter() - t0) * 1000)
+            after = durations(metrics_port) if metrics_port is not None else {}
     d50, v50 = statistics.median(timings["direct"]), statistics.median(timings["veil"])
     print(f"calls per path: {calls} (alternating), transport: stdio, result: {{'ok': true}}")
     print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
@@ -116,6 +156,8 @@ async def main(calls: int, server: str, baseline_tree: str | None) -> None:
     if "baseline" in timings:
         b50 = statistics.median(timings["baseline"])
         print(f"added by the baseline tree: p50 {b50 - d50:.2f} ms (this tree / baseline medians {v50 / b50:.2f}x)")
+    if after:
+        report_stages(before, after, calls)
 
 
 if __name__ == "__main__":
@@ -123,7 +165,8 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     parser.add_argument("--baseline-tree", help="also run `veil serve` from this checkout (before/after)")
+    parser.add_argument("--stages", action="store_true", help="also report the mean time of each stage inside Veil")
     args = parser.parse_args()
     if not args.database_url:
         sys.exit("set DATABASE_URL to a PostgreSQL server (scratch databases are created on it)")
-    anyio.run(main, args.calls, args.database_url, args.baseline_tree)
+    anyio.run(main, args.calls, args.database_url, args.baseline_tree, args.stages)
