@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from veil.proxy.shaping import protect, restore, withhold_binary
+from veil.tokenizer.nlp import YOUNG_GENERATION_THRESHOLD, settle_heap
 from veil.tokenizer.walker import walk
 
 from .test_tokenizer import CUSTOMER
@@ -106,3 +107,15 @@ def test_tokenize_leaves_no_cycles(tokenizer, scope, collector_off):
     del out
     found = collector_off()
     assert found == ENCODER_CYCLES, f"{found} objects were left to the cycle collector"
+
+
+def test_settle_heap_raises_the_young_threshold():
+    """What docs/deployment.md says the gateway does once its models are loaded."""
+    before = gc.get_threshold()
+    try:
+        settle_heap()
+        assert gc.get_threshold() == (YOUNG_GENERATION_THRESHOLD, *before[1:])
+        assert YOUNG_GENERATION_THRESHOLD == 50_000  # the number docs/deployment.md gives
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.set_threshold(*before)
