@@ -50,7 +50,7 @@ def withhold_binary(
     appended there (``restore`` puts it back after tokenisation)."""
     # Module-level recursion rather than a nested function that calls itself: such a function
     # is a reference cycle (it holds the cell that holds it), garbage for the cycle collector on
-    # every message (bench/RESULTS.md, "Garbage per call").
+    # every message (bench/RESULTS.md, Throughput, stop 18).
     if isinstance(value, list):
         return [withhold_binary(x, passes, saved) for x in value]
     if not isinstance(value, dict):

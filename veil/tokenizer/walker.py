@@ -211,7 +211,8 @@ def _reserialise(parsed: Any, inner: list[Any], indent: int | None, put: Callabl
 
 
 def _setter(container: Any, index: Any) -> Callable[[Any], None]:
-    # A bound method, not a closure over the Walk: nothing a walk builds points back at it, so
-    # a finished walk is freed by reference counting (a reference cycle per walk left hundreds of
-    # objects per call to the cycle collector, measured: bench/RESULTS.md).
+    # The container's own __setitem__, not a closure over the Walk: nothing a walk builds points
+    # back at it, so a finished walk is freed by reference counting (a reference cycle per walk
+    # left hundreds of objects per call to the cycle collector: bench/RESULTS.md, Throughput,
+    # stop 18).
     return functools.partial(container.__setitem__, index)
