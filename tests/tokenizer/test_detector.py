@@ -11,6 +11,7 @@ from veil.errors import ConfigError
 from veil.tokenizer import Scope
 from veil.tokenizer import nlp as nlp_mod
 from veil.tokenizer.recognizers import OFFLINE_TLD
+from veil.tokenizer.tokenizer import _detected
 
 
 @pytest.fixture
@@ -97,3 +98,18 @@ def test_labels_titles_and_line_openers_are_no_reason_for_ner(detector):
     assert detector.ner_focus(text, [Covered()]) == []
     assert detector.ner_focus(text, []) == [(text.index("(DOB"), len(text))]  # "Roe" unexplained: read
     assert detector.ner_focus("The note says\nMariusz called.", []) == [(14, 29)]  # a name opening a line
+
+
+@pytest.mark.req("tokenize:whole-words")
+@pytest.mark.parametrize(
+    ("text", "span", "whole"),
+    [
+        ("Dear Maria Lopez, hi", (5, 12), "Maria Lopez"),  # stopped inside "Lopez"
+        ("Dear Maria Lopez, hi", (7, 16), "Maria Lopez"),  # started inside "Maria"
+        ("call 415-555-0132 now", (5, 17), "415-555-0132"),  # not inside a word: unchanged
+        ("x" * 100 + "Lopez", (100, 102), "x" * 64 + "Lopez"),  # widened a bounded number of letters
+    ],
+)
+def test_a_detected_span_is_widened_to_whole_words(text, span, whole):
+    hit = _detected(text, *span, "PERSON")
+    assert hit.value == whole and text[hit.start : hit.end] == whole

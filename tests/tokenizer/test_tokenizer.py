@@ -441,3 +441,79 @@ def test_inline_calls_do_the_same_work_or_say_they_would_block(tokenizer, scope,
     token = tokenizer.tokenize({"email": "inline.person@example.com"}, scope, "crm").value["email"]
     with pytest.raises(WouldBlock):  # a token: the vault is read
         tokenizer.untokenize({"to": token}, scope, allow_all, inline=True)
+
+
+# -- values under the escapes of URLs, HTML and JSON ----------------------------------------------
+
+
+@pytest.mark.req("tokenize:escapes")
+@pytest.mark.parametrize(
+    ("text", "fields"),
+    [
+        # an upstream that calls a web API echoes the URL it tried
+        ("GET /search?ssn=219%2D09%2D9999&mail=Maria.Lopez%40example.com: 404", ("ssn", "email")),
+        # a ticket body in HTML; the e-mail obfuscated the way web pages do it
+        (
+            "<p>Maria&nbsp;Lopez &lt;"
+            + "".join(f"&#{ord(c)};" for c in "Maria.Lopez@example.com")
+            + "&gt;, tel&#58; &#43;1&#32;415&#45;555&#45;0132</p>",
+            ("full_name", "email", "phone"),
+        ),
+        # a JSON document quoted (so escaped) inside an error message
+        ('invalid payload: {"card": "4111\\u00a01111\\u00a01111\\u00a01111"} (code 7)', ("card_number",)),
+    ],
+)
+def test_known_values_under_escapes_are_replaced_whole(tokenizer, scope, text, fields):
+    t = known_tokens(tokenizer, scope)
+    out = tokenizer.tokenize({"comment": text}, scope, "tickets").value["comment"]
+    for field in fields:
+        assert t[field] in out, out
+    rest = out
+    for field in fields:
+        rest = rest.replace(t[field], "")
+    for raw in ("219", "9999", "aria", "opez", "555", "0132", "1111"):
+        assert raw not in rest, out
+    assert not re.search(r"%[0-9A-F]{2}\]|\[%|&#\d*\]", out), "a token splits an escape"
+
+
+@pytest.mark.req("tokenize:escapes")
+def test_new_values_are_detected_under_escapes_and_the_rest_keeps_its_encoding(tokenizer, scope):
+    link = "https://crm.example/compose?to=new.person%40corp.example&subject=Hello%20there"
+    out = tokenizer.tokenize({"link": link}, scope, "crm").value["link"]
+    token = TOKEN_RE.search(out)
+    assert token and token.group(0).startswith("[EMAIL_ADDRESS_"), out
+    assert out == f"https://crm.example/compose?to={token.group(0)}&subject=Hello%20there"
+    back = tokenizer.untokenize({"to": token.group(0)}, scope, allow_all).value["to"]
+    assert back == "new.person@corp.example"  # the vault holds the value, not its escaping
+
+
+@pytest.mark.req("tokenize:escapes")
+def test_an_escaped_value_under_a_pii_key_gets_the_token_of_the_value(tokenizer, scope):
+    escaped = tokenizer.tokenize({"name": "Jos\\u00e9 Garc\\u00eda"}, scope, "crm").value["name"]
+    plain = tokenizer.tokenize({"name": "José García"}, scope, "crm").value["name"]
+    assert escaped == plain and escaped.startswith("[PERSON_")
+    echoed = tokenizer.tokenize({"note": "call Jos%C3%A9%20Garc%C3%ADa today"}, scope, "crm").value["note"]
+    assert echoed == f"call {plain} today"
+
+
+# -- a detected value is replaced whole -------------------------------------------------------------
+
+
+@pytest.mark.req("tokenize:whole-words")
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ({"note": "Dear Maria Lopez, thanks for your order."}, ("Maria", "Lopez")),
+        ({"note": "Name: Kwame Osei"}, ("Kwame", "Osei")),
+        ({"name": "Kwame Osei"}, ("Kwame", "Osei")),  # a name field's key is read as the cue
+        ({"note": "Signed by Tomasz Wojcik yesterday"}, ("Tomasz", "Wojcik")),
+        ({"note": "She moved from Villa del Mar last year."}, ("Villa", "del Mar")),
+    ],
+)
+def test_a_value_after_a_cue_is_replaced_whole(tokenizer, scope, value, words):
+    """The cue recognizers once stopped at the first capital of the next word ("Maria L"),
+    leaving the rest of it raw ("Dear [PERSON_1]opez")."""
+    out = json.dumps(tokenizer.tokenize(value, scope, "crm").value)
+    assert TOKEN_RE.search(out), out
+    for word in words:
+        assert word not in out and word[1:] not in out, out

@@ -43,6 +43,7 @@ from datetime import datetime
 import ahocorasick
 from spacy.lang.en.stop_words import STOP_WORDS
 
+from veil.tokenizer.escapes import decoded
 from veil.tokenizer.tokens import ALNUM_TYPES, DIGIT_TYPES, TOKEN_RE, normalise
 
 # Values of these types are too generic to replace on sight elsewhere ("Friday", "American").
@@ -364,7 +365,8 @@ class Guard:
         full_keys: set[str] = set()
         name_words: set[str] = set()
         plain_locals: list[tuple[str, _Pattern]] = []
-        for value, token, entity_type in known:
+        for stored, token, entity_type in known:
+            value = decoded(stored)  # texts are searched decoded too (the tokenizer's ``escapes``)
             if entity_type in UNGUARDED_TYPES or len(value.strip()) < MIN_VALUE_CHARS:
                 continue
             if entity_type == "PERSON":

@@ -426,7 +426,9 @@ class ContextCardRecognizer(PatternRecognizer):
 
 
 # "My name is Akinori", "Dear Ms. Földesy", "Dr. Cindy Holinka": a capitalised name after a cue.
-_NAME = r"\p{Lu}[\p{L}'\u2019-]{1,40}(?:[ \t]{1,8}(?:\p{Lu}\.?|\p{Lu}[\p{L}'\u2019-]{1,40})){0,3}"
+# The whole word before the initial: with the initial first, "Maria Lopez" matched as "Maria L"
+# and "opez" stayed raw (and the span kept NER from reading the rest).
+_NAME = r"\p{Lu}[\p{L}'\u2019-]{1,40}(?:[ \t]{1,8}(?:\p{Lu}[\p{L}'\u2019-]{1,40}|\p{Lu}\.?(?!\p{L}))){0,3}"
 
 
 class CuedPersonRecognizer(PatternRecognizer):
@@ -496,7 +498,8 @@ class NameBeforeVerbRecognizer(PatternRecognizer):
         return None
 
 
-_PLACE = r"\p{Lu}[\p{L}'\u2019.-]{1,40}(?:[ \t](?:\p{Lu}[\p{L}'\u2019.-]{1,40}|de|del|la|le|upon|nad)){0,4}"
+# Each word whole ("Villa del Mar" matched as "Villa de" while "de" came first).
+_PLACE = r"\p{Lu}[\p{L}'\u2019.-]{1,40}(?:[ \t](?:\p{Lu}[\p{L}'\u2019.-]{1,40}|del|de|la|le|upon|nad)(?!\p{L})){0,4}"
 _FIRST_LAST = r"\p{Lu}\p{Ll}[\p{L}'\u2019-]{1,40}"
 
 

@@ -25,13 +25,14 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
 
 from veil.errors import TokenizeBudgetExceeded
 from veil.tokenizer.detector import Detector, TextItem
+from veil.tokenizer.escapes import Unescaped, decoded, unescaped
 from veil.tokenizer.guard import Guard, GuardHit
 from veil.tokenizer.hints import HintTable
 from veil.tokenizer.keyring import Keyring
@@ -146,9 +147,10 @@ class Tokenizer:
         for i, slot in enumerate(w.slots):
             text = slot.text.strip()
             if slot.hint and detector.wants(slot.hint) and not TOKEN_RE.search(slot.text):
-                if not detector.allowed_value(text):
+                value = decoded(text)  # the vault holds the value, not how it was escaped
+                if not detector.allowed_value(value):
                     start = slot.text.index(text)
-                    hits[i].append(_Hit(start, start + len(text), slot.hint, text))
+                    hits[i].append(_Hit(start, start + len(text), slot.hint, value))
                 continue
             rep = same.setdefault((slot.text, slot.context, slot.ner, slot.kind, slot.hint), i)
             if rep == i:
@@ -159,7 +161,10 @@ class Tokenizer:
         #    (hinted ones included) found by the guard, except in sandbox output. When the
         #    patterns go to the worker processes, this thread writes the hinted fields' vault
         #    entries and runs the guard meanwhile (it would only wait for the workers otherwise)
-        texts = [w.slots[i].text for i in free]
+        #    Each text is analysed with its escapes decoded (``escapes``: %40, &#39;, \\u00e9),
+        #    and what is found there is mapped back onto the escapes before replacing
+        views = [unescaped(w.slots[i].text) for i in free]
+        texts = [w.slots[i].text if v is None else v.plain for i, v in zip(free, views, strict=True)]
         scan = [k for k, i in enumerate(free) if w.slots[i].kind != "number" or len(texts[k]) >= _NUMBER_DIGITS]
         at = deadline.at if deadline is not None else None
         items = [TextItem(texts[k], w.slots[free[k]].context) for k in scan]
@@ -215,7 +220,7 @@ class Tokenizer:
             spans = resolved[k] if k in resolved else detector.resolve(texts[k], raw[k])
             if w.slots[i].kind == "number":
                 spans = [s for s in spans if s.entity_type in NUMBER_TYPES and s.end - s.start >= len(texts[k]) - 1]
-            found_hits = [_Hit(s.start, s.end, s.entity_type, texts[k][s.start : s.end]) for s in spans]
+            found_hits = [_detected(texts[k], s.start, s.end, s.entity_type) for s in spans]
             hits[i] = _merge(texts[k], found_hits, self._usable(known[k], detector))
         _fill_tokens(hits, assign)
         check("assigning tokens")
@@ -234,6 +239,10 @@ class Tokenizer:
             _fill_tokens(hits, assign)
             fresh = {h.token: h for i in free for h in hits[i] if h.token and h.token not in known_tokens}
             check("the exact-match guard (values new in this call)")
+        for k, i in enumerate(free):
+            view = views[k]
+            if view is not None and hits[i]:
+                hits[i] = _onto_original(view, hits[i])
         return self._finish(w, hits, copies)
 
     def _vault_assign(self, scope: Scope, source: str) -> Callable[[list[tuple[str, str]]], list[tuple[str, str]]]:
@@ -457,6 +466,35 @@ def _merge(text: str, existing: list[_Hit], extra: list[_Hit]) -> list[_Hit]:
                 out[i] = None
             take(_Hit(start, end, longest.entity_type, text[start:end]))
     return sorted((h for h in out if h is not None), key=lambda h: h.start)
+
+
+_WORD_REACH = 64  # a detected span is widened by at most this many letters either side
+
+
+def _detected(text: str, start: int, end: int, entity_type: str) -> _Hit:
+    """A detected span, widened to whole words: a recognizer that stops inside a word ("Maria L"
+    for "Maria Lopez") would otherwise leave the rest of the word raw beside the token. The
+    guard's hits are not widened: a known value glued to other letters is the attack it finds."""
+    lo = start
+    while lo > 0 and start - lo < _WORD_REACH and text[lo - 1].isalpha() and text[lo].isalpha():
+        lo -= 1
+    hi = end
+    while hi < len(text) and hi - end < _WORD_REACH and text[hi].isalpha() and text[hi - 1].isalpha():
+        hi += 1
+    return _Hit(lo, hi, entity_type, text[lo:hi])
+
+
+def _onto_original(view: Unescaped, hits: list[_Hit]) -> list[_Hit]:
+    """Hits found in the decoded text, as spans of the original: each covers the escapes its
+    characters were decoded from, whole. Hits that now touch the same escape become one."""
+    out: list[_Hit] = []
+    for h in sorted(hits, key=lambda h: h.start):
+        start, end = view.span(h.start, h.end)
+        if out and start < out[-1].end:
+            out[-1] = replace(out[-1], end=max(end, out[-1].end))
+        else:
+            out.append(replace(h, start=start, end=end))
+    return out
 
 
 def _replace(text: str, hits: list[_Hit]) -> str:

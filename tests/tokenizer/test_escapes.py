@@ -1,0 +1,80 @@
+"""The decoded view the tokenizer analyses (pure logic: decoding and the way back)."""
+
+from __future__ import annotations
+
+import pytest
+
+from veil.tokenizer.escapes import ROUNDS, decoded, unescaped
+
+
+def pieces(text: str) -> tuple[str, list[str]]:
+    """The decoded text and, per decoded character, the original characters it came from."""
+    view = unescaped(text)
+    assert view is not None, text
+    return view.plain, [text[slice(*view.span(i, i + 1))] for i in range(len(view.plain))]
+
+
+@pytest.mark.req("tokenize:escapes")
+@pytest.mark.parametrize(
+    ("text", "plain"),
+    [
+        ("jane.doe%40example.com", "jane.doe@example.com"),  # a link, a query string
+        ("123%2D45%2d6789", "123-45-6789"),  # either case of hex digit
+        ("Sean O&#39;Brien", "Sean O'Brien"),  # HTML numeric reference
+        ("Sean O&#x27;Brien &amp; Co&nbsp;Ltd", "Sean O'Brien & Co\xa0Ltd"),  # hex, named
+        ("&#106;&#97;&#110;&#101", "jane"),  # obfuscated for a web page, last ';' left out
+        ("Jos\\u00e9 Garc\\u00eda", "José García"),  # JSON quoted inside an error message
+        ("Caf%C3%A9 M%C3%BCller", "Café Müller"),  # UTF-8 percent-encoded
+        ("\\ud83d\\ude00!", "\U0001f600!"),  # a surrogate pair is one character
+        ("%2540", "@"),  # percent-encoded twice
+        ("%26%2364%3B", "@"),  # an HTML reference, percent-encoded
+    ],
+)
+def test_escapes_are_decoded(text: str, plain: str) -> None:
+    assert decoded(text) == plain
+
+
+@pytest.mark.req("tokenize:escapes")
+@pytest.mark.parametrize(
+    "text",
+    [
+        "plain text",
+        "100% sure, 50%off",  # not two hex digits
+        "a=1&b=2&copy=3",  # no ';': a query string, not a reference
+        "&unknownname;",  # not an HTML5 reference
+        "C:\\users\\jane",  # not \\u and four hex digits
+        "\\ud83d alone",  # a lone surrogate is not a character
+        "%FF%FE",  # bytes that start no UTF-8 character
+    ],
+)
+def test_text_without_a_valid_escape_is_left_alone(text: str) -> None:
+    assert unescaped(text) is None
+    assert decoded(text) == text
+
+
+@pytest.mark.req("tokenize:escapes")
+def test_every_decoded_character_leads_back_to_its_whole_escape() -> None:
+    plain, back = pieces("ssn=123%2D45%2D6789&n=O&#39;Brien")
+    assert plain == "ssn=123-45-6789&n=O'Brien"
+    assert back[7] == "%2D" and back[10] == "%2D" and back[plain.index("'")] == "&#39;"
+    assert "".join(back) == "ssn=123%2D45%2D6789&n=O&#39;Brien"  # nothing lost, nothing twice
+    view = unescaped("ssn=123%2D45%2D6789")
+    assert view is not None
+    assert view.span(4, 15) == (4, 19)  # the value's span covers both escapes whole
+
+
+@pytest.mark.req("tokenize:escapes")
+def test_an_invalid_byte_stays_as_written_beside_decoded_ones() -> None:
+    plain, back = pieces("%FF%41x")
+    assert plain == "%FFAx"
+    assert back == ["%", "F", "F", "%41", "x"]
+
+
+@pytest.mark.req("tokenize:escapes")
+def test_nesting_is_decoded_a_bounded_number_of_rounds() -> None:
+    deep = "@"
+    for _ in range(ROUNDS + 1):
+        deep = "".join(f"%{b:02X}" for b in deep.encode())
+    assert decoded(deep) == "%40"  # one round short of the value: bounded work per string
+    _, back = pieces(deep)
+    assert "".join(back) == deep

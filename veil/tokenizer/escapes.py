@@ -1,0 +1,188 @@
+"""Text seen through the escapes an ordinary upstream applies by itself, and the way back.
+
+Why: detection and the guard read letters and digits, and a standard escape adds letters and
+digits of its own to a value. ``jane.doe%40example.com`` (a link or query string),
+``O&#39;Brien`` or ``&#106;&#97;&#110;&#101;`` (an HTML ticket body, an e-mail obfuscated for a
+web page), ``123%2D45%2D6789`` and ``Jos\\u00e9`` (a JSON document quoted inside an error
+message) hide the value from both, so it reached the agent raw. These are not encodings an
+upstream chooses (base64, a hash: the residual risk in docs/threat-model.md); they are how text
+travels in URLs, HTML and JSON, so an upstream that never meant to hide anything produces them.
+
+The tokenizer analyses the decoded text (``Unescaped.plain``) and maps each span it finds back
+onto the original (``Unescaped.span``): a replacement covers every escape of the value whole,
+and the rest of the text keeps the upstream's own encoding.
+
+Decoded: runs of ``%XX`` as UTF-8 (a byte that does not start a valid character is left as
+written); HTML numeric references (``&#64;``, ``&#x40;``, the ``;`` optional) and the HTML5 named
+references that end in ``;`` (``&amp;``, ``&nbsp;``, ``&apos;``); ``\\uXXXX`` (surrogate pairs
+joined, a lone surrogate left as written). An escape inside an escape (``%26%2364%3B``) is decoded
+too, up to ``ROUNDS`` times.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import html
+import re
+
+ROUNDS = 3  # escapes decoded inside escapes, at most this deep
+
+# One character class first, so the scan skips text without %, & or \ in C (an alternation of
+# three groups first was 20x slower on a megabyte of query strings, none of them decodable).
+_ESCAPE = re.compile(
+    r"[%&\\](?:"
+    r"(?<=%)[0-9A-Fa-f]{2}(?:%[0-9A-Fa-f]{2})*"
+    r"|(?<=&)(?:#(?:[0-9]{1,7}|[xX][0-9A-Fa-f]{1,6});?|[A-Za-z][A-Za-z0-9]{1,31};)"
+    r"|(?<=\\)u[0-9A-Fa-f]{4}(?:\\u[0-9A-Fa-f]{4})*"
+    r")"
+)
+
+# (characters, start, end, decoded): what a stretch of the text stands for; ``decoded`` False
+# for text kept as written, which maps back character by character.
+_Piece = tuple[str, int, int, bool]
+
+
+class _Round:
+    """One round of decoding: from each decoded character to the span of the text it came from."""
+
+    __slots__ = ("_at", "_pieces")
+
+    def __init__(self, pieces: list[tuple[int, int, int, bool]]) -> None:
+        self._pieces = pieces  # (first decoded index, start, end, decoded), in order
+        self._at = [p[0] for p in pieces]
+
+    def start(self, i: int) -> int:
+        at, start, _, whole = self._pieces[bisect.bisect_right(self._at, i) - 1]
+        return start if whole else start + i - at
+
+    def end(self, i: int) -> int:
+        at, start, end, whole = self._pieces[bisect.bisect_right(self._at, i) - 1]
+        return end if whole else start + i - at + 1
+
+
+class Unescaped:
+    """``plain``: the text with its escapes decoded; ``span`` leads back to the original."""
+
+    __slots__ = ("_rounds", "plain")
+
+    def __init__(self, plain: str, rounds: list[_Round]) -> None:
+        self.plain = plain
+        self._rounds = rounds  # the first round's map last applied
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        """The original span that ``plain[start:end]`` was decoded from (``end > start``)."""
+        for r in reversed(self._rounds):
+            start, end = r.start(start), r.end(end - 1)
+        return start, end
+
+
+def unescaped(text: str) -> Unescaped | None:
+    """``text`` with its escapes decoded, or None when it holds none (the common case, found by
+    three substring tests in C)."""
+    if "%" not in text and "&" not in text and "\\u" not in text:
+        return None
+    plain, rounds = text, []
+    for _ in range(ROUNDS):
+        step = _decode_once(plain)
+        if step is None:
+            break
+        plain, r = step
+        rounds.append(r)
+    return Unescaped(plain, rounds) if rounds else None
+
+
+def decoded(text: str) -> str:
+    """``text`` with its escapes decoded (``text`` itself when it holds none)."""
+    view = unescaped(text)
+    return text if view is None else view.plain
+
+
+def _decode_once(text: str) -> tuple[str, _Round] | None:
+    """One round: the decoded text and its map back to ``text``; None when nothing decodes."""
+    out: list[str] = []
+    pieces: list[tuple[int, int, int, bool]] = []
+    pos = size = 0
+    for m in _ESCAPE.finditer(text):
+        found = _pieces(m)
+        if not found:
+            continue
+        if m.start() > pos:
+            found.insert(0, (text[pos : m.start()], pos, m.start(), False))
+        for chars, start, end, whole in found:
+            out.append(chars)
+            pieces.append((size, start, end, whole))
+            size += len(chars)
+        pos = m.end()
+    if not pieces:
+        return None
+    if pos < len(text):
+        out.append(text[pos:])
+        pieces.append((size, pos, len(text), False))
+    return "".join(out), _Round(pieces)
+
+
+def _pieces(m: re.Match[str]) -> list[_Piece]:
+    """What one escape (or run of escapes) stands for; empty when none of it decodes."""
+    lead = m.group()[0]
+    if lead == "%":
+        return _percent(m.group(), m.start())
+    if lead == "\\":
+        return _js(m.group(), m.start())
+    chars = _reference(m.group())
+    return [] if chars == m.group() else [(chars, m.start(), m.end(), True)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _reference(ref: str) -> str:
+    """An HTML character reference decoded (a page repeats a few of them many times)."""
+    return html.unescape(ref)
+
+
+def _utf8_length(lead: int) -> int:
+    if lead < 0x80:
+        return 1
+    if 0xC2 <= lead < 0xE0:
+        return 2
+    if 0xE0 <= lead < 0xF0:
+        return 3
+    if 0xF0 <= lead < 0xF5:
+        return 4
+    return 0  # a continuation byte or an invalid lead
+
+
+def _percent(run: str, at: int) -> list[_Piece]:
+    data = bytes.fromhex(run.replace("%", ""))
+    out: list[_Piece] = []
+    i = 0
+    while i < len(data):
+        size = _utf8_length(data[i])
+        try:
+            ch = data[i : i + size].decode("utf-8") if size and i + size <= len(data) else ""
+        except UnicodeDecodeError:
+            ch = ""
+        if ch:
+            out.append((ch, at + 3 * i, at + 3 * (i + size), True))
+            i += size
+        else:  # kept as written
+            out.append((run[3 * i : 3 * i + 3], at + 3 * i, at + 3 * i + 3, False))
+            i += 1
+    return out if any(p[3] for p in out) else []
+
+
+def _js(run: str, at: int) -> list[_Piece]:
+    units = [int(run[i + 2 : i + 6], 16) for i in range(0, len(run), 6)]
+    out: list[_Piece] = []
+    i = 0
+    while i < len(units):
+        u, start = units[i], at + 6 * i
+        if 0xD800 <= u < 0xDC00 and i + 1 < len(units) and 0xDC00 <= units[i + 1] < 0xE000:
+            out.append((chr(0x10000 + ((u - 0xD800) << 10) + (units[i + 1] - 0xDC00)), start, start + 12, True))
+            i += 2
+            continue
+        if 0xD800 <= u < 0xE000:  # a lone surrogate is not a character: kept as written
+            out.append((run[6 * i : 6 * i + 6], start, start + 6, False))
+        else:
+            out.append((chr(u), start, start + 6, True))
+        i += 1
+    return out if any(p[3] for p in out) else []
