@@ -140,7 +140,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def corpus_gateway(server_url: str, make_database: Callable[[], str]) -> Iterator[GatewayProcess]:
+def corpus_gateway(server_url: str, tcp_server_url: str, make_database: Callable[[], str]) -> Iterator[GatewayProcess]:
     """One ``veil serve --http`` process for the whole corpus (each case opens its own session)."""
     data_dir = Path(tempfile.mkdtemp(prefix="veil-sec-"))
     data_dir.chmod(0o711)  # the sandbox user must reach its workspace
@@ -176,7 +176,7 @@ def corpus_gateway(server_url: str, make_database: Callable[[], str]) -> Iterato
             },
             "db": {
                 "command": str(npm.bin_path("@bytebase/dbhub", "dbhub")),
-                "args": ["--transport", "stdio", "--dsn", _libpq_dsn(server_url, crm_db)],
+                "args": ["--transport", "stdio", "--dsn", _libpq_dsn(tcp_server_url, crm_db)],
             },
         },
         "database_url": make_database(),

@@ -346,6 +346,73 @@ CASES: list[Case] = [
         (("call", "hostile__profile", {"customer_id": "<<cid>>"}),),
         ("email", "ssn", "card_number", "phone", "full_name"),
     ),
+    # values under the escapes of URLs, HTML and JSON: letters and digits of the escape's own
+    # (%40, &#39;, \u0061) hid the value from detection and the guard
+    Case(
+        "blind-dbhub-ssn-and-email-percent-encoded-in-a-link",
+        2,
+        (
+            sql(
+                "select 'https://crm.example/search?ssn=' || replace(ssn,'-','%2D') || '&mail=' "
+                f"|| replace(email,'@','%40') as link from customers where id={ID}"
+            ),
+        ),
+        ("ssn", "email"),
+    ),
+    Case(
+        "blind-dbhub-email-obfuscated-as-html-references",
+        2,
+        (
+            sql(
+                "select string_agg('&#' || ascii(ch) || ';', '') as v "
+                f"from customers, regexp_split_to_table(email, '') ch where id={ID}"
+            ),
+        ),
+        ("email",),
+        note="how web pages hide an address from scrapers",
+    ),
+    Case(
+        "blind-dbhub-name-and-email-in-an-html-body",
+        2,
+        (
+            sql(
+                "select '<p>Customer: ' || replace(full_name,' ','&nbsp;') || ' &lt;' || replace(email,'.','&#46;') "
+                f"|| '&gt;</p>' as body from customers where id={ID}"
+            ),
+        ),
+        ("full_name", "email"),
+    ),
+    Case(
+        "blind-dbhub-name-json-escaped-in-an-error",
+        2,
+        (
+            sql(
+                "select 'invalid payload: {\"name\": \"' || string_agg('\\u' || lpad(to_hex(ascii(ch)), 4, '0'), '') "
+                "|| '\"} (code 7)' as error from customers, regexp_split_to_table(full_name, '') ch "
+                f"where id={ID}"
+            ),
+        ),
+        ("full_name",),
+    ),
+    Case(
+        "blind-dbhub-new-name-after-a-cue",
+        2,
+        (sql(f"select 'Dear ' || full_name || ', your order shipped.' as greeting from customers where id={ID}"),),
+        ("full_name",),
+        prefetch=False,
+        note="not in the vault: detection alone; the cue recognizer once stopped inside the surname",
+    ),
+    Case(
+        "echo-token-percent-encoded-by-the-upstream",
+        1,
+        (
+            sql(
+                "select replace(replace('<<c.email>>', '@', '%40'), '.', '%2E') as v, "
+                "replace('<<c.ssn>>', '-', '%2D') as w"
+            ),
+        ),
+        ("email", "ssn"),
+    ),
     # -- 3. listings: a hostile upstream puts values in interface text --------------------------
     *[
         Case(

@@ -12,7 +12,11 @@ way, and the needle is looked for in each form:
   reduced to its digits, for values with at least 7 digits (SSN, phone, card, date of birth);
 * each of the above reversed (the needle reversed, looked for in the same haystack);
 * character codes: runs of four or more decimal numbers (``[51, 53, 54]``) are decoded to text
-  and searched like the rest.
+  and searched like the rest;
+* escapes: the text with its percent-escapes, HTML character references and ``\\uXXXX`` escapes
+  decoded (``jane%40example.com``, ``O&#39;Brien``, ``&#106;&#97;...``), searched like the rest;
+* a fragment beside a token: three or more letters of a needle's word glued to a token
+  (``[PERSON_1]opez``: a span that stopped inside the word left its rest raw).
 
 Short values (a ZIP code) are only looked for as whole words in ``text``, where anything looser
 would match unrelated numbers.
@@ -20,8 +24,10 @@ would match unrelated numbers.
 
 from __future__ import annotations
 
+import html
 import re
 import unicodedata
+import urllib.parse
 from dataclasses import dataclass
 
 _DIGIT_RUN = re.compile(r"\d(?:[\s\-./()+]{0,3}\d)*")
@@ -55,6 +61,28 @@ def decode_char_codes(text: str) -> str:
     return "\n".join(out)
 
 
+_JS_ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})")
+_TOKEN = re.compile(r"\[[A-Z][A-Z0-9_]*_\d+\]")
+MIN_FRAGMENT = 3
+
+
+def decode_escapes(text: str) -> str:
+    """The text with URL, HTML and JSON escapes decoded (three rounds: escapes in escapes)."""
+    for _ in range(3):
+        text = html.unescape(urllib.parse.unquote(_JS_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)))
+    return text
+
+
+def fragments_beside_tokens(text: str) -> str:
+    """The letters glued to each token, one run per line ("[PERSON_1]opez" gives "opez")."""
+    out = []
+    for m in _TOKEN.finditer(text):
+        before = re.search(r"[^\W\d_]+$", text[max(0, m.start() - 64) : m.start()])
+        after = re.match(r"[^\W\d_]+", text[m.end() : m.end() + 64])
+        out.extend(x.group() for x in (before, after) if x)
+    return "\n".join(out)
+
+
 @dataclass(frozen=True)
 class Leak:
     value: str
@@ -66,11 +94,14 @@ class Haystack:
     """One captured text in every normal form, computed once."""
 
     def __init__(self, text: str) -> None:
-        decoded = decode_char_codes(text)
-        full = text + "\n" + decoded if decoded else text
+        full = "\n".join(t for t in (text, decode_char_codes(text)) if t)
+        unescaped = decode_escapes(full)
+        if unescaped != full:
+            full += "\n" + unescaped
         self.text = normalise(full)
         self.alnum = alnum(full)
         self.digits = "|" + "|".join(digit_runs(full)) + "|"
+        self.glued = [f.casefold() for f in fragments_beside_tokens(full).split("\n") if len(f) >= MIN_FRAGMENT]
 
     def find(self, value: str) -> str | None:
         """The name of the first form in which ``value`` occurs, or None."""
@@ -89,6 +120,15 @@ class Haystack:
                 return form
             if n[::-1] in hay:
                 return f"{form} reversed"
+        return self._fragment(value)
+
+    def _fragment(self, value: str) -> str | None:
+        """``fragment beside a token`` when letters glued to a token are the start or the end of
+        one of the value's words (and the word is longer than the fragment)."""
+        words = [w for w in re.findall(r"[^\W\d_]+", normalise(value)) if len(w) > MIN_FRAGMENT]
+        for f in self.glued:
+            if any(len(f) < len(w) and (w.endswith(f) or w.startswith(f)) for w in words):
+                return "fragment beside a token"
         return None
 
 

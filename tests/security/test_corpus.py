@@ -27,6 +27,7 @@ pytestmark = pytest.mark.anyio
 FIRST_CASE_CUSTOMER = 2  # C0002 for the first case, C0003 for the next, ... (C0101+ are hostile's)
 HOSTILE_FIRST = min(hostile_server.VECTOR_PERSON.values())
 assert FIRST_CASE_CUSTOMER + len(CASES) <= HOSTILE_FIRST + 1, "more cases than customers: raise CRM_RECORDS"
+UNREACHABLE = "is unreachable"  # the gateway's error for an upstream that is down (veil/proxy/upstreams.py)
 PLACEHOLDER = re.compile(r"<<([a-z_]+)(?:\.([a-z_.]+))?>>")
 
 
@@ -287,6 +288,8 @@ async def run_case(case: Case, index: int, gw: GatewayProcess, holder: Agent) ->
     for step in case.steps:
         await run_step(step, agent, cap, env, gw)
     after_prefetch = "\n".join(cap.seen[prefetched:])
+    # a case whose upstream never answered proves nothing (it passed vacuously without dbhub)
+    assert UNREACHABLE not in after_prefetch, f"{case.id}: an upstream was unreachable:\n{after_prefetch[-600:]}"
     captured = {
         "agent": cap.text(),
         "sandbox": env.sandbox,

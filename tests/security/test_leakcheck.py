@@ -36,6 +36,13 @@ SSN, PHONE, EMAIL, NAME, ZIP = (
         (" ".join(str(ord(c)) for c in SSN), SSN, "text"),
         (f'{{"{EMAIL}": 1}}', EMAIL, "text"),
         ("zip 19107.", ZIP, "word"),
+        ("mailto:ngoc.korhonen%40meridianhealth.org", EMAIL, "text"),
+        ("ssn=356%2D78%2D5967", SSN, "text"),
+        ("".join(f"&#{ord(c)};" for c in EMAIL), EMAIL, "text"),
+        ("Ngoc&nbsp;Korhonen", NAME, "text"),
+        ("Ng\\u006fc Korhonen", NAME, "text"),
+        ("Dear [PERSON_1]rhonen, thanks", NAME, "fragment beside a token"),
+        ("Dear Ngo[PERSON_1], thanks", NAME, "fragment beside a token"),
     ],
 )
 def test_finds_each_form(text: str, value: str, form: str) -> None:
@@ -50,6 +57,9 @@ def test_finds_each_form(text: str, value: str, form: str) -> None:
         ("ticket 191074", ZIP),
         ("Ngoc called", NAME),
         ("Get Sum Tool", NAME),
+        ("x[PERSON_1]y and 9[US_SSN_2]9", NAME),  # what an echo glued to a token looks like
+        ("[PERSON_1]s order", NAME),  # too short to be part of a word of the value
+        ("100%25 sure &amp; 50%off", SSN),
     ],
 )
 def test_does_not_cry_wolf(text: str, value: str) -> None:
