@@ -11,20 +11,39 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from tcp_relay import TcpRelay
 
 from veil import db
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = os.environ.get("DATABASE_URL")
     if url:
-        return url
-    return db.start_embedded(tmp_path_factory.mktemp("embedded-pg"))
+        yield url
+        return
+    data_dir = tmp_path_factory.mktemp("embedded-pg")
+    yield db.start_embedded(data_dir)
+    db.stop_embedded(data_dir)  # a test session leaves no server running behind it
+
+
+@pytest.fixture(scope="session")
+def tcp_server_url(server_url: str) -> Iterator[str]:
+    """``server_url`` as a host and port, for third-party tools that take nothing else (dbhub):
+    the same server, through a loopback relay when it is the embedded one (a Unix socket)."""
+    url = make_url(db.normalise_url(server_url))
+    socket_dir = url.query.get("host")
+    if url.host or not isinstance(socket_dir, str):
+        yield server_url
+        return
+    with TcpRelay(Path(socket_dir) / f".s.PGSQL.{url.port or 5432}") as relay:
+        query = {k: v for k, v in url.query.items() if k != "host"}
+        yield url.set(host="127.0.0.1", port=relay.port, query=query).render_as_string(hide_password=False)
 
 
 @pytest.fixture(scope="session")

@@ -51,10 +51,11 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-def customers_dsn(server_url: str) -> Iterator[str]:
-    """A database of its own with a ``customers`` table; dropped at the end."""
+def customers_dsn(tcp_server_url: str) -> Iterator[str]:
+    """A database of its own with a ``customers`` table, by host and port (dbhub takes nothing
+    else); dropped at the end."""
     name = f"veil_subst_{uuid.uuid4().hex[:10]}"
-    url = make_url(db.normalise_url(server_url))
+    url = make_url(db.normalise_url(tcp_server_url))
     admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
