@@ -8,7 +8,8 @@ the real ``Tokenizer`` (Presidio, the vault, the guard) on a scratch database, p
 * the demo CRM's 400 customer records (``examples/crm_data.py``; their notes name other people
   in free text): tokens with letters glued to either side;
 * presidio-research's 1,500 labelled sentences, each as a ``note`` field: labelled PII spans
-  (every type but DATE_TIME, NRP, ORGANIZATION, TITLE and AGE; words of 3+ letters or digits)
+  (every type but DATE_TIME, NRP, ORGANIZATION, TITLE and AGE; words of 3+ letters or digits,
+  not "and", "the", "corner" or the data set's "nan")
   left wholly raw, and partly raw (some of its words, or a piece of a word beside a token);
 * echoes under escapes: after each customer's record is tokenised, its SSN, e-mail, phone and
   full name come back percent-encoded in a link, as HTML numeric references, and JSON-escaped
@@ -37,6 +38,9 @@ DATA = Path("/work/shared/data/presidio_synth_dataset_v2.json")
 TOKEN = re.compile(r"\[[A-Z][A-Z0-9_]*_\d+\]")
 UNSCORED = {"DATE_TIME", "NRP", "ORGANIZATION", "TITLE", "AGE"}
 LETTERS = r"[^\W\d_]+"
+# Words inside labelled spans that identify nobody: English stop words ("the corner of X and Y")
+# and the data set's "nan" (a missing value written out by its generator).
+NOT_PII_WORDS = frozenset({"and", "the", "nan", "for", "corner"})
 
 
 def glued(out: str) -> int:
@@ -107,7 +111,8 @@ def child(database_url: str) -> dict[str, Any]:
         for sp in row["spans"]:
             if sp["entity_type"] in UNSCORED:
                 continue
-            words = [w for w in re.findall(r"[^\W_]+", text[sp["start_position"] : sp["end_position"]]) if len(w) >= 3]
+            value = text[sp["start_position"] : sp["end_position"]]
+            words = [w for w in re.findall(r"[^\W_]+", value) if len(w) >= 3 and w.lower() not in NOT_PII_WORDS]
             if not words:
                 continue
             spans += 1
