@@ -71,6 +71,9 @@ def sql(query: str) -> tuple[Any, ...]:
     return ("call", SQL, {"sql": query})
 
 
+HIGHLIGHTED_SSN = (  # how a search upstream marks what matched
+    f"select 'ssn ' || left(ssn, 7) || '<em>' || right(ssn, 4) || '</em>' as hit from customers where id={ID}"
+)
 CARD_PHONE_SSN_MAIL = ("ssn", "card_number", "phone", "email")
 
 CASES: list[Case] = [
@@ -393,6 +396,21 @@ CASES: list[Case] = [
             ),
         ),
         ("full_name",),
+    ),
+    Case(
+        "blind-dbhub-ssn-highlighted-by-a-search",
+        2,
+        (sql(HIGHLIGHTED_SSN),),
+        ("ssn",),
+        note="search upstreams mark what matched; the tag's letters split the digits",
+    ),
+    Case(
+        "blind-dbhub-new-ssn-highlighted-by-a-search",
+        2,
+        (sql(HIGHLIGHTED_SSN),),
+        ("ssn",),
+        prefetch=False,
+        note="not in the vault: detection alone",
     ),
     Case(
         "blind-dbhub-new-name-after-a-cue",

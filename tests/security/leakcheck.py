@@ -14,7 +14,8 @@ way, and the needle is looked for in each form:
 * character codes: runs of four or more decimal numbers (``[51, 53, 54]``) are decoded to text
   and searched like the rest;
 * escapes: the text with its percent-escapes, HTML character references and ``\\uXXXX`` escapes
-  decoded (``jane%40example.com``, ``O&#39;Brien``, ``&#106;&#97;...``), searched like the rest;
+  decoded and bare tags removed (``jane%40example.com``, ``O&#39;Brien``, ``&#106;&#97;...``,
+  ``123-45-<em>6789</em>``), searched like the rest;
 * a fragment beside a token: three or more letters of a needle's word glued to a token
   (``[PERSON_1]opez``: a span that stopped inside the word left its rest raw).
 
@@ -61,15 +62,18 @@ def decode_char_codes(text: str) -> str:
     return "\n".join(out)
 
 
+_BARE_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]{0,15}\s*/?>")
 _JS_ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})")
 _TOKEN = re.compile(r"\[[A-Z][A-Z0-9_]*_\d+\]")
 MIN_FRAGMENT = 3
 
 
 def decode_escapes(text: str) -> str:
-    """The text with URL, HTML and JSON escapes decoded (three rounds: escapes in escapes)."""
+    """The text with URL, HTML and JSON escapes decoded and bare tags removed (three rounds:
+    escapes in escapes)."""
     for _ in range(3):
         text = html.unescape(urllib.parse.unquote(_JS_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)))
+        text = _BARE_TAG.sub("", text)
     return text
 
 

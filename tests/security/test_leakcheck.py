@@ -41,6 +41,7 @@ SSN, PHONE, EMAIL, NAME, ZIP = (
         ("".join(f"&#{ord(c)};" for c in EMAIL), EMAIL, "text"),
         ("Ngoc&nbsp;Korhonen", NAME, "text"),
         ("Ng\\u006fc Korhonen", NAME, "text"),
+        ("ssn 356-78-<em>5967</em>", SSN, "text"),
         ("Dear [PERSON_1]rhonen, thanks", NAME, "fragment beside a token"),
         ("Dear Ngo[PERSON_1], thanks", NAME, "fragment beside a token"),
     ],

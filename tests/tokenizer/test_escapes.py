@@ -78,3 +78,25 @@ def test_nesting_is_decoded_a_bounded_number_of_rounds() -> None:
     assert decoded(deep) == "%40"  # one round short of the value: bounded work per string
     _, back = pieces(deep)
     assert "".join(back) == deep
+
+
+@pytest.mark.req("tokenize:escapes")
+@pytest.mark.parametrize(
+    ("text", "plain"),
+    [
+        ("123-45-<em>6789</em>", "123-45-6789"),  # a search upstream highlighting what matched
+        ("Maria <B>Lopez</B>", "Maria Lopez"),  # inline formatting reads as nothing, any case
+        ("<td>ROSE</td><td>DENVER</td>", " ROSE  DENVER "),  # cells stay apart
+        ("line one<br/>line two", "line one line two"),
+        ("&lt;em&gt;Lopez&lt;/em&gt;", "Lopez"),  # escaped markup, decoded then read
+    ],
+)
+def test_bare_tags_are_read_through(text: str, plain: str) -> None:
+    assert decoded(text) == plain
+
+
+@pytest.mark.req("tokenize:escapes")
+def test_a_tag_with_attributes_stays_text_to_analyse() -> None:
+    text = "<a href='mailto:jane@example.org'>Jane</a>"
+    assert decoded(text) == "<a href='mailto:jane@example.org'>Jane"
+    assert unescaped("a < b > c") is None  # not a tag

@@ -461,6 +461,8 @@ def test_inline_calls_do_the_same_work_or_say_they_would_block(tokenizer, scope,
         ),
         # a JSON document quoted (so escaped) inside an error message
         ('invalid payload: {"card": "4111\\u00a01111\\u00a01111\\u00a01111"} (code 7)', ("card_number",)),
+        # a search upstream highlighting the digits that matched
+        ("<li>ssn 219-09-<em>9999</em>, <b>Maria</b> <b>Lopez</b></li>", ("ssn", "full_name")),
     ],
 )
 def test_known_values_under_escapes_are_replaced_whole(tokenizer, scope, text, fields):
@@ -485,6 +487,15 @@ def test_new_values_are_detected_under_escapes_and_the_rest_keeps_its_encoding(t
     assert out == f"https://crm.example/compose?to={token.group(0)}&subject=Hello%20there"
     back = tokenizer.untokenize({"to": token.group(0)}, scope, allow_all).value["to"]
     assert back == "new.person@corp.example"  # the vault holds the value, not its escaping
+
+
+@pytest.mark.req("tokenize:escapes")
+def test_a_new_value_split_by_markup_is_detected_and_attributes_are_still_read(tokenizer, scope):
+    out = tokenizer.tokenize({"hit": "SSN 512-34-<em>1290</em> on file"}, scope, "search").value["hit"]
+    assert "1290" not in out and "512" not in out and "[US_SSN_" in out, out
+    link = '<a href="mailto:pat.quinn@corp.example">write</a>'
+    out = tokenizer.tokenize({"html": link}, scope, "crm").value["html"]
+    assert "pat.quinn" not in out and "[EMAIL_ADDRESS_" in out, out
 
 
 @pytest.mark.req("tokenize:escapes")
