@@ -413,6 +413,19 @@ CASES: list[Case] = [
         note="not in the vault: detection alone",
     ),
     Case(
+        "blind-dbhub-known-values-wrapped-as-fake-tokens",
+        2,
+        (
+            sql(
+                "select '[US_SSN_' || replace(ssn,'-','') || ']' as a, "
+                "'[PHONE_NUMBER_' || regexp_replace(phone,'\\D','','g') || ']' as b from customers "
+                f"where id={ID}"
+            ),
+        ),
+        ("ssn", "phone"),
+        note="every token-shaped string was skipped by the guard, whatever it held",
+    ),
+    Case(
         "blind-dbhub-new-name-after-a-cue",
         2,
         (sql(f"select 'Dear ' || full_name || ', your order shipped.' as greeting from customers where id={ID}"),),

@@ -222,3 +222,16 @@ def test_a_known_date_of_birth_in_another_date_format(text):
     g = Guard([("1981-03-14", "[DATE_OF_BIRTH_1]", "DATE_OF_BIRTH")])
     assert [t for _, t in found(text, g)] == ["[DATE_OF_BIRTH_1]"], found(text, g)
     assert found("order 0314198155 of 2026-03-14", g) == []  # other digits, another date
+
+
+@pytest.mark.req("tokenize:exact-match-guard")
+def test_only_the_scopes_own_tokens_shelter_what_they_hold():
+    # a real token's number is not a value: "[ZIP_CODE_80202]" if the scope had that many ZIP codes
+    real = Guard([*KNOWN, ("10001", "[ZIP_CODE_80202]", "ZIP_CODE")])
+    assert found("see [ZIP_CODE_80202]", real) == []
+    # an upstream asked for '[US_SSN_' || ssn || ']' returns a token-shaped string around the value
+    assert found("[US_SSN_123456789]") == [("123456789", "[US_SSN_1]")]
+    assert found("[PHONE_NUMBER_14155550132] [ZIP_CODE_80202]") == [
+        ("14155550132", "[PHONE_NUMBER_1]"),
+        ("80202", "[ZIP_CODE_1]"),
+    ]

@@ -362,10 +362,12 @@ class Guard:
     def __init__(self, known: Iterable[tuple[str, str, str]]) -> None:
         """``known``: (value, token, entity_type) for every live vault entry of the scope."""
         table: dict[str, list[_Pattern]] = {}
+        tokens: set[str] = set()
         full_keys: set[str] = set()
         name_words: set[str] = set()
         plain_locals: list[tuple[str, _Pattern]] = []
         for stored, token, entity_type in known:
+            tokens.add(token)
             value = decoded(stored)  # texts are searched decoded too (the tokenizer's ``escapes``)
             if entity_type in UNGUARDED_TYPES or len(value.strip()) < MIN_VALUE_CHARS:
                 continue
@@ -393,20 +395,27 @@ class Guard:
             # full values first; among them the ones whose rule accepts most
             pats.sort(key=lambda p: (p.kind != "full", p.rule != "free", p.rule != "digits"))
             self._auto.add_word(key, (len(key), tuple(pats)))
+        self.tokens = frozenset(tokens)  # the scope's real tokens: only they shelter what they hold
         self.empty = len(self._auto) == 0
         if not self.empty:
             self._auto.make_automaton()
 
-    def find(self, text: str) -> list[GuardHit]:
+    def find(self, text: str, real_tokens: frozenset[str] | None = None) -> list[GuardHit]:
         """Every acceptable occurrence of a known value in ``text`` (overlaps included: the
-        caller keeps the longest)."""
+        caller keeps the longest).
+
+        A match inside one of the scope's tokens (``real_tokens``, default this guard's own) is
+        not a value ("[US_SSN_1234]" holds no ZIP code); inside anything else shaped like a
+        token it is: an upstream asked for ``'[US_SSN_' || ssn || ']'`` returned
+        ``[US_SSN_219099999]``, which passed raw while every token-shaped string was skipped."""
         if self.empty or not text:
             return []
         f = Folded(text)
         if not f.compact:
             return []
         hits: list[GuardHit] = []
-        tokens = [m.span() for m in TOKEN_RE.finditer(text)] if "[" in text else []
+        real = self.tokens if real_tokens is None else real_tokens
+        tokens = [m.span() for m in TOKEN_RE.finditer(text) if m.group() in real] if "[" in text else []
         for end, (n, pats) in self._auto.iter(f.compact):
             start = f.original(end - n + 1)
             stop = f.original(end) + 1
@@ -428,8 +437,8 @@ class Guards:
 
     def __init__(self, *guards: Guard) -> None:
         self._guards = [g for g in guards if not g.empty]
+        self.tokens: frozenset[str] = frozenset().union(*(g.tokens for g in guards))
 
-    def find(self, text: str) -> list[GuardHit]:
-        if len(self._guards) == 1:
-            return self._guards[0].find(text)
-        return [hit for g in self._guards for hit in g.find(text)]
+    def find(self, text: str, real_tokens: frozenset[str] | None = None) -> list[GuardHit]:
+        real = self.tokens if real_tokens is None else real_tokens
+        return [hit for g in self._guards for hit in g.find(text, real)]

@@ -170,6 +170,7 @@ class Tokenizer:
         items = [TextItem(texts[k], w.slots[free[k]].context) for k in scan]
         background = _Background(detector.patterns, items, at) if not inline and detector.pooled(items) else None
         known: list[list[GuardHit]] = [[] for _ in free]
+        real_tokens: frozenset[str] = frozenset()  # the scope's tokens (sandbox output has none)
         try:
             _fill_tokens(hits, assign)
             check("tokenising hinted fields")
@@ -179,6 +180,7 @@ class Tokenizer:
                 guard = self.vault.cached_guard(scope.key) if inline else self.vault.guard(scope.key)
                 if guard is None:
                     raise WouldBlock
+                real_tokens = guard.tokens
                 for k, t in enumerate(texts):
                     known[k] = guard.find(t)
                     if k % 256 == 255:
@@ -231,8 +233,10 @@ class Tokenizer:
             if not fresh:
                 break
             new_values = Guard((h.value, h.token, h.entity_type) for h in fresh.values() if h.token)
+            sheltering = real_tokens | new_values.tokens
             for k, i in enumerate(free):
-                extra = _uncovered(self._usable(new_values.find(texts[k]), detector), hits[i])
+                found = new_values.find(texts[k], sheltering)
+                extra = _uncovered(self._usable(found, detector), hits[i])
                 if extra:
                     hits[i] = _merge(texts[k], hits[i], extra)
             known_tokens = {h.token for slot_hits in hits for h in slot_hits}
