@@ -426,6 +426,19 @@ CASES: list[Case] = [
         note="every token-shaped string was skipped by the guard, whatever it held",
     ),
     Case(
+        "blind-dbhub-new-values-glued-to-letters",
+        2,
+        (
+            sql(
+                "select 'id_' || ssn || '_x' as a, 'card' || replace(replace(card_number,' ',''),'-','') as b, "
+                f"'[US_SSN_' || replace(ssn,'-','') || ']' as c from customers where id={ID}"
+            ),
+        ),
+        ("ssn", "card_number"),
+        prefetch=False,
+        note="never seen before, so detection alone: Presidio's patterns want a word boundary",
+    ),
+    Case(
         "blind-dbhub-new-name-after-a-cue",
         2,
         (sql(f"select 'Dear ' || full_name || ', your order shipped.' as greeting from customers where id={ID}"),),

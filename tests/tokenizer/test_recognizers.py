@@ -75,6 +75,11 @@ def test_allow_values_are_never_pii(tokenizer):
         ("Ms. Austin flew to RYSSBY on Sunday morning.", "LOCATION", "RYSSBY"),
         ("Sunniva is very reliable.", "PERSON", "Sunniva"),
         ("directed by Jindrich Holinka and starring Holinka", "PERSON", "Holinka"),
+        # glued to letters or "_" (an upstream asked for 'id_' || ssn): no word boundary for Presidio
+        ("ref id_512-34-1291 open", "US_SSN", "512-34-1291"),
+        ("x512-34-1293x", "US_SSN", "512-34-1293"),
+        ("card_4111111111111111", "CREDIT_CARD", "4111111111111111"),
+        ("pay with 2378821993518199 today", "CREDIT_CARD", "2378821993518199"),  # Mastercard 2-series
     ],
 )
 def test_veil_recognizers(detector, text, entity, value):
@@ -84,6 +89,11 @@ def test_veil_recognizers(detector, text, entity, value):
 def test_key_value_lines_are_not_people(detector):
     text = "Status: open\nPriority: high\nInvoice was sent on time."
     assert [t for t, _ in found(detector, text) if t == "PERSON"] == []
+
+
+@pytest.mark.req("tokenize:patterns")
+def test_glued_digits_that_fail_the_luhn_check_are_not_cards(detector):
+    assert [t for t, _ in found(detector, "order_2378821993518190 and x4111111111111112") if t == "CREDIT_CARD"] == []
 
 
 def test_order_numbers_without_context_are_not_phones(detector):

@@ -528,3 +528,12 @@ def test_a_value_after_a_cue_is_replaced_whole(tokenizer, scope, value, words):
     assert TOKEN_RE.search(out), out
     for word in words:
         assert word not in out and word[1:] not in out, out
+
+
+@pytest.mark.req("tokenize:patterns")
+def test_a_token_shaped_string_that_is_no_token_of_the_scope_is_analysed(tokenizer, scope):
+    """'[US_SSN_' || ssn || ']' from an upstream once passed raw: detection and the guard
+    skipped everything shaped like a token. Only the scope's own tokens shelter what they hold."""
+    real = tokenizer.tokenize({"ssn": "219-09-9999"}, scope, "crm").value["ssn"]
+    out = tokenizer.tokenize({"v": f"{real} [US_SSN_512341292] [PHONE_NUMBER_4155550198]"}, scope, "x").value["v"]
+    assert out.startswith(f"{real} [US_SSN_[US_SSN_") and "512341292" not in out and "4155550198" not in out, out

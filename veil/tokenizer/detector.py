@@ -64,6 +64,7 @@ from veil.tokenizer.recognizers import (
     CuedLocationRecognizer,
     CuedPersonRecognizer,
     DateOfBirthRecognizer,
+    GluedCardRecognizer,
     NameBeforeVerbRecognizer,
     NameShapeRecognizer,
     OfflineEmailRecognizer,
@@ -174,6 +175,13 @@ _SEPARATOR = f"\n{_MARK}\n"
 _CONTEXT_WORD = re.compile(r"[^\W\d_]+")
 
 
+def _token_spans(text: str, real_tokens: frozenset[str] | None) -> list[tuple[int, int]]:
+    """Where the tokens in ``text`` are: every token-shaped string, or only ``real_tokens``."""
+    if "[" not in text:
+        return []
+    return [m.span() for m in TOKEN_RE.finditer(text) if real_tokens is None or m.group() in real_tokens]
+
+
 @dataclass(frozen=True)
 class Span:
     start: int
@@ -229,6 +237,7 @@ class Detector:
         registry.add_recognizer(SsnDigitsRecognizer(supported_language=settings.language))
         registry.add_recognizer(ContextPhoneRecognizer(supported_language=settings.language))
         registry.add_recognizer(ContextCardRecognizer(supported_language=settings.language))
+        registry.add_recognizer(GluedCardRecognizer(supported_language=settings.language))
         registry.add_recognizer(CuedPersonRecognizer(supported_language=settings.language))
         registry.add_recognizer(CuedLocationRecognizer(supported_language=settings.language))
         if model_name:
@@ -417,7 +426,7 @@ class Detector:
                 continue  # the window this match starts in reports it
             found[idx].append(Span(begin, min(r.end, e) - s + lo, r.entity_type, r.score))
 
-    def ner_focus(self, text: str, covered: list) -> list[tuple[int, int]]:
+    def ner_focus(self, text: str, covered: list, real_tokens: frozenset[str] | None = None) -> list[tuple[int, int]]:
         """The sentences of ``text`` NER must read (at most 300 characters either side of each
         word it is read for), adjacent ones joined: those holding a
         capitalised word (of at most 40 characters) outside every span in ``covered`` (patterns,
@@ -428,7 +437,7 @@ class Detector:
         context enough, and on notes that repeat known names and patterns most of the text is
         skipped. Linear: a coverage map, one pass over the words, sentences found by bisection."""
         inside = bytearray(len(text) + 1)
-        for s, e in [(c.start, c.end) for c in covered] + [m.span() for m in TOKEN_RE.finditer(text)]:
+        for s, e in [(c.start, c.end) for c in covered] + _token_spans(text, real_tokens):
             inside[s:e] = b"\x01" * (e - s)
         starts: list[int] | None = None
         out: list[tuple[int, int]] = []
@@ -515,17 +524,18 @@ class Detector:
                 out.append([(e.start_char, e.end_char, e.label_) for e in doc.ents])
         return out
 
-    def resolve(self, text: str, spans: list[Span]) -> list[Span]:
+    def resolve(self, text: str, spans: list[Span], real_tokens: frozenset[str] | None = None) -> list[Span]:
         """Thresholds, wanted types and allow-list applied; spans cut at a line break (except
         address blocks), person names without titles, code read as code; overlaps resolved
         longest first. Linear in the text and the number of spans (a coverage map, no pairwise
-        overlap tests)."""
+        overlap tests). Nothing inside a token is a value; with ``real_tokens`` (the scope's),
+        only those count as tokens: ``[US_SSN_512341292]`` made by an upstream is text."""
         if not spans:
             return spans
         self.work["resolve_spans"] += len(spans)
         covered = bytearray(len(text))
-        for m in TOKEN_RE.finditer(text):
-            covered[m.start() : m.end()] = b"\x01" * (m.end() - m.start())
+        for start, end in _token_spans(text, real_tokens):
+            covered[start:end] = b"\x01" * (end - start)
         out: list[Span] = []
         cleaned = [c for c in (_clean(text, sp) for sp in spans) if c is not None]
         for sp in sorted(cleaned, key=lambda s: (-(s.end - s.start), s.ner, s.entity_type in _GENERIC, -s.score)):

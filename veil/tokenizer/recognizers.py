@@ -11,6 +11,8 @@
   network; these use the snapshot bundled with tldextract and never open a socket. Their patterns
   replace Presidio's, which were quadratic (URL: seconds on a few KB) or swallowed labels.
 * ``CandidatePhoneRecognizer``: phonenumbers' matcher, only on stretches that could be a number.
+* ``GluedCardRecognizer`` and ``SsnDigitsRecognizer``'s glued pattern: card numbers and dashed
+  SSNs glued to letters or ``_`` (``id_512-34-1291``), where Presidio's ``\b`` patterns see none.
 
 Linear time: every repetition in these patterns is bounded (``{0,40}``, never ``*`` or ``+``),
 so one match attempt costs a bounded number of steps; tests/tokenizer/test_linear.py parses them.
@@ -23,7 +25,7 @@ import re
 import phonenumbers
 import tldextract
 from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
-from presidio_analyzer.predefined_recognizers import EmailRecognizer, PhoneRecognizer
+from presidio_analyzer.predefined_recognizers import CreditCardRecognizer, EmailRecognizer, PhoneRecognizer
 from spacy.lang.en.stop_words import STOP_WORDS
 
 from veil.tokenizer.settings import CustomPattern, DenyList
@@ -270,7 +272,16 @@ class SsnDigitsRecognizer(PatternRecognizer):
     def __init__(self, supported_language: str = "en") -> None:
         super().__init__(
             supported_entity="US_SSN",
-            patterns=[Pattern("ssn_digits", r"(?<![\d-])\d{3}([ .]?)\d{2}\1\d{4}(?![\d-])", 0.05)],
+            patterns=[
+                Pattern("ssn_digits", r"(?<![\d-])\d{3}([ .]?)\d{2}\1\d{4}(?![\d-])", 0.05),
+                # dashed, glued to letters ("x512-34-1293x", "id_512-34-1291"): Presidio's own
+                # pattern wants a word boundary, which an upstream asked to glue one removes
+                Pattern(
+                    "ssn_dashed_glued",
+                    r"(?<=[^\W\d])\d{3}-\d{2}-\d{4}(?![\d-])|(?<![\d-])\d{3}-\d{2}-\d{4}(?=[^\W\d])",
+                    0.5,
+                ),
+            ],
             context=["ssn", "ssns", "social", "security", "ss", "taxpayer", "tin", "tax"],
             supported_language=supported_language,
             name="VeilSsnDigitsRecognizer",
@@ -409,6 +420,29 @@ class ContextPhoneRecognizer(PatternRecognizer):
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
         results = super().analyze(text, entities, nlp_artifacts, regex_flags)
         return [r for r in results if not looks_like_datetime(text, r.start, r.end)]
+
+
+_CARD = r"(?:4\d{3}|5[0-5]\d{2}|2[2-7]\d{2}|6\d{3}|3\d{3})[- ]?\d{3,4}[- ]?\d{3,4}[- ]?\d{3,5}"
+
+
+class GluedCardRecognizer(CreditCardRecognizer):
+    """Card numbers glued to letters ("card_4111111111111111", "x4111-1111-1111-1111y"), which
+    Presidio's pattern misses for want of a word boundary, and Mastercard's 2221-2720 numbers,
+    which its pattern leaves out; the Luhn check still decides."""
+
+    def __init__(self, supported_language: str = "en") -> None:
+        super().__init__(
+            patterns=[
+                Pattern(
+                    "glued",
+                    rf"(?<=[^\W\d]){_CARD}(?!\d)|(?<!\d){_CARD}(?=[^\W\d])",  # a letter or _ on one side
+                    0.3,
+                ),
+                Pattern("two_series", r"(?<![\d-])2[2-7]\d{2}([- ]?)\d{4}\1\d{4}\1\d{4}(?![\d-])", 0.3),
+            ],
+            supported_language=supported_language,
+            name="VeilGluedCardRecognizer",
+        )
 
 
 class ContextCardRecognizer(PatternRecognizer):

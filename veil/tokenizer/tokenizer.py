@@ -196,6 +196,9 @@ class Tokenizer:
             raw[k] = _interface_spans(spans) if mode == "interface" else spans
         check("pattern detection")
 
+        # Only the scope's tokens shelter what they hold from detection; sandbox output holds no
+        # raw value to hide in a token-shaped string, and its own tokens are not the scope's
+        sheltered = None if mode == "sandbox_output" else real_tokens
         # 3. NER on the sentences of free text that still hold a capitalised word nothing above
         #    explains (the model's context is a few words: the other sentences add nothing)
         ner_items: list[tuple[int, TextItem]] = []
@@ -204,8 +207,8 @@ class Tokenizer:
             for k, i in enumerate(free):
                 if not (w.slots[i].ner or (w.slots[i].hint is not None and is_free_text(texts[k]))):
                     continue
-                resolved[k] = detector.resolve(texts[k], raw[k])
-                focus = detector.ner_focus(texts[k], [*resolved[k], *known[k]])
+                resolved[k] = detector.resolve(texts[k], raw[k], sheltered)
+                focus = detector.ner_focus(texts[k], [*resolved[k], *known[k]], sheltered)
                 if focus:
                     ner_items.append((k, TextItem(texts[k], ner=True, focus=tuple(focus))))
         if inline and ner_items:
@@ -219,7 +222,7 @@ class Tokenizer:
         check("NER")
         before = {g.token for found in known for g in found} | {h.token for slot_hits in hits for h in slot_hits}
         for k, i in enumerate(free):
-            spans = resolved[k] if k in resolved else detector.resolve(texts[k], raw[k])
+            spans = resolved[k] if k in resolved else detector.resolve(texts[k], raw[k], sheltered)
             if w.slots[i].kind == "number":
                 spans = [s for s in spans if s.entity_type in NUMBER_TYPES and s.end - s.start >= len(texts[k]) - 1]
             found_hits = [_detected(texts[k], s.start, s.end, s.entity_type) for s in spans]
