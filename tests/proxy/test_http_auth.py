@@ -76,11 +76,13 @@ def events_since(gateway: Any, seq: int, kind: str) -> list[Any]:
 
 
 def upstream_processes() -> list[str]:
-    """Command lines of demo upstream subprocesses of this test process."""
+    """Command lines of demo upstream subprocesses of this test process's own gateway (direct
+    children: a session-scoped ``veil serve`` of another test package has its own upstreams,
+    which are its children, not ours)."""
     import psutil
 
     lines = []
-    for p in psutil.Process().children(recursive=True):
+    for p in psutil.Process().children(recursive=False):
         try:
             lines.append(" ".join(p.cmdline()))
         except (psutil.ZombieProcess, psutil.NoSuchProcess):  # exited between listing and reading
