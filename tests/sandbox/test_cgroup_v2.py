@@ -5,7 +5,7 @@ give ``Layout.detect`` a plain directory tree as its cgroupfs and a ``write`` th
 kernel's rules that matter for the decision (the no-internal-processes rule, controllers only
 where the parent enabled them, a write to ``cgroup.procs`` moving a process out of its old group,
 a read-only mount). What the kernel does beyond those rules (the limit files a new group gets,
-the limits themselves) is not exercised: see docs/sandbox.md#known-limits.
+the limits themselves) is exercised on a real kernel by ``test_cgroup_v2_kernel.py``.
 """
 
 from __future__ import annotations

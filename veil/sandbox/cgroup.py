@@ -15,16 +15,16 @@ sandbox, since they all run as one account), so neither bounds a *session*. A cg
 The groups are created under Veil's own cgroup (read from ``/proc/self/cgroup``), in a directory
 per Veil process, so the sandboxes stay inside whatever limits the host put on Veil.
 
-cgroup v1 (separate ``pids`` and ``memory`` hierarchies) is what runs in the tests and on the
-machines this was built on. cgroup v2 (one unified hierarchy) is implemented and unit-tested
-against a fake cgroupfs (``tests/sandbox/test_cgroup_v2.py``) but has not yet run on a real v2
-host. On v2 a group may hand controllers to its children only while it holds no processes itself
-(the "no internal processes" rule), and Veil's own group (a container's, a systemd service's)
-holds Veil: so when enabling ``+pids +memory`` there fails with EBUSY, every process of that group
-is moved into a leaf child, ``<own>/veil-gateway``, the controllers are enabled, and the
-sandboxes' groups are created beside the leaf. A host where none of this works (no controllers,
-controllers not delegated to Veil's group, a read-only cgroupfs) gets a SandboxError saying
-what to change, and code never runs without the limits.
+cgroup v1 (separate ``pids`` and ``memory`` hierarchies) is what the machines this was built on
+have. cgroup v2 (one unified hierarchy) is tested against a fake cgroupfs
+(``tests/sandbox/test_cgroup_v2.py``) and on a real v2 kernel in a QEMU guest
+(``tests/sandbox/test_cgroup_v2_kernel.py``). On v2 a group may hand controllers to its children
+only while it holds no processes itself (the "no internal processes" rule), and Veil's own group
+(a container's, a systemd service's) holds Veil: so when enabling ``+pids +memory`` there fails
+with EBUSY, every process of that group is moved into a leaf child, ``<own>/veil-gateway``, the
+controllers are enabled, and the sandboxes' groups are created beside the leaf. A host where none
+of this works (no controllers, controllers not delegated to Veil's group, a read-only cgroupfs)
+gets a SandboxError saying what to change, and code never runs without the limits.
 """
 
 from __future__ import annotations
