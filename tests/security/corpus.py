@@ -439,6 +439,19 @@ CASES: list[Case] = [
         note="never seen before, so detection alone: Presidio's patterns want a word boundary",
     ),
     Case(
+        "blind-dbhub-new-phone-glued-to-letters",
+        2,
+        (
+            sql(
+                "select 'tel' || phone || 'x' as a, 'a' || replace(phone, ' ', '') || 'b' as b "
+                f"from customers where id={ID}"
+            ),
+        ),
+        ("phone",),
+        prefetch=False,
+        note="never seen before: phonenumbers' matcher rejects a number with a letter beside it",
+    ),
+    Case(
         "blind-dbhub-new-name-after-a-cue",
         2,
         (sql(f"select 'Dear ' || full_name || ', your order shipped.' as greeting from customers where id={ID}"),),

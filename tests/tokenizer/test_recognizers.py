@@ -80,6 +80,9 @@ def test_allow_values_are_never_pii(tokenizer):
         ("x512-34-1293x", "US_SSN", "512-34-1293"),
         ("card_4111111111111111", "CREDIT_CARD", "4111111111111111"),
         ("pay with 2378821993518199 today", "CREDIT_CARD", "2378821993518199"),  # Mastercard 2-series
+        ("tel415.555.0199x", "PHONE_NUMBER", "415.555.0199"),  # 'tel' || phone || 'x'
+        ("INV(415) 555-0199end", "PHONE_NUMBER", "(415) 555-0199"),
+        ("a+14155550199b", "PHONE_NUMBER", "+14155550199"),
     ],
 )
 def test_veil_recognizers(detector, text, entity, value):
@@ -98,6 +101,13 @@ def test_glued_digits_that_fail_the_luhn_check_are_not_cards(detector):
 
 def test_order_numbers_without_context_are_not_phones(detector):
     assert [t for t, _ in found(detector, "Order 2024 1187 shipped") if t == "PHONE_NUMBER"] == []
+
+
+def test_bare_digits_glued_to_letters_are_not_phones(detector):
+    """Only a number written as one (separators, "+") is read through the letters glued to it:
+    a bare run is an order or invoice number more often than a phone number."""
+    text = "ORD2024118700 INV4155550199 build2024-11-29T22 Room12-34"
+    assert [t for t, _ in found(detector, text) if t == "PHONE_NUMBER"] == []
 
 
 @pytest.mark.req("tokenize:date-of-birth")

@@ -326,12 +326,28 @@ _DIGIT_GROUPS = re.compile(r"\d{1,30}")
 _PHONE_CANDIDATE = re.compile(r"(?<![\d+])\+?\(?\d[\d \t.()/-]{5,28}\d(?!\d)")
 
 
+# A number written as a phone number: with "+", or with a separator between digits.
+_FORMATTED = re.compile(r"^\+|\d[ \t.()/-]+\d")
+
+
+def _unglued(sub: str, before: bool, after: bool) -> str:
+    """``sub`` with a letter glued to either end of the number (``x415-555-0199x``, what an
+    upstream returns for ``'x' || phone``) read as a space: phonenumbers' matcher rejects a
+    number next to a letter, so such values reached the agent raw. Same length, same offsets."""
+    if before and sub[:1].isalpha():
+        sub = " " + sub[1:]
+    if after and sub[-1:].isalpha():
+        sub = sub[:-1] + " "
+    return sub
+
+
 class CandidatePhoneRecognizer(PhoneRecognizer):
     """Presidio's phonenumbers-based recognizer, run only on the stretches of text that could hold
     a phone number. phonenumbers' matcher tries dozens of sub-matches for every run of digits, so
     on a long text of digits and spaces it costs ~0.1 s per kilobyte; here a cheap bounded regex
     finds the candidates (7-15 digits in at most six groups within 30 characters) and the matcher
-    sees only those."""
+    sees only those. A formatted number glued to letters is read as if a space stood between;
+    a bare run of digits glued to letters is not (``ORD2024118700``: an order number, mostly)."""
 
     def analyze(self, text, entities, nlp_artifacts=None):
         results = []
@@ -342,6 +358,8 @@ class CandidatePhoneRecognizer(PhoneRecognizer):
                 continue
             lo = max(0, cand.start() - 1)  # the matcher looks at the characters around a number
             sub = text[lo : min(len(text), cand.end() + 1)]
+            if _FORMATTED.search(cand.group()):
+                sub = _unglued(sub, lo < cand.start(), cand.end() < len(text))
             for region in self.supported_regions:
                 whole = False
                 for match in phonenumbers.PhoneNumberMatcher(sub, region, leniency=self.leniency):
