@@ -83,6 +83,12 @@ def test_allow_values_are_never_pii(tokenizer):
         ("tel415.555.0199x", "PHONE_NUMBER", "415.555.0199"),  # 'tel' || phone || 'x'
         ("INV(415) 555-0199end", "PHONE_NUMBER", "(415) 555-0199"),
         ("a+14155550199b", "PHONE_NUMBER", "+14155550199"),
+        # the whole number, extension too: a bare word boundary stopped at "140" and left the rest raw
+        ("Call me at +1-903-140-4508x769 tomorrow.", "PHONE_NUMBER", "+1-903-140-4508x769"),
+        ("My number is (898)666-3621x0135.", "PHONE_NUMBER", "(898)666-3621x0135"),
+        # a signature names the number after it
+        ("Dreux Joly\n416 60 039 office\n", "PHONE_NUMBER", "416 60 039"),
+        ("South Africa 89082\n085 175 7641-Office", "PHONE_NUMBER", "085 175 7641"),
     ],
 )
 def test_veil_recognizers(detector, text, entity, value):
@@ -101,6 +107,11 @@ def test_glued_digits_that_fail_the_luhn_check_are_not_cards(detector):
 
 def test_order_numbers_without_context_are_not_phones(detector):
     assert [t for t, _ in found(detector, "Order 2024 1187 shipped") if t == "PHONE_NUMBER"] == []
+
+
+def test_a_context_word_after_a_number_counts_only_on_its_own_line(detector):
+    text = "Total 655 437 108\noffice hours are over"
+    assert [t for t, _ in found(detector, text) if t == "PHONE_NUMBER"] == []
 
 
 def test_bare_digits_glued_to_letters_are_not_phones(detector):

@@ -384,6 +384,12 @@ def _digit_count_between(low: int, high: int):
     return check
 
 
+# Where a phone number ends: after its extension if it has one ("x769", "ext. 12"), and never
+# with more digits right after (a bare word boundary let "+1-903-140-4508x769" stop at "140",
+# leaving the rest of the number raw beside the token).
+_END = r"(?:[ ]?(?:x|ext\.?)[ ]?\d{1,6})?(?![.-]?\d)(?!\w)"
+
+
 class ContextPhoneRecognizer(PatternRecognizer):
     """Phone numbers the phonenumbers matcher rejects for the configured regions: international
     numbers with a trunk "(0)" ("+41 (0)96 471 07 95"), and local formats ("655 437 108") that
@@ -418,11 +424,15 @@ class ContextPhoneRecognizer(PatternRecognizer):
         super().__init__(
             supported_entity="PHONE_NUMBER",
             patterns=[
-                Pattern("intl", r"(?<![\w+])\+\d{1,3}[ .-]?(?:\(0\)[ ]?)?\(?\d{1,4}\)?(?:[ .-]?\d{1,4}){2,5}\b", 0.6),
+                Pattern(
+                    "intl",
+                    r"(?<![\w+])\+\d{1,3}[ .-]?(?:\(0\)[ ]?)?\(?\d{1,4}\)?(?:[ .-]?\d{1,4}){2,5}" + _END,
+                    0.6,
+                ),
                 Pattern(
                     "local",
-                    r"(?<![\w.+/-])(?!\d{3}-\d{2}-\d{4}\b)\(?\d{2,4}\)?(?:[ .-]\d{2,4}){1,4}"
-                    r"(?:[ ]?(?:x|ext\.?)[ ]?\d{1,5})?\b(?![.-]\d)",
+                    r"(?<![\w.+/-])(?!\d{3}-\d{2}-\d{4}\b)(?:\(\d{2,4}\)[ ]?\d{2,4}|\d{2,4})(?:[ .-]\d{2,4}){1,4}"
+                    + _END,
                     0.2,
                 ),
             ],
