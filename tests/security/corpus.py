@@ -439,6 +439,21 @@ CASES: list[Case] = [
         note="never seen before, so detection alone: Presidio's patterns want a word boundary",
     ),
     Case(
+        "blind-dbhub-new-values-in-look-alike-characters",
+        2,
+        (
+            sql(
+                "select translate(ssn, '-', '\u2011') as a, translate(phone, ' -', '\u00a0\u2011') as b, "
+                "translate(card_number, ' -', '\u00a0\u2013') as c, "
+                f"translate(ssn, '0123456789', '{FULL_WIDTH}') as d from customers where id={ID}"
+            ),
+        ),
+        ("ssn", "phone", "card_number"),
+        prefetch=False,
+        note="never seen before, written as word processors and PDFs write them: no-break spaces and hyphens, "
+        "en dashes, full-width digits",
+    ),
+    Case(
         "blind-dbhub-new-phone-glued-to-letters",
         2,
         (

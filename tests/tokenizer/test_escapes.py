@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from veil.tokenizer.escapes import ROUNDS, decoded, unescaped
+from veil.tokenizer.escapes import ROUNDS, decoded, fold, unescaped
 
 
 def pieces(text: str) -> tuple[str, list[str]]:
@@ -21,7 +21,7 @@ def pieces(text: str) -> tuple[str, list[str]]:
         ("jane.doe%40example.com", "jane.doe@example.com"),  # a link, a query string
         ("123%2D45%2d6789", "123-45-6789"),  # either case of hex digit
         ("Sean O&#39;Brien", "Sean O'Brien"),  # HTML numeric reference
-        ("Sean O&#x27;Brien &amp; Co&nbsp;Ltd", "Sean O'Brien & Co\xa0Ltd"),  # hex, named
+        ("Sean O&#x27;Brien &amp; Co&nbsp;Ltd", "Sean O'Brien & Co Ltd"),  # hex, named; the no-break space folds to a space
         ("&#106;&#97;&#110;&#101", "jane"),  # obfuscated for a web page, last ';' left out
         ("Jos\\u00e9 Garc\\u00eda", "José García"),  # JSON quoted inside an error message
         ("Caf%C3%A9 M%C3%BCller", "Café Müller"),  # UTF-8 percent-encoded
@@ -100,3 +100,36 @@ def test_a_tag_with_attributes_stays_text_to_analyse() -> None:
     text = "<a href='mailto:jane@example.org'>Jane</a>"
     assert decoded(text) == "<a href='mailto:jane@example.org'>Jane"
     assert unescaped("a < b > c") is None  # not a tag
+
+
+# -- look-alike characters ------------------------------------------------------------------------
+
+FULL_WIDTH = str.maketrans("0123456789@.", "".join(chr(0xFF10 + d) for d in range(10)) + "\uff20\uff0e")
+
+
+@pytest.mark.req("tokenize:look-alikes")
+@pytest.mark.parametrize(
+    ("text", "plain"),
+    [
+        ("219\u201109\u20119999", "219-09-9999"),  # non-breaking hyphens (word processors)
+        ("4111\u20131111\u20131111\u20131111", "4111-1111-1111-1111"),  # en dashes
+        ("ssn 219\u221209\u22129999", "ssn 219-09-9999"),  # minus signs
+        ("06\u00a012\u202f34\u200956\u300078", "06 12 34 56 78"),  # no-break, narrow, thin, ideographic
+        ("219-09-9999 jane.doe@example.com".translate(FULL_WIDTH), "219-09-9999 jane.doe@example.com"),
+    ],
+)
+def test_look_alike_characters_fold_one_for_one(text: str, plain: str) -> None:
+    assert fold(text) == plain and len(fold(text)) == len(text)
+    view = unescaped(text)
+    assert view is not None and view.plain == plain
+    assert view.span(0, len(plain)) == (0, len(text))  # offsets are the same in both
+
+
+def test_text_without_look_alikes_is_left_as_it_is() -> None:
+    for text in ("plain ascii 219-09-9999", "José García, Zürich", "東京都"):
+        assert fold(text) is text
+        assert unescaped(text) is None
+
+
+def test_folding_follows_decoding() -> None:
+    assert decoded("219&#8209;09%E2%80%919999") == "219-09-9999"  # a no-break hyphen, escaped twice

@@ -507,6 +507,34 @@ def test_an_escaped_value_under_a_pii_key_gets_the_token_of_the_value(tokenizer,
     assert echoed == f"call {plain} today"
 
 
+@pytest.mark.req("tokenize:look-alikes")
+@pytest.mark.parametrize(
+    ("text", "entity", "value", "raw"),
+    [
+        ("SSN 512\u201134\u20111290 on file", "US_SSN", "512-34-1290", ("512", "1290")),
+        ("card 4111\u00a01111\u00a01111\u00a01111 expired", "CREDIT_CARD", "4111 1111 1111 1111", ("4111",)),
+        ("call +1\u00a0415\u00a0555\u00a00143 after six", "PHONE_NUMBER", "+1 415 555 0143", ("415", "0143")),
+        (
+            "ssn \uff15\uff11\uff12-\uff13\uff14-\uff11\uff12\uff19\uff10",
+            "US_SSN",
+            "512-34-1290",
+            ("\uff11\uff12\uff19\uff10",),
+        ),
+        ("write to pat\uff0equinn\uff20corp\uff0eexample", "EMAIL_ADDRESS", "pat.quinn@corp.example", ("quinn",)),
+    ],
+)
+def test_new_values_in_look_alike_characters_are_detected(tokenizer, scope, text, entity, value, raw):
+    """Values never seen before, written as word processors, PDFs and East Asian input write
+    them: no pattern matched them, so they reached the agent raw."""
+    out = tokenizer.tokenize({"note": text}, scope, "crm").value["note"]
+    token = next((m.group(0) for m in TOKEN_RE.finditer(out) if m.group(0).startswith(f"[{entity}_")), None)
+    assert token is not None, out
+    for part in raw:
+        assert part not in out, out
+    assert out.startswith(text.split(" ")[0] + " ")  # the text around the value is kept as written
+    assert tokenizer.untokenize({"v": token}, scope, allow_all).value["v"] == value  # the vault holds it folded
+
+
 # -- a detected value is replaced whole -------------------------------------------------------------
 
 

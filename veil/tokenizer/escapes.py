@@ -23,6 +23,11 @@ upstream highlighting what matched: ``123-45-<em>6789</em>``, ``Maria <b>Lopez</
 is read as nothing when it is inline formatting (``INLINE_TAGS``) and as a space otherwise
 (``<td>``, ``<br>``, ``<p>``: cells and lines stay apart). A tag with attributes is left as
 written: its attributes (``href="mailto:..."``) are text that must be analysed like the rest.
+
+Look-alike characters last (``fold``): no-break and other Unicode spaces, Unicode hyphens and
+dashes, the minus sign and full-width ASCII are read as their ASCII counterparts, one character
+for one, so that a value written with them matches the patterns that want ``-``, `` `` and
+``0-9``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import bisect
 import functools
 import html
 import re
+import unicodedata
 
 ROUNDS = 3  # escapes decoded inside escapes, at most this deep
 
@@ -90,22 +96,55 @@ class Unescaped:
 
 
 def unescaped(text: str) -> Unescaped | None:
-    """``text`` with its escapes decoded, or None when it holds none (the common case, found by
-    four substring tests in C)."""
-    if "%" not in text and "&" not in text and "\\u" not in text and "<" not in text:
-        return None
+    """``text`` with its escapes decoded and its look-alike characters folded (``fold``), or
+    None when it holds neither (the common case, found by four substring tests and
+    ``isascii`` in C)."""
     plain, rounds = text, []
-    for _ in range(ROUNDS):
-        step = _decode_once(plain)
-        if step is None:
-            break
-        plain, r = step
-        rounds.append(r)
-    return Unescaped(plain, rounds) if rounds else None
+    if "%" in text or "&" in text or "\\u" in text or "<" in text:
+        for _ in range(ROUNDS):
+            step = _decode_once(plain)
+            if step is None:
+                break
+            plain, r = step
+            rounds.append(r)
+    folded = fold(plain)
+    if folded is plain and not rounds:
+        return None
+    return Unescaped(folded, rounds)  # one character for one: the fold keeps every offset
+
+
+def _fold_table() -> dict[int, str]:
+    table: dict[int, str] = {cp: chr(cp - 0xFEE0) for cp in range(0xFF01, 0xFF5F)}  # full-width ASCII
+    for cp in (0x00A0, 0x1680, *range(0x2000, 0x200B), 0x202F, 0x205F, 0x3000):
+        table[cp] = " "
+    for cp in range(0x80, 0x10000):
+        if unicodedata.category(chr(cp)) == "Pd":
+            table[cp] = "-"
+    table[0x2212] = "-"  # the minus sign
+    return table
+
+
+# Characters that stand for an ASCII one in numbers and addresses, as word processors, PDFs and
+# East Asian input write them: no-break and other spaces, Unicode hyphens and dashes
+# (U+2010-U+2015, the non-breaking hyphen), the minus sign, full-width letters, digits and
+# punctuation. Each folds to one character, so offsets stay.
+_FOLD = _fold_table()
+_FOLDABLE = re.compile("[" + "".join(re.escape(chr(cp)) for cp in sorted(_FOLD)) + "]")
+
+
+def fold(text: str) -> str:
+    """``text`` with look-alike characters as ASCII (``text`` itself when it has none): a value
+    written with them (``219\u201109\u20119999``, ``06\u00a012\u00a034\u00a056\u00a078``,
+    full-width digits) matched none of the patterns, so a value never seen before reached the
+    agent raw."""
+    if text.isascii() or _FOLDABLE.search(text) is None:  # both in C: accented names pay one scan
+        return text
+    return text.translate(_FOLD)
 
 
 def decoded(text: str) -> str:
-    """``text`` with its escapes decoded (``text`` itself when it holds none)."""
+    """``text`` with its escapes decoded and look-alikes folded (``text`` itself when it holds
+    neither)."""
     view = unescaped(text)
     return text if view is None else view.plain
 
