@@ -21,7 +21,7 @@ def pieces(text: str) -> tuple[str, list[str]]:
         ("jane.doe%40example.com", "jane.doe@example.com"),  # a link, a query string
         ("123%2D45%2d6789", "123-45-6789"),  # either case of hex digit
         ("Sean O&#39;Brien", "Sean O'Brien"),  # HTML numeric reference
-        ("Sean O&#x27;Brien &amp; Co&nbsp;Ltd", "Sean O'Brien & Co Ltd"),  # hex, named; the no-break space folds to a space
+        ("Sean O&#x27;Brien &amp; Co&nbsp;Ltd", "Sean O'Brien & Co Ltd"),  # hex, named; no-break space folded
         ("&#106;&#97;&#110;&#101", "jane"),  # obfuscated for a web page, last ';' left out
         ("Jos\\u00e9 Garc\\u00eda", "José García"),  # JSON quoted inside an error message
         ("Caf%C3%A9 M%C3%BCller", "Café Müller"),  # UTF-8 percent-encoded
