@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run
-from test_containment import execute
+from test_containment import FORK_UNTIL_REFUSED, execute
 
 from veil.sandbox.cgroup import LEAF, ROOT
 
@@ -104,20 +104,7 @@ def test_memory_is_bounded_per_session_by_the_kernel(make_manager):
 
 
 def test_forks_are_bounded_per_session_by_the_kernel(make_manager):
-    bomb = (
-        "import os, time\n"
-        "n = 0\n"
-        "while True:\n"
-        "    try:\n"
-        "        pid = os.fork()\n"
-        "    except OSError:\n"
-        "        break\n"
-        "    if pid == 0:\n"
-        "        time.sleep(30)\n"
-        "        os._exit(0)\n"
-        "    n += 1\n"
-        "n"
-    )
+    bomb = FORK_UNTIL_REFUSED + "n"
 
     async def body():
         async with make_manager(max_processes=12) as manager:

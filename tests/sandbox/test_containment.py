@@ -216,23 +216,29 @@ def test_workspace_quota_bounds_the_total_not_only_each_file(make_manager):
     assert used <= 32 * 2**20 and image_bytes <= 33 * 2**20
 
 
+# Forks until the kernel refuses; every child sleeps, holding its task; ``n`` counts them.
+FORK_UNTIL_REFUSED = (
+    "import os, time\n"
+    "n = 0\n"
+    "while True:\n"
+    "    try:\n"
+    "        pid = os.fork()\n"
+    "    except OSError:\n"
+    "        break\n"
+    "    if pid == 0:\n"
+    "        time.sleep(60)\n"
+    "        os._exit(0)\n"
+    "    n += 1\n"
+)
+
+
 @pytest.mark.req("sandbox:quota")
 def test_process_limit_is_per_session(make_manager):
     """Session A forks until it cannot and holds its processes; meanwhile session B forks freely."""
     bomb = (
-        "import os, time\n"
         "from servers import crm\n"
-        "n = 0\n"
-        "while True:\n"
-        "    try:\n"
-        "        pid = os.fork()\n"
-        "    except OSError:\n"
-        "        break\n"
-        "    if pid == 0:\n"
-        "        time.sleep(60)\n"
-        "        os._exit(0)\n"
-        "    n += 1\n"
-        "crm.ping()\n"  # the test holds this call until session B is done
+        + FORK_UNTIL_REFUSED
+        + "crm.ping()\n"  # the test holds this call until session B is done
         "n"
     )
     forks = (
