@@ -61,7 +61,7 @@ mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
 mkdir -p /dev/pts /dev/shm /veil-vm-out
 mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+# /tmp stays the host's, under the overlay: a checkout or venv there (a CI clone) must be seen
 mount -t tmpfs -o mode=755 tmpfs /run
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 veilout /veil-vm-out
 for m in {late}; do modprobe "$m"; done
