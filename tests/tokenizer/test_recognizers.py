@@ -83,6 +83,10 @@ def test_allow_values_are_never_pii(tokenizer):
         ("tel415.555.0199x", "PHONE_NUMBER", "415.555.0199"),  # 'tel' || phone || 'x'
         ("INV(415) 555-0199end", "PHONE_NUMBER", "(415) 555-0199"),
         ("a+14155550199b", "PHONE_NUMBER", "+14155550199"),
+        # an address written so that harvesters miss it
+        ("mail jane.doe(at)example.com today", "EMAIL_ADDRESS", "jane.doe(at)example.com"),
+        ("write to pat.quinn [at] corp [dot] example please", "EMAIL_ADDRESS", "pat.quinn [at] corp [dot] example"),
+        ("PAT.QUINN[AT]CORP.EXAMPLE", "EMAIL_ADDRESS", "PAT.QUINN[AT]CORP.EXAMPLE"),
         # the whole number, extension too: a bare word boundary stopped at "140" and left the rest raw
         ("Call me at +1-903-140-4508x769 tomorrow.", "PHONE_NUMBER", "+1-903-140-4508x769"),
         ("My number is (898)666-3621x0135.", "PHONE_NUMBER", "(898)666-3621x0135"),
@@ -112,6 +116,11 @@ def test_order_numbers_without_context_are_not_phones(detector):
 def test_a_context_word_after_a_number_counts_only_on_its_own_line(detector):
     text = "Total 655 437 108\noffice hours are over"
     assert [t for t, _ in found(detector, text) if t == "PHONE_NUMBER"] == []
+
+
+def test_at_in_brackets_without_a_domain_is_not_an_email(detector):
+    text = "meet (at) noon; price (at) 5.00 each; see you (at) the office. Thanks"
+    assert [t for t, _ in found(detector, text) if t == "EMAIL_ADDRESS"] == []
 
 
 def test_bare_digits_glued_to_letters_are_not_phones(detector):

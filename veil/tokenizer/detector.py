@@ -67,6 +67,7 @@ from veil.tokenizer.recognizers import (
     GluedCardRecognizer,
     NameBeforeVerbRecognizer,
     NameShapeRecognizer,
+    ObfuscatedEmailRecognizer,
     OfflineEmailRecognizer,
     PlaceBeforeCodeRecognizer,
     SsnDigitsRecognizer,
@@ -230,6 +231,7 @@ class Detector:
             )
         )
         registry.add_recognizer(OfflineEmailRecognizer(supported_language=settings.language))
+        registry.add_recognizer(ObfuscatedEmailRecognizer(supported_language=settings.language))
         registry.add_recognizer(StreetAddressRecognizer(supported_language=settings.language))
         registry.add_recognizer(VeilUrlRecognizer(supported_language=settings.language))
         registry.add_recognizer(ZipCodeRecognizer(supported_language=settings.language))

@@ -730,6 +730,35 @@ class OfflineEmailRecognizer(EmailRecognizer):
         return True if OFFLINE_TLD(pattern_text).fqdn else None
 
 
+# "jane.doe(at)example.com", "jane.doe [at] example [dot] com": an address written so that
+# harvesters miss it, as people do in tickets and web pages; the pattern above misses it too.
+_AT = r"[ \t]?[\[(][ \t]?at[ \t]?[\])][ \t]?"
+_DOT = r"[ \t]?(?:\.|[\[(][ \t]?dot[ \t]?[\])])[ \t]?"
+
+
+class ObfuscatedEmailRecognizer(PatternRecognizer):
+    """E-mail addresses with ``@`` written ``(at)`` or ``[at]`` (and dots, maybe, ``[dot]``),
+    ending in a top-level domain. Only the bracketed forms: a bare "at" is a word of every
+    sentence."""
+
+    def __init__(self, supported_language: str = "en") -> None:
+        super().__init__(
+            supported_entity="EMAIL_ADDRESS",
+            patterns=[
+                Pattern(
+                    "bracketed at",
+                    rf"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9_%+\-][A-Za-z0-9._%+\-]{{0,63}}{_AT}"
+                    rf"[A-Za-z0-9][A-Za-z0-9\-]{{0,62}}(?:{_DOT}[A-Za-z0-9][A-Za-z0-9\-]{{0,62}}){{0,5}}"
+                    rf"{_DOT}[A-Za-z]{{2,24}}(?![A-Za-z0-9\-])",  # the last label a top-level domain
+                    0.7,
+                )
+            ],
+            supported_language=supported_language,
+            name="VeilObfuscatedEmailRecognizer",
+            global_regex_flags=re.IGNORECASE,
+        )
+
+
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 # File names in code and tracebacks ("main.py", "README.md") are not web addresses.
 _CODE_SUFFIXES = frozenset({"py", "md", "sh", "rs", "ps"})
