@@ -16,6 +16,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -197,9 +198,12 @@ def upgrade(url: str, revision: str = "head", *, runtime_role: str | None = None
                     # Under the migration lock: replicas starting together would otherwise race on
                     # the same ACLs ("tuple concurrently updated").
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+                    _refuse_owners_code_as_superuser(conn, url)
                     conn.execute(sa.text("SELECT veil_grant_runtime(:r)"), {"r": runtime_role})
             finally:
                 engine.dispose()
+        if revision == "head":
+            _harden_if_superuser(url)
     except sa.exc.OperationalError as exc:
         raise DatabaseError(f"migrating {redacted(url)} failed: {exc.orig}") from None
     except sa.exc.ProgrammingError as exc:
@@ -215,41 +219,55 @@ def upgrade(url: str, revision: str = "head", *, runtime_role: str | None = None
         raise
 
 
-def harden(url: str) -> None:
-    """Install the audit DDL guard (migrations/versions/0004_roles.py) as a superuser."""
+def _refuse_owners_code_as_superuser(conn: sa.Connection, url: str) -> None:
+    """A superuser granting the runtime role must not run ``veil_grant_runtime`` when another
+    role owns it: its owner could have rewritten it to make itself a superuser."""
+    owner = conn.execute(
+        sa.text(
+            "SELECT p.proowner::regrole::text FROM pg_proc p WHERE p.oid = to_regprocedure('veil_grant_runtime(name)')"
+            " AND p.proowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)"
+        )
+    ).scalar()
+    if owner is not None and _is_superuser(conn):
+        raise DatabaseError(
+            f"{redacted(url)}: not granting the runtime role as a superuser through veil_grant_runtime, which "
+            f"belongs to {owner} (who could have rewritten it). Grant it as the owner: `veil db upgrade "
+            "--database-url OWNER_URL --runtime-role NAME`."
+        )
+
+
+def _harden_if_superuser(url: str) -> None:
+    """Migrations run as a superuser (the embedded server) harden the database themselves."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            superuser = _is_superuser(conn)
+    finally:
+        engine.dispose()
+    if superuser:
+        harden(url)
+
+
+def harden(url: str) -> str:
+    """Install the audit DDL guard and the functions it protects (veil/audit/hardening.py) as a
+    superuser; returns the schema guarded."""
+    from veil.audit import hardening
+
     engine = create_engine(url, pool_size=1)
     try:
         with engine.begin() as conn:
-            # The superuser's search_path may not include the schema Veil's tables live in.
-            schemas = (
-                conn.execute(
-                    sa.text(
-                        "SELECT n.nspname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-                        "WHERE p.proname = 'veil_audit_harden'"
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            if len(schemas) > 1:
-                raise DatabaseError(
-                    f"{redacted(url)}: veil_audit_harden exists in several schemas ({', '.join(schemas)})"
-                )
-            if schemas:
-                conn.execute(sa.text("SELECT set_config('search_path', quote_ident(:s), true)"), {"s": schemas[0]})
-            conn.execute(sa.text("SELECT veil_audit_harden()"))
-    except sa.exc.ProgrammingError as exc:
-        sqlstate = getattr(exc.orig, "sqlstate", None)
-        if sqlstate == "42501":
-            raise DatabaseError(
-                f"{redacted(url)}: installing the audit DDL guard needs a superuser (event triggers do); "
-                "give a superuser's URL with --database-url"
-            ) from None
-        if sqlstate == "42883":  # undefined_function
-            raise DatabaseError(f"{redacted(url)}: run `veil db upgrade` first (migration 0004 is missing)") from None
-        raise
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})  # replicas starting
+            driver = conn.connection.driver_connection
+            assert isinstance(driver, psycopg.Connection)  # Veil ships psycopg 3
+            return hardening.install(driver)
+    except hardening.HardeningError as exc:
+        raise DatabaseError(f"{redacted(url)}: {exc}; give a superuser's URL with --database-url") from None
     finally:
         engine.dispose()
+
+
+def _is_superuser(conn: sa.Connection) -> bool:
+    return bool(conn.execute(sa.text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")).scalar())
 
 
 def prepare_schema(database_url: str, migration_database_url: str | None) -> None:

@@ -20,6 +20,10 @@ TRIGGER, RENAME, ...), DROP and CREATE TRIGGER/RULE/POLICY on the audit tables f
 but superusers, and hands the maintenance functions to the superuser so the owner cannot replace
 them. Event triggers need a superuser: it runs here when the migration does, else a DBA runs
 ``veil db harden`` once (docs/deployment.md).
+
+Superseded: ``veil db harden`` no longer calls ``veil_audit_harden()`` (the owner could have
+rewritten it, and a superuser would have run the rewrite); it sends veil/audit/hardening.py,
+which rewrites the functions it hands to the superuser and drops this one.
 """
 
 from alembic import context, op

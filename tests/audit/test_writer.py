@@ -155,8 +155,8 @@ def test_commit_with_lost_answer_is_not_appended_twice(
     real = writer_module.append_if_head
     lost: list[int] = []
 
-    def commit_then_lose_the_answer(driver, head, params, out):  # type: ignore[no-untyped-def]
-        inserted = real(driver, head, params, out)
+    def commit_then_lose_the_answer(driver, head, params, out, call=None):  # type: ignore[no-untyped-def]
+        inserted = real(driver, head, params, out, call)
         if not lost:
             lost.append(inserted)
             raise psycopg.OperationalError("server closed the connection unexpectedly")
@@ -406,8 +406,8 @@ def test_the_loop_lane_never_appends_a_commit_with_a_lost_answer_twice(
     real = writer_module.append_if_head_async
     lost: list[int] = []
 
-    async def commit_then_lose_the_answer(driver, head, params, out):  # type: ignore[no-untyped-def]
-        inserted = await real(driver, head, params, out)
+    async def commit_then_lose_the_answer(driver, head, params, out, call=None):  # type: ignore[no-untyped-def]
+        inserted = await real(driver, head, params, out, call)
         if not lost:
             lost.append(inserted)
             raise psycopg.OperationalError("server closed the connection unexpectedly")

@@ -159,6 +159,22 @@ APPEND_IF_HEAD = (
 ).encode()
 
 
+#: The call of ``veil_audit_append`` (migrations/versions/0006_audit_append.py: the same statement
+#: in a PL/pgSQL function, whose parsed form each backend keeps, whatever pools in front), schema-
+#: qualified, or no row where the writer must not trust it. Trusted only when it belongs to a
+#: superuser and both event triggers of the audit DDL guard are enabled: then the schema owner can
+#: neither replace it (not theirs, and the guard refuses any ``veil_audit_*`` function) nor turn
+#: the guard off (event triggers and ``session_replication_role`` are the superuser's). A function
+#: the owner made or could swap for one that answers "appended" without appending is never called.
+TRUSTED_APPEND_CALL = (
+    b"SELECT format('SELECT %I.veil_audit_append(%%s, %%s, %%s, %%s, %%s, %%s::jsonb)', n.nspname)"
+    b" FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_roles r ON r.oid = p.proowner"
+    b" WHERE p.oid = to_regprocedure('veil_audit_append(bigint, bytea, timestamptz, bigint, bytea, jsonb)')"
+    b" AND r.rolsuper AND (SELECT count(*) FROM pg_event_trigger"
+    b" WHERE evtname IN ('veil_audit_guard_ddl', 'veil_audit_guard_drop') AND evtenabled <> 'D') = 2"
+)
+
+
 def link(head: Head, ts: datetime, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Appended]]:
     """Chain ``rows`` after ``head`` at ``ts``: the parameters to store and what they append."""
     prev, seq = head.hash, head.seq
@@ -174,12 +190,17 @@ def link(head: Head, ts: datetime, rows: list[dict[str, Any]]) -> tuple[list[dic
 
 
 def append_if_head(
-    driver: psycopg.Connection[Any], head: Head, params: list[dict[str, Any]], out: list[Appended]
+    driver: psycopg.Connection[Any],
+    head: Head,
+    params: list[dict[str, Any]],
+    out: list[Appended],
+    call: bytes | None = None,
 ) -> int:
     """Append rows linked after ``head`` by :func:`link` in ONE statement (one round trip, and
     its own transaction when ``driver`` is in autocommit), provided the chain head is still
     ``head``: the statement moves the head only where it still holds ``head``'s seq and hash, and
-    inserts only if it moved it.
+    inserts only if it moved it. ``call``: the trusted ``veil_audit_append`` call
+    (:data:`TRUSTED_APPEND_CALL`) that runs the same statement, or None to send it.
 
     Returns how many rows it inserted: all of them, or 0 when another writer moved the head first
     (nothing was written; take the lock and :func:`append`). Concurrent writers serialise on the
@@ -187,16 +208,39 @@ def append_if_head(
     re-reads the row, finds the seq moved and writes nothing. The caller makes sure that ``ts``
     is no earlier than ``head.ts`` and that its month's partition exists.
     """
-    return driver.execute(APPEND_IF_HEAD, _append_args(head, params, out)).rowcount
+    cur = driver.execute(call or APPEND_IF_HEAD, _append_args(head, params, out))
+    return cur.rowcount if call is None else _inserted(cur.fetchone())
 
 
 async def append_if_head_async(
-    driver: psycopg.AsyncConnection[Any], head: Head, params: list[dict[str, Any]], out: list[Appended]
+    driver: psycopg.AsyncConnection[Any],
+    head: Head,
+    params: list[dict[str, Any]],
+    out: list[Appended],
+    call: bytes | None = None,
 ) -> int:
     """:func:`append_if_head` on an asyncio connection: the writer's event-loop lane sends the
     same statement without handing the batch to a thread."""
-    cur = await driver.execute(APPEND_IF_HEAD, _append_args(head, params, out))
-    return cur.rowcount
+    cur = await driver.execute(call or APPEND_IF_HEAD, _append_args(head, params, out))
+    return cur.rowcount if call is None else _inserted(await cur.fetchone())
+
+
+def trusted_append_call(driver: psycopg.Connection[Any]) -> bytes | None:
+    """:data:`TRUSTED_APPEND_CALL` on ``driver``."""
+    row = driver.execute(TRUSTED_APPEND_CALL).fetchone()
+    return None if row is None else str(row[0]).encode()
+
+
+async def trusted_append_call_async(driver: psycopg.AsyncConnection[Any]) -> bytes | None:
+    """:data:`TRUSTED_APPEND_CALL` on an asyncio connection."""
+    row = await (await driver.execute(TRUSTED_APPEND_CALL)).fetchone()
+    return None if row is None else str(row[0]).encode()
+
+
+def _inserted(row: Any) -> int:
+    if row is None or not isinstance(row[0], int):  # pragma: no cover - the function returns a bigint
+        raise RuntimeError("veil_audit_append returned no count")
+    return int(row[0])
 
 
 def _append_args(head: Head, params: list[dict[str, Any]], out: list[Appended]) -> list[Any]:

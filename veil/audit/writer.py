@@ -12,9 +12,10 @@ Two lanes write the same chain:
 
 * the **event-loop lane** (after ``await start_async()`` or ``async with``; the gateway's): a
   flusher task on the loop drains the queue while one commit is in flight and sends each batch
-  as one statement on an asyncio connection. Why: with a writer thread every call paid two GIL
-  hand-offs (the queue put woke the thread, the wake-up came back through
-  ``call_soon_threadsafe``), the largest cost on the gateway's per-call path. The rare paths
+  as one statement on an asyncio connection (through ``veil_audit_append`` where the database is
+  hardened, so the server need not parse it again: ``chain.TRUSTED_APPEND_CALL``). Why: with a
+  writer thread every call paid two GIL hand-offs (the queue put woke the thread, the wake-up
+  came back through ``call_soon_threadsafe``), the largest cost on the gateway's per-call path. The rare paths
   (first batch, head conflict, under the chain lock, partitions, checkpoints, the clock check)
   run in a worker thread, awaited by the flusher, so batches stay in order. ``record_sync`` from
   another thread hands its event to the loop;
@@ -63,6 +64,8 @@ from veil.audit.chain import (
     link,
     lock_head,
     prepare,
+    trusted_append_call,
+    trusted_append_call_async,
 )
 from veil.audit.checkpoints import make_checkpoint
 from veil.audit.events import AuditEvent
@@ -184,6 +187,7 @@ class AuditWriter:
         self._slow_at = 0.0  # when that was (monotonic)
         self._fast_after = 0.0  # no one-statement append before this (monotonic), after a conflict
         self._raw: Any = None  # the writer thread's own connection (detached from the pool), autocommit
+        self._call: bytes | None = None  # on _raw: the trusted veil_audit_append call, or None (the statement)
         # The event-loop lane (start_async): its loop, queue, flusher task and connection.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -191,6 +195,7 @@ class AuditWriter:
         self._flusher: asyncio.Task[None] | None = None
         self._company: asyncio.Future[None] | None = None  # set when a batch's worth is queued
         self._aconn: psycopg.AsyncConnection[Any] | None = None
+        self._acall: bytes | None = None  # on _aconn: the trusted veil_audit_append call, or None
         self._rare: anyio.CapacityLimiter | None = None  # the worker thread of the lane's rare paths
         # Refused logins go through here, not record(): one row per source, reason and minute.
         self.auth_failures = AuthFailures(self)
@@ -495,7 +500,7 @@ class AuditWriter:
             log.warning("audit one-statement connection failed (%s); appending under the chain lock", _reason(exc))
             return None, None
         try:
-            inserted = await append_if_head_async(conn, head, params, out)
+            inserted = await append_if_head_async(conn, head, params, out, self._acall)
         except Exception as exc:
             await self._drop_aconn()
             return None, _fast_failed(exc, out)
@@ -508,12 +513,18 @@ class AuditWriter:
             # Never server-side prepared: behind PgBouncer in transaction mode (before 1.21) a
             # statement prepared on one server connection is missing on the next.
             params.update(autocommit=True, prepare_threshold=None)
-            self._aconn = await asyncio.wait_for(psycopg.AsyncConnection.connect(**params), self.timeout_s)
+            conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(**params), self.timeout_s)
+            try:
+                self._acall = await trusted_append_call_async(conn)
+            except psycopg.Error:
+                await conn.close()
+                raise
+            self._aconn = conn
         return self._aconn
 
     async def _drop_aconn(self) -> None:
         self._head = None
-        conn, self._aconn = self._aconn, None
+        conn, self._aconn, self._acall = self._aconn, None, None
         if conn is not None:
             with contextlib.suppress(Exception):  # already broken
                 await conn.close()
@@ -585,7 +596,8 @@ class AuditWriter:
             return None, None
         head, params, out = plan
         try:
-            inserted = append_if_head(self._direct(), head, params, out)
+            conn = self._direct()
+            inserted = append_if_head(conn, head, params, out, self._call)
         except Exception as exc:
             self._drop_direct()
             return None, _fast_failed(exc, out)
@@ -683,12 +695,17 @@ class AuditWriter:
             # Never server-side prepared: behind PgBouncer in transaction mode (before 1.21) a
             # statement prepared on one server connection is missing on the next.
             driver.prepare_threshold = None
+            try:
+                self._call = trusted_append_call(driver)
+            except psycopg.Error:
+                raw.close()
+                raise
             self._raw = (raw, driver)
         return self._raw[1]
 
     def _drop_direct(self) -> None:
         self._head = None
-        raw, self._raw = self._raw, None
+        raw, self._raw, self._call = self._raw, None, None
         if raw is not None:
             with contextlib.suppress(Exception):  # already broken
                 raw[1].close()
