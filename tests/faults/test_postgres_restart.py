@@ -27,7 +27,7 @@ from mcp.shared.exceptions import MCPError
 
 from veil import db
 from veil.audit.verify import verify
-from veil.errors import AuditUnavailable
+from veil.errors import AuditUnavailable, DatabaseError
 
 pytestmark = pytest.mark.anyio
 
@@ -131,9 +131,15 @@ async def test_postgres_restart_under_load_fails_closed_recovers_and_audits_each
     assert ok_by_phase["before"] > 0
     down = [(code, msg) for t, code, msg in refusals if down_at <= t < up_at]
     assert down, "no call was refused while PostgreSQL was down"
-    # Fail closed, with the audit error (code -32009) naming the cause.
-    assert {code for _, code, _ in refusals} == {AuditUnavailable.code}, refusals[:3]
-    assert all("audit trail" in msg for _, _, msg in refusals), refusals[:3]
+    # Fail closed, with an error naming the cause: the audit's (-32009), or the vault's (-32003)
+    # for a call whose intent was committed just before the stop and whose result then met the
+    # vault's periodic refresh (every 2 s) while the server was down.
+    assert {code for _, code, _ in refusals} <= {AuditUnavailable.code, DatabaseError.code}, refusals[:3]
+    assert AuditUnavailable.code in {code for _, code, _ in refusals}
+    assert all(
+        "audit trail" in msg if code == AuditUnavailable.code else "token vault's database failed" in msg
+        for _, code, msg in refusals
+    ), refusals[:3]
     assert not any(private_pg.socket_dir in msg for _, _, msg in refusals)  # no server details to agents
     assert first_ok_after_up is not None
     messages = sorted({msg.split(" (")[0] for _, msg in down})
