@@ -114,9 +114,13 @@ def stop(config: str | None, data_dir: str | None) -> None:
     help="A superuser's URL for Veil's database (event triggers need one).",
 )
 def harden(config: str | None, database_url: str | None) -> None:
-    """Install the event trigger that refuses ALTER/DETACH/DROP on the audit tables (superuser, once).
+    """Install the event trigger that refuses ALTER/DETACH/DROP on the audit tables, and the
+    functions it guards (superuser; again after every upgrade of Veil).
 
-    Migrations install it themselves when they run as a superuser (the embedded server)."""
+    Migrations do it themselves when they run as a superuser (the embedded server)."""
     url = database_url or _url(config, None)
-    db.harden(url)
-    click.echo(f"audit DDL guard installed in {db.redacted(url)}: only superusers may alter or drop audit tables")
+    schema = db.harden(url)
+    click.echo(
+        f"audit DDL guard installed in {db.redacted(url)} (schema {schema}): only superusers may alter or drop "
+        "audit tables or the functions that guard and append to them"
+    )

@@ -102,3 +102,15 @@ def test_a_superuser_upgrade_does_not_grant_through_the_owners_function(deploy) 
         db.upgrade(dep.super_url, runtime_role=dep.runtime)
     assert f"belongs to {dep.owner}" in str(caught.value) and "--database-url OWNER_URL" in str(caught.value)
     assert not is_superuser(dep)
+
+
+@pytest.mark.req("audit:no-escalation")
+def test_harden_says_what_it_needs(deploy) -> None:
+    dep = deploy(hardened=False)
+    as_owner_run = cli(["db", "harden", "--database-url", dep.owner_url], check=False)
+    assert as_owner_run.returncode != 0
+    assert "needs a superuser" in as_owner_run.stderr and "--database-url" in as_owner_run.stderr, as_owner_run.stderr
+    done = cli(["db", "harden", "--database-url", dep.super_url])
+    assert "audit DDL guard installed" in done.stdout and "(schema public)" in done.stdout, done.stdout
+    again = cli(["db", "harden", "--database-url", dep.super_url])  # idempotent: after every upgrade
+    assert again.returncode == 0, again.stderr
