@@ -475,6 +475,19 @@ CASES: list[Case] = [
         note="not in the vault: detection alone; the cue recognizer once stopped inside the surname",
     ),
     Case(
+        "blind-dbhub-new-lower-case-name-after-a-cue",
+        2,
+        (
+            sql(
+                "select 'hi, my name is ' || lower(full_name) || '. i lost my card' as a, "
+                f"'please follow up with ' || lower(full_name) || ' in a month' as b from customers where id={ID}"
+            ),
+        ),
+        ("full_name",),
+        prefetch=False,
+        note="never seen before: lower-case names after a cue that announces one were left to NER",
+    ),
+    Case(
         "echo-token-percent-encoded-by-the-upstream",
         1,
         (

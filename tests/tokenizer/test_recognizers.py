@@ -338,3 +338,35 @@ def test_place_then_postal_code(detector):
 )
 def test_lower_case_columns_in_sql_are_not_names(detector, text):
     assert [v for t, v in found(detector, text) if t in ("PERSON", "LOCATION", "NRP")] == []
+
+
+@pytest.mark.req("tokenize:ner")
+@pytest.mark.parametrize(
+    "text, name",
+    [
+        ("i lost my card. my name is lena andersson.", "lena andersson"),
+        ("sometimes people call me višeslav", "višeslav"),
+        ("her maiden name is nyberg", "nyberg"),
+        ("follow up with benjamin a seiler in a couple of months.", "benjamin a seiler"),
+        ("my name is emily brown and i need help", "emily brown"),  # a surname that is an adjective
+        ("call me ana tomorrow", "ana"),
+    ],
+)
+def test_lower_case_names_after_a_cue_that_announces_one(detector, text, name):
+    assert ("PERSON", name) in found(detector, text)
+
+
+@pytest.mark.req("tokenize:no-false-positives-interface")
+@pytest.mark.parametrize(
+    "text",
+    [
+        "call me back tomorrow",
+        "my name is not on the list",
+        "please call me at 5pm",
+        "follow up with the customer next week",
+        "returns the customer whose name is given",
+        "select id from customers where name is null",
+    ],
+)
+def test_a_cue_without_a_name_after_it_finds_nobody(detector, text):
+    assert [v for t, v in found(detector, text) if t == "PERSON"] == []

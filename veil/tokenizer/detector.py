@@ -65,6 +65,7 @@ from veil.tokenizer.recognizers import (
     CuedPersonRecognizer,
     DateOfBirthRecognizer,
     GluedCardRecognizer,
+    LowerCasePersonRecognizer,
     NameBeforeVerbRecognizer,
     NameShapeRecognizer,
     ObfuscatedEmailRecognizer,
@@ -247,6 +248,10 @@ class Detector:
             registry.add_recognizer(NameBeforeVerbRecognizer(lexicon, supported_language=settings.language))
             registry.add_recognizer(UpperCasePlaceRecognizer(lexicon, supported_language=settings.language))
             registry.add_recognizer(NameShapeRecognizer(lexicon, supported_language=settings.language))
+            adverbs = common_words(model_name, ("adv",))
+            registry.add_recognizer(
+                LowerCasePersonRecognizer(self.common_words, adverbs, supported_language=settings.language)
+            )
             registry.add_recognizer(PlaceBeforeCodeRecognizer(lexicon, supported_language=settings.language))
         self._custom = custom_recognizers(settings.patterns, settings.deny_lists, settings.language)
         for rec in self._custom:

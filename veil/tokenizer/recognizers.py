@@ -21,6 +21,7 @@ so one match attempt costs a bounded number of steps; tests/tokenizer/test_linea
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import phonenumbers
 import tldextract
@@ -519,6 +520,71 @@ class CuedPersonRecognizer(PatternRecognizer):
             name="VeilCuedPersonRecognizer",
             global_regex_flags=_CASE_SENSITIVE,
         )
+
+
+# Cues after which the next words are a name even when nobody capitalised them ("my name is
+# vitoria", "people call me višeslav", "her maiden name is nyberg", "follow up with patricia
+# desrosiers"): chat and ticket text is often all lower case, and NER misses such names.
+_LOWER_NAME_CUES = r"name is|name was|name's|call me|calls me|maiden name is|follow up with"
+
+
+class LowerCasePersonRecognizer(PatternRecognizer):
+    """Lower-case names after a cue that announces a name: a first word that is no stop word and
+    no English verb, adjective or adverb ("call me back", "my name is not on the list" find
+    nothing), then the words up to a stop word or an adverb ("call me ana tomorrow"). Surnames
+    that are adjectives or verbs ("emily brown", "james foster") are kept; one single-letter
+    initial may stand between two names."""
+
+    def __init__(self, common: frozenset[str], adverbs: frozenset[str], supported_language: str = "en") -> None:
+        super().__init__(
+            supported_entity="PERSON",
+            patterns=[
+                Pattern(
+                    "cue_lower",
+                    rf"(?i)(?<=\b(?:{_LOWER_NAME_CUES})[ \t]{{1,8}})\p{{Ll}}[\p{{L}}'\u2019-]{{1,40}}"
+                    r"(?:[ \t]{1,3}\p{Ll}[\p{L}'\u2019-]{0,40}){0,3}",
+                    0.6,
+                ),
+            ],
+            supported_language=supported_language,
+            name="VeilLowerCasePersonRecognizer",
+            global_regex_flags=_CASE_SENSITIVE,
+        )
+        self._common = common
+        self._adverbs = adverbs
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: Any = None, regex_flags: int | None = None
+    ) -> list[RecognizerResult]:
+        kept = []
+        for result in super().analyze(text, entities, nlp_artifacts, regex_flags):
+            end = self._name_end(text, result.start, result.end)
+            if end is not None:
+                result.end = end
+                kept.append(result)
+        return kept
+
+    def _name_end(self, text: str, start: int, end: int) -> int | None:
+        """Where the name that starts at ``start`` ends within the match, or None if no word is one."""
+        words = [(m.start() + start, m.end() + start, m.group()) for m in re.finditer(r"\S+", text[start:end])]
+        name_end: int | None = None
+        for i, (_, w_end, word) in enumerate(words):
+            lower = word.lower()
+            if len(word) == 1:  # an initial: only between two names
+                if name_end is None or i + 1 >= len(words) or not self._goes_on(words[i + 1][2]):
+                    break
+                continue
+            if not (self._goes_on(lower) if name_end is not None else self._starts(lower)):
+                break
+            name_end = w_end
+        return name_end
+
+    def _starts(self, word: str) -> bool:
+        return len(word) > 1 and word not in STOP_WORDS and word not in self._common
+
+    def _goes_on(self, word: str) -> bool:
+        word = word.lower()
+        return len(word) > 1 and word not in STOP_WORDS and word not in self._adverbs
 
 
 _VERBS = (
