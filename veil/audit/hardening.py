@@ -57,7 +57,10 @@ def schema_of_audit_tables(conn: psycopg.Connection[Any]) -> str:
     if not rows:
         raise HardeningError("no audit_events table: run `veil db upgrade` first")
     if len(rows) > 1:
-        raise HardeningError(f"audit_events exists in several schemas ({', '.join(r[0] for r in rows)}); harden one")
+        raise HardeningError(
+            f"audit_events exists in several schemas ({', '.join(r[0] for r in rows)}), so which one is Veil's "
+            "cannot be told; drop the stray copy, or give each deployment a database of its own"
+        )
     return str(rows[0][0])
 
 
