@@ -114,3 +114,11 @@ def test_harden_says_what_it_needs(deploy) -> None:
     assert "audit DDL guard installed" in done.stdout and "(schema public)" in done.stdout, done.stdout
     again = cli(["db", "harden", "--database-url", dep.super_url])  # idempotent: after every upgrade
     assert again.returncode == 0, again.stderr
+    # A second audit_events elsewhere (a restored copy, say): which one to guard is not guessed.
+    admin = dep.engine(dep.super_url)
+    with admin.begin() as conn:
+        conn.execute(sa.text("CREATE SCHEMA stray"))
+        conn.execute(sa.text("CREATE TABLE stray.audit_events (seq bigint) PARTITION BY RANGE (seq)"))
+    admin.dispose()
+    two = cli(["db", "harden", "--database-url", dep.super_url], check=False)
+    assert two.returncode != 0 and "several schemas (" in two.stderr and "drop the stray copy" in two.stderr, two.stderr
