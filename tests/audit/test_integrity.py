@@ -216,3 +216,41 @@ def test_a_dedicated_schema_owned_by_the_owner_role_is_guarded_the_same(deploy) 
     owner.dispose()
     run = audit_verify(dep)
     assert run.returncode == 0 and f"at seq {cp_seq}" in run.stdout, run.stdout + run.stderr
+
+
+@pytest.mark.req("audit:cut-tail")
+def test_a_doctored_copy_on_the_verifiers_search_path_fails_verification(deploy) -> None:
+    """The owner puts a copy of the audit tables in a schema named after the role that verifies
+    ("$user" comes first on the default search_path): the chain up to its last checkpoint, without
+    what came after. Verify must not check the copy."""
+    dep = deploy(hardened=True)
+    cp_seq = write_trail(dep, 4, 3)
+    verifier = dep.runtime  # any role with SELECT on the trail
+    owner = dep.engine(dep.owner_url)
+    with owner.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{verifier}"'))
+        # A partitioned copy with a DEFAULT partition, so the partition checks find it in order.
+        conn.execute(
+            sa.text(f'CREATE TABLE "{verifier}".audit_events (LIKE public.audit_events) PARTITION BY RANGE (ts)')
+        )
+        conn.execute(
+            sa.text(f'CREATE TABLE "{verifier}".audit_events_default PARTITION OF "{verifier}".audit_events DEFAULT')
+        )
+        conn.execute(
+            sa.text(f'INSERT INTO "{verifier}".audit_events SELECT * FROM public.audit_events WHERE seq <= {cp_seq}')
+        )
+        conn.execute(
+            sa.text(
+                f'CREATE TABLE "{verifier}".audit_chain_head AS SELECT true AS id, seq, hash, ts '
+                f"FROM public.audit_events WHERE seq = {cp_seq}"
+            )
+        )
+        conn.execute(sa.text(f'GRANT USAGE ON SCHEMA "{verifier}" TO "{verifier}"'))
+        conn.execute(sa.text(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{verifier}" TO "{verifier}"'))
+    owner.dispose()
+    run = cli(
+        ["audit", "verify", "--database-url", dep.runtime_url, "--data-dir", str(dep.data_dir)],
+        check=False,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "audit_events exists in several schemas" in run.stdout + run.stderr, run.stdout + run.stderr

@@ -12,7 +12,9 @@ What each check catches (someone with direct database access can disable the tri
 * a checkpoint (in the table, or in the checkpoint file outside the database) lies beyond the
   last event                                            → the tail was cut and the head moved back;
 * a table named like an audit partition is not attached, or is being detached, or the head
-  points past an empty table                            → a partition was detached or dropped.
+  points past an empty table                            → a partition was detached or dropped;
+* an audit table's name also names a view or table in another schema → verify might read a
+  doctored copy instead of the trail.
 
 A chain whose oldest months were dropped by retention starts at the anchor recorded by the
 ``retention.drop`` event: the seq and hash of the last dropped event.
@@ -113,6 +115,35 @@ def _anchor(conn: sa.Connection, lo: int, result: VerifyResult) -> bytes | None:
     return None
 
 
+_TRAIL = {"audit_events": "p", "audit_chain_head": "r", "audit_checkpoints": "r"}
+
+
+def shadow_problems(conn: sa.Connection) -> list[str]:
+    """The names verify reads must be Veil's tables, in one schema, and nowhere else: a view or
+    table of the same name in another schema (one named after the verifying role comes first on
+    the default search_path) could show a doctored chain, and verify would check that instead."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT c.relname, c.relkind, n.nspname, c.oid = to_regclass(quote_ident(c.relname)) AS seen "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname IN ('audit_events', 'audit_chain_head', 'audit_checkpoints') ORDER BY 1, 3"
+        )
+    ).all()
+    problems = []
+    for name, kind in _TRAIL.items():
+        found = [r for r in rows if r.relname == name]
+        seen = [r for r in found if r.seen]
+        if len(found) > 1:
+            places = ", ".join(f"{r.nspname}.{name}" for r in found)
+            problems.append(f"{name} exists in several schemas ({places}): which one is the trail cannot be told")
+        elif seen and seen[0].relkind != kind:
+            problems.append(f"{seen[0].nspname}.{name} is not Veil's table (relkind {seen[0].relkind!r})")
+    schemas = {r.nspname for r in rows if r.seen}
+    if len(schemas) > 1:
+        problems.append(f"the audit tables are read from several schemas ({', '.join(sorted(schemas))})")
+    return problems
+
+
 def partition_problems(conn: sa.Connection) -> list[str]:
     """Tables that look like audit partitions but are not (or are being un-) attached."""
     rows = conn.execute(
@@ -151,7 +182,7 @@ def verify(
     """
     result = VerifyResult()
     whole_tail = end is None
-    detached = partition_problems(conn)
+    detached = shadow_problems(conn) or partition_problems(conn)
     if detached:
         result.problem = Problem(None, None, "; ".join(detached))
         return result
