@@ -12,9 +12,10 @@ import pytest
 import sqlalchemy as sa
 
 from veil import db
+from veil.audit import AuditWriter
 from veil.errors import DatabaseError
 
-from .conftest import Deployment, cli
+from .conftest import Deployment, cli, tool_event
 from .test_integrity import refused
 
 
@@ -122,3 +123,31 @@ def test_harden_says_what_it_needs(deploy) -> None:
     admin.dispose()
     two = cli(["db", "harden", "--database-url", dep.super_url], check=False)
     assert two.returncode != 0 and "several schemas (" in two.stderr and "drop the stray copy" in two.stderr, two.stderr
+
+
+@pytest.mark.req("audit:partition-ddl")
+def test_the_owner_cannot_put_a_copy_where_the_runtime_role_looks_first(deploy) -> None:
+    """A schema named after the runtime role comes first on its default search_path: audit
+    tables there would receive Veil's appends, and the owner could empty them at will."""
+    dep = deploy(hardened=True)
+    owner = dep.engine(dep.owner_url)
+    with owner.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{dep.runtime}"'))
+        conn.execute(sa.text(f'CREATE TABLE "{dep.runtime}".scratch (x int)'))
+    for sql in (
+        f'CREATE TABLE "{dep.runtime}".audit_events (LIKE public.audit_events) PARTITION BY RANGE (ts)',
+        f'CREATE TABLE "{dep.runtime}".audit_chain_head (LIKE public.audit_chain_head)',
+        f'CREATE VIEW "{dep.runtime}".audit_checkpoints AS SELECT * FROM public.audit_checkpoints',
+        f'ALTER TABLE "{dep.runtime}".scratch RENAME TO audit_events',
+    ):
+        message = refused(owner, sql)
+        assert "only Veil's audit tables may have that name" in message, message
+    owner.dispose()
+    engine = dep.engine(dep.runtime_url)  # Veil, as the runtime role, still appends to the trail
+    try:
+        with AuditWriter(engine) as writer:
+            writer.record_sync(tool_event(1))
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM public.audit_events")).scalar_one() == 1
+    finally:
+        engine.dispose()

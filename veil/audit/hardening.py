@@ -15,8 +15,9 @@ text, whatever the owner left in its place, and then handed to the superuser:
   (veil/audit/chain.py, ``TRUSTED_APPEND_CALL``: the writer calls it only when it is the
   superuser's and the guard is on);
 * ``veil_audit_is_guarded(oid)`` and the two event-trigger functions, and the event triggers that
-  refuse ALTER, DROP and CREATE TRIGGER/RULE/POLICY on the audit tables and any DDL on a
-  ``veil_audit_*`` function to everyone but superusers.
+  refuse ALTER, DROP and CREATE TRIGGER/RULE/POLICY on the audit tables, any other relation by
+  their names (in any schema: a copy where a role's search_path looks first would receive its
+  appends) and any DDL on a ``veil_audit_*`` function to everyone but superusers.
 
 Re-run after every upgrade of Veil: it is idempotent, and a later version may change what it ships.
 """
@@ -200,6 +201,13 @@ BEGIN
            OR (cmd.classid = 'pg_proc'::regclass AND cmd.object_identity ~ '(^|\\.)veil_audit_') THEN
             RAISE EXCEPTION '% on % refused: the audit trail is append-only (event trigger veil_audit_guard)',
                 cmd.command_tag, cmd.object_identity USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        -- Another relation by one of their names, in any schema, would take their place for a
+        -- role whose search_path finds it first (a schema named after Veil's runtime role).
+        IF cmd.classid = 'pg_class'::regclass AND (SELECT relname FROM pg_class WHERE oid = cmd.objid)
+           IN ('audit_events', 'audit_chain_head', 'audit_checkpoints') THEN
+            RAISE EXCEPTION '% on % refused: only Veil''s audit tables may have that name (event trigger '
+                'veil_audit_guard)', cmd.command_tag, cmd.object_identity USING ERRCODE = 'insufficient_privilege';
         END IF;
     END LOOP;
 END $$"""
