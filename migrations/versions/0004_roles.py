@@ -15,15 +15,12 @@ What the runtime role needs beyond plain INSERT goes through functions:
 * ``veil_grant_runtime(role)`` (re)grants the runtime privileges (``veil db upgrade
   --runtime-role``); called here for the role named by the Alembic attribute ``veil_runtime_role``.
 
-``veil_audit_harden()`` installs an event trigger that refuses ALTER (DETACH PARTITION, DISABLE
-TRIGGER, RENAME, ...), DROP and CREATE TRIGGER/RULE/POLICY on the audit tables for every role
-but superusers, and hands the maintenance functions to the superuser so the owner cannot replace
-them. Event triggers need a superuser: it runs here when the migration does, else a DBA runs
-``veil db harden`` once (docs/deployment.md).
-
-Superseded: ``veil db harden`` no longer calls ``veil_audit_harden()`` (the owner could have
-rewritten it, and a superuser would have run the rewrite); it sends veil/audit/hardening.py,
-which rewrites the functions it hands to the superuser and drops this one.
+The event trigger that refuses ALTER (DETACH PARTITION, DISABLE TRIGGER, RENAME, ...), DROP and
+CREATE TRIGGER/RULE/POLICY on the audit tables for every role but superusers is installed by
+``veil db harden`` (veil/audit/hardening.py), which also hands the maintenance functions to the
+superuser. This migration once defined ``veil_audit_harden()`` for that and called it when run as
+a superuser; a function of the schema the owner could rewrite before a superuser ran it, so it is
+gone: harden sends its own SQL and drops the function where an earlier version left it.
 """
 
 from alembic import context, op
@@ -123,102 +120,14 @@ END $$;
 REVOKE ALL ON FUNCTION veil_grant_runtime(name) FROM PUBLIC;
 """
 
-# Installed by a superuser (here when the migration runs as one, else `veil db harden`).
-HARDEN = r"""
-CREATE OR REPLACE FUNCTION veil_audit_harden() RETURNS void
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $fn$
-DECLARE
-    schema_owner text;
-BEGIN
-    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
-        RAISE EXCEPTION 'veil_audit_harden() must run as a superuser (event triggers need one)'
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    -- The owner must not be able to replace what guards it or what the guard lets through; it
-    -- keeps the right to call the maintenance functions.
-    SELECT proowner::regrole::text INTO schema_owner FROM pg_proc
-        WHERE oid = 'veil_audit_drop_month(date)'::regprocedure;
-    EXECUTE format('ALTER FUNCTION veil_audit_append_only() OWNER TO %I', current_user);
-    EXECUTE format('ALTER FUNCTION veil_audit_ensure_partition(date) OWNER TO %I', current_user);
-    EXECUTE format('ALTER FUNCTION veil_audit_drop_month(date) OWNER TO %I', current_user);
-    -- After the owner change (which hands the old owner's ACL entries to the new one).
-    EXECUTE format('GRANT EXECUTE ON FUNCTION veil_audit_drop_month(date), veil_audit_ensure_partition(date) TO %s',
-                   schema_owner);
-
-    -- By oid, not name: a renamed table stays guarded (and its rename was refused anyway).
-    EXECUTE format(
-        $f$CREATE OR REPLACE FUNCTION veil_audit_is_guarded(rel oid) RETURNS boolean
-           LANGUAGE sql STABLE AS 'SELECT rel IN (%s, %s, %s) OR EXISTS (SELECT 1 FROM pg_inherits
-                                   WHERE inhrelid = rel AND inhparent = %s)'$f$,
-        'audit_events'::regclass::oid, 'audit_chain_head'::regclass::oid, 'audit_checkpoints'::regclass::oid,
-        'audit_events'::regclass::oid);
-
-    CREATE OR REPLACE FUNCTION veil_audit_ddl_guard() RETURNS event_trigger
-    LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
-    DECLARE
-        cmd record;
-        rel oid;
-    BEGIN
-        IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
-            RETURN;  -- superusers can bypass any in-database guard anyway (pgaudit records them)
-        END IF;
-        FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
-            rel := CASE cmd.classid
-                WHEN 'pg_class'::regclass THEN cmd.objid
-                WHEN 'pg_trigger'::regclass THEN (SELECT tgrelid FROM pg_trigger WHERE oid = cmd.objid)
-                WHEN 'pg_rewrite'::regclass THEN (SELECT ev_class FROM pg_rewrite WHERE oid = cmd.objid)
-                WHEN 'pg_policy'::regclass THEN (SELECT polrelid FROM pg_policy WHERE oid = cmd.objid)
-                ELSE NULL END;
-            IF (rel IS NOT NULL AND veil_audit_is_guarded(rel))
-               OR (cmd.classid = 'pg_proc'::regclass AND cmd.object_identity ~ '^([a-z_]+\.)?veil_audit_') THEN
-                RAISE EXCEPTION '% on % refused: the audit trail is append-only (event trigger veil_audit_guard)',
-                    cmd.command_tag, cmd.object_identity USING ERRCODE = 'insufficient_privilege';
-            END IF;
-        END LOOP;
-    END $$;
-
-    CREATE OR REPLACE FUNCTION veil_audit_drop_guard() RETURNS event_trigger
-    LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
-    DECLARE
-        obj record;
-    BEGIN
-        IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
-            RETURN;
-        END IF;
-        FOR obj IN SELECT * FROM pg_event_trigger_dropped_objects() LOOP
-            IF obj.object_identity ~ '(^|\.| on )(audit_events|audit_chain_head|audit_checkpoints)($|_| )'
-               OR obj.object_identity ~ '^([a-z_]+\.)?veil_audit_' THEN
-                RAISE EXCEPTION 'DROP % % refused: the audit trail is append-only (event trigger veil_audit_guard)',
-                    obj.object_type, obj.object_identity USING ERRCODE = 'insufficient_privilege';
-            END IF;
-        END LOOP;
-    END $$;
-
-    DROP EVENT TRIGGER IF EXISTS veil_audit_guard_ddl;
-    DROP EVENT TRIGGER IF EXISTS veil_audit_guard_drop;
-    CREATE EVENT TRIGGER veil_audit_guard_ddl ON ddl_command_end EXECUTE FUNCTION veil_audit_ddl_guard();
-    CREATE EVENT TRIGGER veil_audit_guard_drop ON sql_drop EXECUTE FUNCTION veil_audit_drop_guard();
-END $fn$;
-"""
-
 
 def upgrade() -> None:
     op.execute(FUNCTIONS)
     runtime = context.config.attributes.get("veil_runtime_role")
     if runtime:
         op.execute(f"SELECT veil_grant_runtime({_literal(runtime)})")
-    op.execute(HARDEN)
-    op.execute(
-        """
-        DO $$ BEGIN
-            IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
-                PERFORM veil_audit_harden();
-            ELSE
-                RAISE NOTICE 'not a superuser: audit DDL guard not installed; a DBA runs `veil db harden` once';
-            END IF;
-        END $$;
-        """
-    )
+    # The DDL guard is not installed here: `veil db harden` does (veil/audit/hardening.py), and
+    # `veil db upgrade` runs it right after the migrations when it connects as a superuser.
 
 
 def _literal(value: str) -> str:
@@ -234,6 +143,7 @@ def downgrade() -> None:
         DROP FUNCTION IF EXISTS veil_audit_drop_guard();
         DROP FUNCTION IF EXISTS veil_audit_is_guarded(oid);
         DROP FUNCTION IF EXISTS veil_audit_harden();
+        DROP FUNCTION IF EXISTS veil_audit_append(bigint, bytea, timestamptz, bigint, bytea, jsonb);
         DROP FUNCTION veil_grant_runtime(name);
         DROP FUNCTION veil_audit_drop_month(date);
         DROP FUNCTION veil_audit_ensure_partition(date);
