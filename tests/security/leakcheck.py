@@ -5,7 +5,8 @@ with its separators removed, as full-width digits, with zero-width characters in
 or as a list of character codes. So both the needle and the haystack are normalised the same
 way, and the needle is looked for in each form:
 
-* ``text``:   Unicode NFKC, format characters (zero-width and friends) removed, case folded;
+* ``text``:   Unicode NFKC, format characters (zero-width and friends) removed, digits of every
+  script as ASCII digits, case folded;
 * ``alnum``:  the same with everything but letters and digits removed ("Ngoc Korhonen" is found
   in "NGOC_KORHONEN" and in "ngockorhonen57");
 * ``digits``: each run of digits (with separators such as ``-``, ``.``, space between them)
@@ -38,9 +39,14 @@ MIN_LOOSE = 6  # shorter values are matched as whole words only
 
 
 def normalise(text: str) -> str:
-    """NFKC, format characters removed, case folded."""
+    """NFKC, format characters removed, the decimal digits of every script as ASCII digits
+    (NFKC leaves Arabic-Indic or Devanagari digits as they are; a reader does not), case folded."""
     text = unicodedata.normalize("NFKC", text)
-    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    text = "".join(
+        str(unicodedata.decimal(ch)) if ch.isdecimal() and not ch.isascii() else ch
+        for ch in text
+        if unicodedata.category(ch) != "Cf"
+    )
     return text.casefold()
 
 

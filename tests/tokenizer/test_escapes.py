@@ -105,6 +105,14 @@ def test_a_tag_with_attributes_stays_text_to_analyse() -> None:
 # -- look-alike characters ------------------------------------------------------------------------
 
 FULL_WIDTH = str.maketrans("0123456789@.", "".join(chr(0xFF10 + d) for d in range(10)) + "\uff20\uff0e")
+ARABIC_INDIC = str.maketrans("0123456789", "".join(chr(0x660 + d) for d in range(10)))
+DEVANAGARI = str.maketrans("0123456789", "".join(chr(0x966 + d) for d in range(10)))
+MATH_BOLD = str.maketrans(
+    "0123456789abcdefghijklmnopqrstuvwxyz",
+    "".join(chr(0x1D7CE + d) for d in range(10)) + "".join(chr(0x1D41A + i) for i in range(26)),
+)
+SUPERSCRIPT = str.maketrans("0123456789", "\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079")
+CIRCLED = str.maketrans("123456789", "".join(chr(0x2460 + d) for d in range(9)))
 
 
 @pytest.mark.req("tokenize:look-alikes")
@@ -116,6 +124,15 @@ FULL_WIDTH = str.maketrans("0123456789@.", "".join(chr(0xFF10 + d) for d in rang
         ("ssn 219\u221209\u22129999", "ssn 219-09-9999"),  # minus signs
         ("06\u00a012\u202f34\u200956\u300078", "06 12 34 56 78"),  # no-break, narrow, thin, ideographic
         ("219-09-9999 jane.doe@example.com".translate(FULL_WIDTH), "219-09-9999 jane.doe@example.com"),
+        # what SQL's translate() writes when an injected agent asks for it: other scripts' digits,
+        # mathematical letters and digits, circled and superscript digits, the small commercial at
+        ("219-09-9999".translate(ARABIC_INDIC), "219-09-9999"),
+        ("(415) 555-0199".translate(DEVANAGARI), "(415) 555-0199"),
+        ("4111 1111 1111 1111".translate(MATH_BOLD), "4111 1111 1111 1111"),
+        ("jane.doe@example.com".translate(MATH_BOLD), "jane.doe@example.com"),
+        ("219-09-9999".translate(SUPERSCRIPT), "219-09-9999"),
+        ("4111 1111".translate(CIRCLED), "4111 1111"),
+        ("jane.doe\ufe6bexample.com", "jane.doe@example.com"),
     ],
 )
 def test_look_alike_characters_fold_one_for_one(text: str, plain: str) -> None:
@@ -126,7 +143,13 @@ def test_look_alike_characters_fold_one_for_one(text: str, plain: str) -> None:
 
 
 def test_text_without_look_alikes_is_left_as_it_is() -> None:
-    for text in ("plain ascii 219-09-9999", "José García, Zürich", "東京都"):
+    for text in (
+        "plain ascii 219-09-9999",
+        "José García, Zürich",
+        "東京都",
+        "Ελληνικά, Ελίνα Παπαδοπούλου",
+        "thanks \U0001f600",
+    ):
         assert fold(text) is text
         assert unescaped(text) is None
 

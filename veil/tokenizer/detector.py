@@ -46,7 +46,7 @@ from presidio_analyzer.predefined_recognizers import (
 from spacy.lang.en.stop_words import STOP_WORDS
 
 from veil.errors import TokenizeBudgetExceeded
-from veil.tokenizer import nerpool
+from veil.tokenizer import escapes, nerpool
 from veil.tokenizer.guard import name_parts
 from veil.tokenizer.hints import HINTABLE_TYPES, builtin_hint
 from veil.tokenizer.nlp import (
@@ -304,6 +304,7 @@ class Detector:
             "Springfield, IL 62704; card 4111 1111 1111 1111, IBAN DE89370400440532013000, 10.0.0.1."
         )
         self.detect([TextItem(sample, "phone email", ner=True)])
+        escapes.fold("\u00a0")  # builds the look-alike table (~80 ms) before the first call needs it
 
     # -- thresholds -------------------------------------------------------------------------
     def threshold(self, entity_type: str) -> float:

@@ -25,9 +25,10 @@ is read as nothing when it is inline formatting (``INLINE_TAGS``) and as a space
 written: its attributes (``href="mailto:..."``) are text that must be analysed like the rest.
 
 Look-alike characters last (``fold``): no-break and other Unicode spaces, Unicode hyphens and
-dashes, the minus sign and full-width ASCII are read as their ASCII counterparts, one character
-for one, so that a value written with them matches the patterns that want ``-``, `` `` and
-``0-9``.
+dashes, the minus sign, the digits of every script and the compatibility forms of ASCII
+(full-width, mathematical, circled, superscript) are read as their ASCII counterparts, one
+character for one, so that a value written with them matches the patterns that want ``-``,
+`` `` and ``0-9``.
 """
 
 from __future__ import annotations
@@ -113,33 +114,68 @@ def unescaped(text: str) -> Unescaped | None:
     return Unescaped(folded, rounds)  # one character for one: the fold keeps every offset
 
 
+@functools.cache
 def _fold_table() -> dict[int, str]:
-    table: dict[int, str] = {cp: chr(cp - 0xFEE0) for cp in range(0xFF01, 0xFF5F)}  # full-width ASCII
-    for cp in (0x00A0, 0x1680, *range(0x2000, 0x200B), 0x202F, 0x205F, 0x3000):
-        table[cp] = " "
-    for cp in range(0x80, 0x10000):
-        if unicodedata.category(chr(cp)) == "Pd":
+    """Built on first use (~80 ms, planes 0 and 1: every character these rules map is there)."""
+    table: dict[int, str] = {}
+    for cp in range(0x80, 0x20000):
+        if 0xD800 <= cp < 0xE000:
+            continue
+        ch = chr(cp)
+        digit = unicodedata.decimal(ch, None)
+        if digit is not None:  # a decimal digit of any script: Arabic-Indic, Devanagari, math bold
+            table[cp] = str(digit)
+            continue
+        compat = unicodedata.normalize("NFKC", ch)
+        if len(compat) == 1 and "!" <= compat <= "~":  # full-width, math, circled, super/subscript
+            table[cp] = compat
+        elif compat.isspace() or unicodedata.category(ch) == "Zs":
+            table[cp] = " "
+        elif unicodedata.category(ch) == "Pd":
             table[cp] = "-"
     table[0x2212] = "-"  # the minus sign
     return table
 
 
-# Characters that stand for an ASCII one in numbers and addresses, as word processors, PDFs and
-# East Asian input write them: no-break and other spaces, Unicode hyphens and dashes
-# (U+2010-U+2015, the non-breaking hyphen), the minus sign, full-width letters, digits and
-# punctuation. Each folds to one character, so offsets stay.
-_FOLD = _fold_table()
-_FOLDABLE = re.compile("[" + "".join(re.escape(chr(cp)) for cp in sorted(_FOLD)) + "]")
+@functools.cache
+def _foldable_bmp() -> re.Pattern[str]:
+    """The foldable characters of the Basic Multilingual Plane, as ranges: ``re`` checks such a
+    class with a bitmap, a few ms per MB. Characters beyond it are few in text, and a class of
+    them is checked range by range (~70 ms per MB), so they are looked for with one range."""
+    ranges: list[list[int]] = []
+    for cp in sorted(cp for cp in _fold_table() if cp < 0x10000):
+        if ranges and cp == ranges[-1][1] + 1:
+            ranges[-1][1] = cp
+        else:
+            ranges.append([cp, cp])
+    return re.compile("[" + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges) + "]")
+
+
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+
+
+# Characters that stand for an ASCII one, as word processors, PDFs and East Asian input write
+# them, or as an upstream (told to by a prompt-injected agent: SQL's translate()) can write any
+# value: no-break and other Unicode spaces, Unicode hyphens and dashes (the non-breaking hyphen),
+# the minus sign, the decimal digits of every script (Arabic-Indic U+0660-U+0669, Devanagari,
+# mathematical bold U+1D7CE-U+1D7D7), and every character whose compatibility form is one
+# printable ASCII character (full-width, mathematical letters, circled, super- and subscript
+# digits, the small commercial at). Each folds to one character, so offsets stay.
 
 
 def fold(text: str) -> str:
     """``text`` with look-alike characters as ASCII (``text`` itself when it has none): a value
     written with them (``219\u201109\u20119999``, ``06\u00a012\u00a034\u00a056\u00a078``,
-    full-width digits) matched none of the patterns, so a value never seen before reached the
-    agent raw."""
-    if text.isascii() or _FOLDABLE.search(text) is None:  # both in C: accented names pay one scan
+    full-width, Arabic-Indic or mathematical digits) matched none of the patterns, so a value
+    never seen before reached the agent raw."""
+    if text.isascii():
         return text
-    return text.translate(_FOLD)
+    if _foldable_bmp().search(text) is None:  # in C: accented names and other scripts pay one scan
+        if _ASTRAL.search(text) is None:
+            return text
+        folded = text.translate(_fold_table())  # emoji, say: mathematical letters fold, they do not
+        return text if folded == text else folded
+    return text.translate(_fold_table())
 
 
 def decoded(text: str) -> str:
