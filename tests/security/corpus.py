@@ -494,6 +494,20 @@ CASES: list[Case] = [
         "and Devanagari digits and mathematical letters, which a model reads and no pattern did",
     ),
     Case(
+        "blind-dbhub-new-values-in-cyrillic-look-alikes",
+        2,
+        (
+            sql(
+                "select translate(lower(email), 'aceopxy', '\u0430\u0441\u0435\u043e\u0440\u0445\u0443') as a "
+                f"from customers where id={ID}"
+            ),
+        ),
+        ("email",),
+        prefetch=False,
+        note="never seen before: SQL's translate() swaps Latin letters of an address for the Cyrillic ones "
+        "that look the same; a model reads it, the e-mail pattern did not",
+    ),
+    Case(
         "blind-dbhub-new-lower-case-name-after-a-cue",
         2,
         (

@@ -6,7 +6,7 @@ or as a list of character codes. So both the needle and the haystack are normali
 way, and the needle is looked for in each form:
 
 * ``text``:   Unicode NFKC, format characters (zero-width and friends) removed, digits of every
-  script as ASCII digits, case folded;
+  script as ASCII digits, Cyrillic and Greek look-alikes as Latin letters, case folded;
 * ``alnum``:  the same with everything but letters and digits removed ("Ngoc Korhonen" is found
   in "NGOC_KORHONEN" and in "ngockorhonen57");
 * ``digits``: each run of digits (with separators such as ``-``, ``.``, space between them)
@@ -38,10 +38,21 @@ _NOT_ALNUM = re.compile(r"[\W_]+")
 MIN_LOOSE = 6  # shorter values are matched as whole words only
 
 
+# Cyrillic and Greek letters a reader takes for Latin ones (NFKC keeps them apart).
+_HOMOGLYPHS = str.maketrans(
+    "\u0430\u0435\u043e\u0440\u0441\u0443\u0445\u0455\u0456\u0458\u0501\u04bb\u04cf"
+    "\u0410\u0412\u0415\u041a\u041c\u041d\u041e\u0420\u0421\u0422\u0425\u0423"
+    "\u03bf\u03b1\u03c1\u03bd\u03b9\u0391\u0392\u0395\u0396\u0397\u0399\u039a\u039c\u039d\u039f"
+    "\u03a1\u03a4\u03a5\u03a7",
+    "aeopcyxsijdhlABEKMHOPCTXYoapviABEZHIKMNOPTYX",
+)
+
+
 def normalise(text: str) -> str:
     """NFKC, format characters removed, the decimal digits of every script as ASCII digits
-    (NFKC leaves Arabic-Indic or Devanagari digits as they are; a reader does not), case folded."""
-    text = unicodedata.normalize("NFKC", text)
+    (NFKC leaves Arabic-Indic or Devanagari digits as they are; a reader does not), Cyrillic and
+    Greek look-alikes as Latin letters, case folded."""
+    text = unicodedata.normalize("NFKC", text).translate(_HOMOGLYPHS)
     text = "".join(
         str(unicodedata.decimal(ch)) if ch.isdecimal() and not ch.isascii() else ch
         for ch in text

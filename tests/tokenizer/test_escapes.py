@@ -112,6 +112,7 @@ MATH_BOLD = str.maketrans(
     "".join(chr(0x1D7CE + d) for d in range(10)) + "".join(chr(0x1D41A + i) for i in range(26)),
 )
 SUPERSCRIPT = str.maketrans("0123456789", "\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079")
+CYRILLIC = str.maketrans("aceopxyM", "\u0430\u0441\u0435\u043e\u0440\u0445\u0443\u041c")
 CIRCLED = str.maketrans("123456789", "".join(chr(0x2460 + d) for d in range(9)))
 
 
@@ -133,6 +134,9 @@ CIRCLED = str.maketrans("123456789", "".join(chr(0x2460 + d) for d in range(9)))
         ("219-09-9999".translate(SUPERSCRIPT), "219-09-9999"),
         ("4111 1111".translate(CIRCLED), "4111 1111"),
         ("jane.doe\ufe6bexample.com", "jane.doe@example.com"),
+        # Cyrillic letters that look like Latin ones, beside Latin letters (translate(email, 'aceopxy', ...))
+        ("jane.doe@example.com".translate(CYRILLIC), "jane.doe@example.com"),
+        ("Maria Lopez".translate(CYRILLIC), "Maria Lopez"),
     ],
 )
 def test_look_alike_characters_fold_one_for_one(text: str, plain: str) -> None:
@@ -149,6 +153,8 @@ def test_text_without_look_alikes_is_left_as_it_is() -> None:
         "東京都",
         "Ελληνικά, Ελίνα Παπαδοπούλου",
         "thanks \U0001f600",
+        "Привет, как дела?",
+        "\u03b1-helix, \u03b2-sheet",  # Greek letters beside a hyphen, not a Latin letter
     ):
         assert fold(text) is text
         assert unescaped(text) is None

@@ -163,6 +163,25 @@ _ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 # digits, the small commercial at). Each folds to one character, so offsets stay.
 
 
+# Cyrillic and Greek letters that look like Latin ones (a subset of Unicode's confusables.txt,
+# one letter for one), read as Latin only right beside Latin letters: such a word is a disguise
+# (an e-mail address with Cyrillic U+0430 and U+0441 for its a and c, what ``translate(email,
+# 'ac', ...)`` writes when an injected agent asks), while Russian or Greek words are left as
+# they are.
+_CONFUSABLE = str.maketrans(
+    "аеорсухѕіјԁԛԝһӏАВЕКМНОРСТХУЅІЈԚԜοαρνιΑΒΕΖΗΙΚΜΝΟΡΤΥΧ",
+    "aeopcyxsijdqwhlABEKMHOPCTXYSIJQWoapviABEZHIKMNOPTYX",
+)
+_LOOK_ALIKE = "[" + "".join(chr(cp) for cp in _CONFUSABLE) + "]"
+# A run of them right after or right before a Latin letter (every run of a disguised address is:
+# ``j?ne``, ``ex?mple``); possessive and anchored at the run's start, so the scan stays linear.
+_BESIDE_LATIN = re.compile(rf"(?<=[A-Za-z]){_LOOK_ALIKE}++|(?<!{_LOOK_ALIKE}){_LOOK_ALIKE}++(?=[A-Za-z])")
+
+
+def _unconfused(text: str) -> str:
+    return _BESIDE_LATIN.sub(lambda m: m.group().translate(_CONFUSABLE), text)
+
+
 def fold(text: str) -> str:
     """``text`` with look-alike characters as ASCII (``text`` itself when it has none): a value
     written with them (``219\u201109\u20119999``, ``06\u00a012\u00a034\u00a056\u00a078``,
@@ -171,11 +190,13 @@ def fold(text: str) -> str:
     if text.isascii():
         return text
     if _foldable_bmp().search(text) is None:  # in C: accented names and other scripts pay one scan
-        if _ASTRAL.search(text) is None:
-            return text
-        folded = text.translate(_fold_table())  # emoji, say: mathematical letters fold, they do not
-        return text if folded == text else folded
-    return text.translate(_fold_table())
+        folded = text
+        if _ASTRAL.search(text) is not None:
+            folded = text.translate(_fold_table())  # emoji, say: mathematical letters fold, they do not
+    else:
+        folded = text.translate(_fold_table())
+    folded = _unconfused(folded)
+    return text if folded == text else folded
 
 
 def decoded(text: str) -> str:
