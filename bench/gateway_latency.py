@@ -28,8 +28,10 @@ calls, read from Veil's own histograms before and after them.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -109,6 +111,7 @@ def report_stages(before: Durations, after: Durations, calls: int) -> None:
 
 async def main(calls: int, server: str, baseline_tree: str | None, stages: bool) -> None:
     work = Path(tempfile.mkdtemp(prefix="veil-bench-"))
+    atexit.register(shutil.rmtree, work, True)  # its keys and logs go with the run
     metrics_port = free_port() if stages else None
     with ExitStack() as dbs:
         url = dbs.enter_context(scratch_database(server))

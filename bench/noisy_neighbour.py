@@ -22,9 +22,11 @@ before and after are measured by one script.
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
 import os
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -125,6 +127,7 @@ async def victim_calls(url: str, calls: int) -> list[float]:
 
 async def main(calls: int, note_kb: int, database_url: str | None, tree: Path, limits: dict[str, float]) -> None:
     work = Path(tempfile.mkdtemp(prefix="veil-bench-neighbour-"))
+    atexit.register(shutil.rmtree, work, True)  # its keys and logs go with the run
     proc, url = start_veil(work, database_url, tree, limits)
     outcomes: dict[str, int] = {}
     neighbour_ms: list[float] = []

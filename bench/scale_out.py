@@ -21,7 +21,9 @@ a second machine would add.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -104,6 +106,7 @@ def main() -> None:
     if not server:
         raise SystemExit("set DATABASE_URL to a PostgreSQL server (a scratch database is created on it)")
     work = Path(tempfile.mkdtemp(prefix="veil-bench-scale-"))
+    atexit.register(shutil.rmtree, work, True)  # its keys and logs go with the run
     with scratch_database(server) as database_url:
         engine = db.create_engine(database_url)
         _, key = create_key(engine, "bench", ["support"])

@@ -15,8 +15,10 @@ DATABASE_URL names (created, migrated, dropped).
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -62,6 +64,7 @@ def rss(procs: list[psutil.Process]) -> float:
 
 async def main(calls: int, concurrency: int, every: int, server: str) -> None:
     work = Path(tempfile.mkdtemp(prefix="veil-bench-soak-"))
+    atexit.register(shutil.rmtree, work, True)  # its keys and logs go with the run
     with scratch_database(server) as url:
         config = {
             "upstreams": {"crm": {"command": sys.executable, "args": [str(CRM)], "env": {"CRM_RECORDS": "40"}}},

@@ -14,9 +14,11 @@ in the first 200 answer (``starting`` means Veil served before its workers had l
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -93,6 +95,7 @@ def main() -> None:
     if args.baseline_tree:
         trees["baseline"] = Path(args.baseline_tree).resolve()
     work = Path(tempfile.mkdtemp(prefix="veil-bench-startup-"))
+    atexit.register(shutil.rmtree, work, True)  # its keys and logs go with the run
     times: dict[str, list[float]] = {name: [] for name in trees}
     states: dict[str, set[str]] = {name: set() for name in trees}
     loads: list[float] = []

@@ -32,10 +32,12 @@ The baseline runs with its tree as working directory and PYTHONPATH, checked (be
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
 import contextlib
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -238,6 +240,7 @@ def start_veil(
 
 def main(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="veil-bench-throughput-"))
+    atexit.register(shutil.rmtree, work, True)  # its keys and logs go with the run
     with contextlib.ExitStack() as scratch:
         db_url = scratch.enter_context(scratch_database(args.database_url))
         base_url = (

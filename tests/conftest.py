@@ -9,6 +9,8 @@ so parallel runs and helpers never see each other's rows.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -79,3 +81,20 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
     eng = db.create_engine(database_url)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture
+def data_dir_for() -> Iterator[Callable[..., Path]]:
+    """Factory: a data directory under /tmp that the sandbox user can walk through (pytest's
+    tmp_path base is 0700), removed after the test with its keys, logs and workspaces."""
+    made: list[Path] = []
+
+    def make(prefix: str, mode: int = 0o711) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=prefix))
+        path.chmod(mode)
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -12,9 +12,10 @@ import yaml
 from veil.config import REPO_ROOT, load_config
 
 
-def test_demo_shows_tokens_to_the_agent_real_values_upstream_and_the_audit(database_url: str) -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="veil-demo-"))
-    data_dir.chmod(0o711)  # the sandbox user walks to its workspace under here
+def test_demo_shows_tokens_to_the_agent_real_values_upstream_and_the_audit(
+    database_url: str, data_dir_for: Callable[..., Path]
+) -> None:
+    data_dir = data_dir_for("veil-demo-")  # the sandbox user walks to its workspace under here
     config = load_config(REPO_ROOT / "examples" / "veil.yaml")
     raw = config.model_dump(mode="json", exclude={"source"})
     raw.update(database_url=database_url, data_dir=str(data_dir))

@@ -3,7 +3,6 @@ and the MCP endpoint next to it unchanged."""
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,14 +27,16 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def test_console_is_served_under_slash_console_by_the_gateway(make_database: Callable[[], str]) -> None:
+async def test_console_is_served_under_slash_console_by_the_gateway(
+    make_database: Callable[[], str], data_dir_for: Callable[..., Path]
+) -> None:
     url = make_database()
     engine = db.create_engine(url)
     key = create_key(engine, "olivia", ["compliance"])[1]
     security = create_key(engine, "sam", ["security"])[1]
     agent = create_key(engine, "agent-7", ["support"])[1]
     engine.dispose()
-    data_dir = Path(tempfile.mkdtemp(prefix="veil-console-"))
+    data_dir = data_dir_for("veil-console-", 0o700)
     policy = data_dir / "policy.yaml"
     policy.write_text((ROOT / "policies" / "default.yaml").read_text())
     config = parse_config(

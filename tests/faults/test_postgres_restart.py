@@ -10,6 +10,7 @@ server is stopped (fast shutdown), calls go on for a while, and the server is st
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -67,6 +68,7 @@ def private_pg() -> Iterator[PrivatePostgres]:
         yield server
     finally:
         db.stop_embedded(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.mark.req("audit:fail-closed")

@@ -3,7 +3,6 @@ real subprocesses) served over Streamable HTTP on loopback, and a real MCP clien
 
 from __future__ import annotations
 
-import tempfile
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -54,12 +53,10 @@ def workdir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_config(database_url: str, tmp_path: Path) -> Callable[..., VeilConfig]:
+def make_config(database_url: str, tmp_path: Path, data_dir_for: Callable[..., Path]) -> Callable[..., VeilConfig]:
     """Build a gateway config over the demo upstreams; keyword overrides replace sections."""
 
-    # The sandbox user must be able to traverse to its workspace: pytest's tmp_path base is 0700.
-    data_dir = Path(tempfile.mkdtemp(prefix="veil-test-"))
-    data_dir.chmod(0o711)
+    data_dir = data_dir_for("veil-test-")  # the sandbox user walks to its workspace under here
 
     def make(scope: str = "session", policy_text: str | None = None, **overrides: Any) -> VeilConfig:
         policy = tmp_path / f"policy-{scope}.yaml"

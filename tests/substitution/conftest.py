@@ -3,7 +3,6 @@ with @bytebase/dbhub (from npm, a real subprocess over stdio) pointed at it."""
 
 from __future__ import annotations
 
-import tempfile
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
@@ -70,10 +69,11 @@ def customers_dsn(tcp_server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def dbhub_config(database_url: str, customers_dsn: str, tmp_path: Path) -> Callable[..., VeilConfig]:
+def dbhub_config(
+    database_url: str, customers_dsn: str, tmp_path: Path, data_dir_for: Callable[..., Path]
+) -> Callable[..., VeilConfig]:
     """A gateway config whose only upstream is dbhub over stdio on the customer database."""
-    data_dir = Path(tempfile.mkdtemp(prefix="veil-subst-"))
-    data_dir.chmod(0o711)
+    data_dir = data_dir_for("veil-subst-")
     dbhub = npm.bin_path("@bytebase/dbhub", "dbhub")
     sep = "&" if "?" in customers_dsn else "?"
 
